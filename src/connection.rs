@@ -1,0 +1,734 @@
+//! Connection settings: the config keys of the contract, parsed and validated.
+//!
+//! The effective settings of a link are the provider's config (the defaults, from wadm's
+//! `capability.properties.config`) overlaid key by key by the link's own config. Sensitive keys
+//! (`auth_token`, `header.<Name>`) are looked up in the link's secrets first, then in the
+//! provider's secrets, and only then in plain config (with a warning, since plain config is stored
+//! and shown in clear by the lattice).
+//!
+//! Errors name the key and the bad value, except for sensitive keys, whose values never appear in
+//! an error, a log line or `Debug` output.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use tracing::{debug, warn};
+use wasmcloud_provider_sdk::core::secrets::SecretValue;
+
+/// The handshake header carrying `auth_token`.
+pub const AUTHORIZATION: &str = "authorization";
+
+const HEADER_PREFIX: &str = "header.";
+
+/// Every plain (non-prefixed) key this version understands, in the order of the contract's table.
+pub const KNOWN_KEYS: &[&str] = &[
+    "uri",
+    "auth_token",
+    "connect_timeout_sec",
+    "enable_session_tracking",
+    "format",
+    "raw_subject",
+    "send_timeout_ms",
+    "max_pending",
+    "max_in_flight",
+    "max_message_bytes",
+];
+
+/// Keys whose values are credentials: read from secrets first, never logged.
+fn is_sensitive(key: &str) -> bool {
+    key == "auth_token" || key.starts_with(HEADER_PREFIX)
+}
+
+fn is_known(key: &str) -> bool {
+    KNOWN_KEYS.contains(&key) || key.starts_with(HEADER_PREFIX)
+}
+
+/// Handshake headers the WebSocket client sets itself; a `header.<Name>` may not replace them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "upgrade",
+    "sec-websocket-key",
+    "sec-websocket-version",
+    "sec-websocket-extensions",
+];
+
+/// How messages are framed on the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON envelope `{subject, body (base64), reply_to}` per frame.
+    Json,
+    /// The body alone; incoming frames get the subject `raw_subject`.
+    Raw,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Raw => "raw",
+        }
+    }
+}
+
+/// A config key with a value that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub key: String,
+    /// The offending value, `None` for sensitive keys (never shown).
+    pub value: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(value) => write!(f, "invalid `{}` '{}': {}", self.key, value, self.reason),
+            None if is_sensitive(&self.key) => {
+                write!(f, "invalid `{}` (value hidden): {}", self.key, self.reason)
+            }
+            None => write!(f, "invalid `{}`: {}", self.key, self.reason),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        key: key.to_string(),
+        value: (!is_sensitive(key)).then(|| value.to_string()),
+        reason: reason.into(),
+    }
+}
+
+/// The effective settings of one session.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ConnectionConfig {
+    /// `ws://` or `wss://` URL of the server.
+    pub uri: String,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub auth_token: Option<String>,
+    /// Extra handshake headers, by the name as the user wrote it.
+    pub headers: BTreeMap<String, String>,
+    pub connect_timeout: Duration,
+    pub enable_session_tracking: bool,
+    pub format: Format,
+    /// Subject of frames delivered in format `raw` (the link name unless set).
+    pub raw_subject: String,
+    pub send_timeout: Duration,
+    pub max_pending: usize,
+    pub max_in_flight: usize,
+    pub max_message_bytes: usize,
+}
+
+impl fmt::Debug for ConnectionConfig {
+    // Written by hand so that credentials never reach a log through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConnectionConfig")
+            .field("uri", &self.uri)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("connect_timeout", &self.connect_timeout)
+            .field("enable_session_tracking", &self.enable_session_tracking)
+            .field("format", &self.format)
+            .field("raw_subject", &self.raw_subject)
+            .field("send_timeout", &self.send_timeout)
+            .field("max_pending", &self.max_pending)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+/// The provider-level config and secrets: the defaults every link starts from.
+#[derive(Clone, Default)]
+pub struct ProviderDefaults {
+    config: HashMap<String, String>,
+    secrets: HashMap<String, SecretValue>,
+}
+
+impl fmt::Debug for ProviderDefaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderDefaults")
+            .field("config_keys", &self.config.keys().collect::<BTreeSet<_>>())
+            .field("secret_keys", &self.secrets.keys().collect::<BTreeSet<_>>())
+            .finish()
+    }
+}
+
+impl ProviderDefaults {
+    /// Validates the provider-level config: every known key present must have a usable value
+    /// (`uri` may be missing, links then have to set it). Keys this provider does not know are
+    /// only logged at debug, since provider config also carries keys meant for others (`OTEL_*`).
+    pub fn new(
+        config: &HashMap<String, String>,
+        secrets: &HashMap<String, SecretValue>,
+    ) -> Result<Self, ConfigError> {
+        let defaults = ProviderDefaults {
+            config: config.clone(),
+            secrets: secrets.clone(),
+        };
+        for key in config.keys().filter(|k| !is_known(k)) {
+            debug!(
+                key,
+                "provider config key is not a WebSocket setting; ignored"
+            );
+        }
+        let merged = Layers {
+            link_config: &HashMap::new(),
+            link_secrets: &HashMap::new(),
+            defaults: &defaults,
+        };
+        merged.parse("default", false)?;
+        Ok(defaults)
+    }
+
+    /// The same secrets with new plain config (a provider config update).
+    pub fn with_config(&self, config: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        Self::new(config, &self.secrets)
+    }
+}
+
+/// The four places a value can come from, in order of precedence for sensitive keys.
+struct Layers<'a> {
+    link_config: &'a HashMap<String, String>,
+    link_secrets: &'a HashMap<String, SecretValue>,
+    defaults: &'a ProviderDefaults,
+}
+
+impl Layers<'_> {
+    /// A plain key: the link's value, else the provider's.
+    fn plain(&self, key: &str) -> Option<&str> {
+        self.link_config
+            .get(key)
+            .or_else(|| self.defaults.config.get(key))
+            .map(String::as_str)
+    }
+
+    /// A sensitive key: link secret, provider secret, then plain config with a warning.
+    fn sensitive(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        for secrets in [self.link_secrets, &self.defaults.secrets] {
+            if let Some(secret) = secrets.get(key) {
+                let value = match secret {
+                    SecretValue::String(s) => s.clone(),
+                    SecretValue::Bytes(b) => String::from_utf8(b.clone())
+                        .map_err(|_| invalid(key, "", "the secret's bytes are not valid UTF-8"))?,
+                };
+                return Ok(Some(value));
+            }
+        }
+        Ok(self.plain(key).map(|value| {
+            warn!(
+                key,
+                "sensitive setting taken from plain config; put it in a secret instead"
+            );
+            value.to_string()
+        }))
+    }
+
+    /// Names of all `header.<Name>` keys found in any layer.
+    fn header_keys(&self) -> BTreeSet<&str> {
+        self.link_config
+            .keys()
+            .chain(self.defaults.config.keys())
+            .chain(self.link_secrets.keys())
+            .chain(self.defaults.secrets.keys())
+            .map(String::as_str)
+            .filter(|k| k.starts_with(HEADER_PREFIX))
+            .collect()
+    }
+
+    fn parse(&self, link_name: &str, require_uri: bool) -> Result<ConnectionConfig, ConfigError> {
+        let uri = match self.plain("uri") {
+            Some(uri) => parse_uri(uri)?,
+            None if require_uri => {
+                return Err(ConfigError {
+                    key: "uri".into(),
+                    value: None,
+                    reason: "required (a ws:// or wss:// URL) but not set in the link's or the provider's config".into(),
+                })
+            }
+            None => String::new(),
+        };
+        let auth_token = self
+            .sensitive("auth_token")?
+            .map(|token| {
+                let value = format!("Bearer {token}");
+                check_header_value("auth_token", &value)?;
+                Ok::<_, ConfigError>(token)
+            })
+            .transpose()?;
+        let mut headers = BTreeMap::new();
+        for key in self.header_keys() {
+            let name = &key[HEADER_PREFIX.len()..];
+            check_header_name(key, name)?;
+            if auth_token.is_some() && name.eq_ignore_ascii_case(AUTHORIZATION) {
+                return Err(invalid(
+                    key,
+                    "",
+                    "conflicts with `auth_token`, which already sets the Authorization header",
+                ));
+            }
+            let value = self.sensitive(key)?.unwrap_or_default();
+            check_header_value(key, &value)?;
+            headers.insert(name.to_string(), value);
+        }
+        let raw_subject = match self.plain("raw_subject") {
+            Some(s) => {
+                if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(invalid(
+                        "raw_subject",
+                        s,
+                        "expected a non-empty subject without whitespace",
+                    ));
+                }
+                s.to_string()
+            }
+            None => link_name.to_string(),
+        };
+        Ok(ConnectionConfig {
+            uri,
+            auth_token,
+            headers,
+            connect_timeout: Duration::from_secs(self.number(
+                "connect_timeout_sec",
+                10,
+                "whole seconds",
+            )?),
+            enable_session_tracking: self.boolean("enable_session_tracking", true)?,
+            format: match self.plain("format") {
+                None | Some("json") => Format::Json,
+                Some("raw") => Format::Raw,
+                Some(other) => return Err(invalid("format", other, "expected `json` or `raw`")),
+            },
+            raw_subject,
+            send_timeout: Duration::from_millis(self.number(
+                "send_timeout_ms",
+                5000,
+                "whole milliseconds",
+            )?),
+            max_pending: self.count("max_pending", 1024)?,
+            max_in_flight: self.count("max_in_flight", 64)?,
+            max_message_bytes: self.count("max_message_bytes", 1 << 20)?,
+        })
+    }
+
+    /// A whole number of at least 1.
+    fn number(&self, key: &str, default: u64, unit: &str) -> Result<u64, ConfigError> {
+        match self.plain(key) {
+            None => Ok(default),
+            Some(value) => match value.trim().parse::<u64>() {
+                Ok(0) => Err(invalid(key, value, format!("must be at least 1 ({unit})"))),
+                Ok(n) => Ok(n),
+                Err(_) => Err(invalid(key, value, format!("expected {unit}"))),
+            },
+        }
+    }
+
+    fn count(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
+        let n = self.number(key, default as u64, "a whole number")?;
+        usize::try_from(n).map_err(|_| invalid(key, &n.to_string(), "too large"))
+    }
+
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
+        match self.plain(key) {
+            None => Ok(default),
+            Some("true") => Ok(true),
+            Some("false") => Ok(false),
+            Some(other) => Err(invalid(key, other, "expected `true` or `false`")),
+        }
+    }
+}
+
+fn parse_uri(value: &str) -> Result<String, ConfigError> {
+    let url =
+        url::Url::parse(value).map_err(|e| invalid("uri", value, format!("not a URL ({e})")))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(invalid("uri", value, "expected a ws:// or wss:// URL"));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("uri", value, "the URL has no host"));
+    }
+    Ok(value.to_string())
+}
+
+fn check_header_name(key: &str, name: &str) -> Result<(), ConfigError> {
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(ConfigError {
+            key: key.to_string(),
+            value: None,
+            reason: format!("'{name}' is not a valid HTTP header name"),
+        });
+    }
+    if RESERVED_HEADERS
+        .iter()
+        .any(|r| name.eq_ignore_ascii_case(r))
+    {
+        return Err(ConfigError {
+            key: key.to_string(),
+            value: None,
+            reason: format!("the WebSocket handshake sets '{name}' itself"),
+        });
+    }
+    Ok(())
+}
+
+fn check_header_value(key: &str, value: &str) -> Result<(), ConfigError> {
+    http::HeaderValue::from_str(value).map(|_| ()).map_err(|_| {
+        invalid(
+            key,
+            value,
+            "not a valid HTTP header value (control characters or non-ASCII)",
+        )
+    })
+}
+
+impl ConnectionConfig {
+    /// The effective settings of a link: provider defaults overlaid by the link's config,
+    /// sensitive keys from secrets first. Unknown keys in the link's config are warned about,
+    /// since a typo must not pass silently.
+    pub fn from_link(
+        defaults: &ProviderDefaults,
+        link_name: &str,
+        link_config: &HashMap<String, String>,
+        link_secrets: &HashMap<String, SecretValue>,
+    ) -> Result<Self, ConfigError> {
+        for key in link_config.keys().filter(|k| !is_known(k)) {
+            warn!(
+                key,
+                link_name,
+                known = KNOWN_KEYS.join(", "),
+                "unknown key in link config is ignored"
+            );
+        }
+        Layers {
+            link_config,
+            link_secrets,
+            defaults,
+        }
+        .parse(link_name, true)
+    }
+
+    /// The keys whose effective values differ between two configs: a link may only join a
+    /// session whose settings equal its own.
+    pub fn differing_keys(&self, other: &Self) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut check = |key: &str, same: bool| {
+            if !same {
+                keys.push(key.to_string());
+            }
+        };
+        check("uri", self.uri == other.uri);
+        check("auth_token", self.auth_token == other.auth_token);
+        check(
+            "connect_timeout_sec",
+            self.connect_timeout == other.connect_timeout,
+        );
+        check(
+            "enable_session_tracking",
+            self.enable_session_tracking == other.enable_session_tracking,
+        );
+        check("format", self.format == other.format);
+        check("raw_subject", self.raw_subject == other.raw_subject);
+        check("send_timeout_ms", self.send_timeout == other.send_timeout);
+        check("max_pending", self.max_pending == other.max_pending);
+        check("max_in_flight", self.max_in_flight == other.max_in_flight);
+        check(
+            "max_message_bytes",
+            self.max_message_bytes == other.max_message_bytes,
+        );
+        let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
+        for name in names {
+            if self.headers.get(name) != other.headers.get(name) {
+                keys.push(format!("{HEADER_PREFIX}{name}"));
+            }
+        }
+        keys
+    }
+
+    /// The handshake headers to send: `Authorization: Bearer <token>` and every `header.<Name>`.
+    pub fn handshake_headers(&self) -> impl Iterator<Item = (&str, String)> {
+        self.auth_token
+            .iter()
+            .map(|t| ("Authorization", format!("Bearer {t}")))
+            .chain(self.headers.iter().map(|(n, v)| (n.as_str(), v.clone())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn secrets(pairs: &[(&str, &str)]) -> HashMap<String, SecretValue> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), SecretValue::String(v.to_string())))
+            .collect()
+    }
+
+    fn link(
+        defaults: &ProviderDefaults,
+        cfg: &[(&str, &str)],
+    ) -> Result<ConnectionConfig, ConfigError> {
+        ConnectionConfig::from_link(defaults, "default", &map(cfg), &HashMap::new())
+    }
+
+    #[test]
+    fn defaults_apply_when_only_uri_is_set() {
+        let cfg = link(
+            &ProviderDefaults::default(),
+            &[("uri", "ws://127.0.0.1:9/x")],
+        )
+        .unwrap();
+        assert_eq!(cfg.uri, "ws://127.0.0.1:9/x");
+        assert_eq!(cfg.auth_token, None);
+        assert!(cfg.headers.is_empty());
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(10));
+        assert!(cfg.enable_session_tracking);
+        assert_eq!(cfg.format, Format::Json);
+        assert_eq!(cfg.raw_subject, "default");
+        assert_eq!(cfg.send_timeout, Duration::from_millis(5000));
+        assert_eq!(cfg.max_pending, 1024);
+        assert_eq!(cfg.max_in_flight, 64);
+        assert_eq!(cfg.max_message_bytes, 1_048_576);
+    }
+
+    #[test]
+    fn every_key_parses() {
+        let cfg = link(
+            &ProviderDefaults::default(),
+            &[
+                ("uri", "wss://example.com:8443/feed?x=1"),
+                ("auth_token", "tok"),
+                ("header.X-Tenant", "acme"),
+                ("connect_timeout_sec", "3"),
+                ("enable_session_tracking", "false"),
+                ("format", "raw"),
+                ("raw_subject", "feed.prices"),
+                ("send_timeout_ms", "250"),
+                ("max_pending", "8"),
+                ("max_in_flight", "1"),
+                ("max_message_bytes", "4096"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(cfg.auth_token.as_deref(), Some("tok"));
+        assert_eq!(
+            cfg.headers.get("X-Tenant").map(String::as_str),
+            Some("acme")
+        );
+        assert_eq!(cfg.connect_timeout, Duration::from_secs(3));
+        assert!(!cfg.enable_session_tracking);
+        assert_eq!(cfg.format, Format::Raw);
+        assert_eq!(cfg.raw_subject, "feed.prices");
+        assert_eq!(cfg.send_timeout, Duration::from_millis(250));
+        assert_eq!(
+            (cfg.max_pending, cfg.max_in_flight, cfg.max_message_bytes),
+            (8, 1, 4096)
+        );
+        let headers: Vec<_> = cfg.handshake_headers().collect();
+        assert_eq!(
+            headers,
+            vec![
+                ("Authorization", "Bearer tok".to_string()),
+                ("X-Tenant", "acme".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn link_overrides_provider_key_by_key() {
+        let defaults = ProviderDefaults::new(
+            &map(&[
+                ("uri", "ws://a:1"),
+                ("max_pending", "10"),
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "x"),
+            ]),
+            &HashMap::new(),
+        )
+        .unwrap();
+        let cfg = link(&defaults, &[("uri", "ws://b:2")]).unwrap();
+        assert_eq!(cfg.uri, "ws://b:2");
+        assert_eq!(
+            cfg.max_pending, 10,
+            "a key the link does not set keeps the default"
+        );
+        let cfg = link(&defaults, &[]).unwrap();
+        assert_eq!(cfg.uri, "ws://a:1");
+    }
+
+    #[test]
+    fn secrets_win_link_first_then_provider() {
+        let defaults = ProviderDefaults::new(
+            &map(&[("auth_token", "plain-provider")]),
+            &secrets(&[("auth_token", "provider-secret"), ("header.X-Key", "p")]),
+        )
+        .unwrap();
+        let cfg = ConnectionConfig::from_link(
+            &defaults,
+            "l",
+            &map(&[
+                ("uri", "ws://h"),
+                ("auth_token", "plain-link"),
+                ("header.X-Key", "plain"),
+            ]),
+            &HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(cfg.auth_token.as_deref(), Some("provider-secret"));
+        assert_eq!(cfg.headers["X-Key"], "p");
+        let cfg = ConnectionConfig::from_link(
+            &defaults,
+            "l",
+            &map(&[("uri", "ws://h"), ("auth_token", "plain-link")]),
+            &secrets(&[("auth_token", "link-secret")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.auth_token.as_deref(), Some("link-secret"));
+        let plain_only = link(
+            &ProviderDefaults::default(),
+            &[("uri", "ws://h"), ("auth_token", "p")],
+        )
+        .unwrap();
+        assert_eq!(plain_only.auth_token.as_deref(), Some("p"));
+    }
+
+    #[test]
+    fn bad_values_name_key_and_value() {
+        let d = ProviderDefaults::default();
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (
+                &[("uri", "http://x")],
+                "invalid `uri` 'http://x': expected a ws:// or wss:// URL",
+            ),
+            (&[("uri", "not a url")], "invalid `uri` 'not a url'"),
+            (
+                &[("uri", "ws://h"), ("connect_timeout_sec", "abc")],
+                "invalid `connect_timeout_sec` 'abc': expected whole seconds",
+            ),
+            (
+                &[("uri", "ws://h"), ("connect_timeout_sec", "0")],
+                "invalid `connect_timeout_sec` '0'",
+            ),
+            (
+                &[("uri", "ws://h"), ("send_timeout_ms", "-1")],
+                "invalid `send_timeout_ms` '-1'",
+            ),
+            (
+                &[("uri", "ws://h"), ("max_pending", "1.5")],
+                "invalid `max_pending` '1.5'",
+            ),
+            (
+                &[("uri", "ws://h"), ("max_in_flight", "0")],
+                "invalid `max_in_flight` '0'",
+            ),
+            (
+                &[("uri", "ws://h"), ("max_message_bytes", "")],
+                "invalid `max_message_bytes` ''",
+            ),
+            (
+                &[("uri", "ws://h"), ("format", "xml")],
+                "invalid `format` 'xml': expected `json` or `raw`",
+            ),
+            (
+                &[("uri", "ws://h"), ("enable_session_tracking", "yes")],
+                "invalid `enable_session_tracking` 'yes'",
+            ),
+            (
+                &[("uri", "ws://h"), ("raw_subject", "a b")],
+                "invalid `raw_subject` 'a b'",
+            ),
+            (
+                &[("uri", "ws://h"), ("header.Bad Name", "v")],
+                "invalid `header.Bad Name`",
+            ),
+            (
+                &[("uri", "ws://h"), ("header.Upgrade", "v")],
+                "sets 'Upgrade' itself",
+            ),
+            (&[], "invalid `uri`: required"),
+        ];
+        for (cfg, expected) in cases {
+            let err = link(&d, cfg).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{cfg:?}: got {err:?}, wanted {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sensitive_values_never_appear_in_errors_or_debug() {
+        let d = ProviderDefaults::default();
+        let err = link(&d, &[("uri", "ws://h"), ("auth_token", "sec\nret")]).unwrap_err();
+        assert_eq!(err.key, "auth_token");
+        assert!(!err.to_string().contains("sec"), "{err}");
+        let err = link(&d, &[("uri", "ws://h"), ("header.X-A", "zq\u{1}zq")]).unwrap_err();
+        assert!(!err.to_string().contains("zq"), "{err}");
+        let cfg = link(
+            &d,
+            &[
+                ("uri", "ws://h"),
+                ("auth_token", "tok-123"),
+                ("header.X-A", "val-456"),
+            ],
+        )
+        .unwrap();
+        let debug = format!("{cfg:?}");
+        assert!(
+            !debug.contains("tok-123") && !debug.contains("val-456"),
+            "{debug}"
+        );
+        let defaults =
+            ProviderDefaults::new(&map(&[("auth_token", "tok-123")]), &HashMap::new()).unwrap();
+        assert!(!format!("{defaults:?}").contains("tok-123"));
+    }
+
+    #[test]
+    fn provider_level_validation_allows_missing_uri_but_not_bad_values() {
+        assert!(ProviderDefaults::new(&map(&[("max_pending", "5")]), &HashMap::new()).is_ok());
+        let err =
+            ProviderDefaults::new(&map(&[("max_pending", "five")]), &HashMap::new()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `max_pending` 'five': expected a whole number"
+        );
+    }
+
+    #[test]
+    fn differing_keys_are_named() {
+        let d = ProviderDefaults::default();
+        let a = link(
+            &d,
+            &[("uri", "ws://h"), ("auth_token", "a"), ("header.X", "1")],
+        )
+        .unwrap();
+        let b = link(
+            &d,
+            &[
+                ("uri", "ws://h2"),
+                ("auth_token", "b"),
+                ("header.Y", "1"),
+                ("max_in_flight", "2"),
+            ],
+        )
+        .unwrap();
+        assert!(a.differing_keys(&a.clone()).is_empty());
+        assert_eq!(
+            a.differing_keys(&b),
+            vec!["uri", "auth_token", "max_in_flight", "header.X", "header.Y"]
+        );
+    }
+}

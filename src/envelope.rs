@@ -1,0 +1,277 @@
+//! The wire format: how a broker message becomes a WebSocket frame and back.
+//!
+//! Format `json` (the default) puts one JSON object per frame:
+//! `{"subject": "...", "body": "<standard base64>", "reply_to": "..."}` with `reply_to` omitted
+//! when absent. Format `raw` carries the body alone, for third-party feeds.
+//!
+//! This module knows nothing of sockets: it maps [`BrokerMessage`]s to [`Frame`]s, which the
+//! session module turns into the WebSocket library's own message type.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use base64::display::Base64Display;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize, Serializer};
+
+use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::connection::Format;
+
+/// One outgoing or incoming WebSocket data frame, independent of the WebSocket library.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// A text frame; the bytes are valid UTF-8.
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    pub fn payload(&self) -> &Bytes {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.payload().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.payload().is_empty()
+    }
+}
+
+/// Why an incoming frame is not a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The frame is not JSON at all.
+    NotJson(String),
+    /// JSON, but not an envelope (no `subject`, wrong types, ...).
+    NotEnvelope(String),
+    /// `body` is not standard base64.
+    BadBase64(String),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::NotJson(e) => write!(f, "frame is not JSON: {e}"),
+            DecodeError::NotEnvelope(e) => write!(f, "frame is not a message envelope: {e}"),
+            DecodeError::BadBase64(e) => write!(f, "`body` is not standard base64: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+/// Serializes bytes as a base64 JSON string without building the string first.
+struct Base64Body<'a>(&'a [u8]);
+
+impl Serialize for Base64Body<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&Base64Display::new(self.0, &STANDARD))
+    }
+}
+
+#[derive(Serialize)]
+struct OutEnvelope<'a> {
+    subject: &'a str,
+    body: Base64Body<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct InEnvelope<'a> {
+    subject: String,
+    // Borrowed where the JSON string has no escapes, so the base64 text is not copied.
+    #[serde(borrow, default)]
+    body: Option<Cow<'a, str>>,
+    #[serde(default)]
+    reply_to: Option<String>,
+}
+
+/// Encodes `msg` as a JSON envelope.
+pub fn encode_json(msg: &BrokerMessage) -> Bytes {
+    let envelope = OutEnvelope {
+        subject: &msg.subject,
+        body: Base64Body(&msg.body),
+        reply_to: msg.reply_to.as_deref(),
+    };
+    // Serializing a struct of strings into a Vec cannot fail.
+    let json = serde_json::to_vec(&envelope).expect("envelope serializes");
+    Bytes::from(json)
+}
+
+/// Decodes a JSON envelope. Unknown fields are ignored; a missing `body` is an empty body.
+pub fn decode_json(payload: &[u8]) -> Result<BrokerMessage, DecodeError> {
+    let envelope: InEnvelope<'_> = serde_json::from_slice(payload).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            DecodeError::NotJson(e.to_string())
+        } else {
+            DecodeError::NotEnvelope(e.to_string())
+        }
+    })?;
+    let body = match envelope.body {
+        Some(text) => STANDARD
+            .decode(text.as_bytes())
+            .map_err(|e| DecodeError::BadBase64(e.to_string()))?,
+        None => Vec::new(),
+    };
+    Ok(BrokerMessage {
+        subject: envelope.subject,
+        body: Bytes::from(body),
+        reply_to: envelope.reply_to,
+    })
+}
+
+/// Maps messages to frames and back for one session's format.
+#[derive(Debug, Clone)]
+pub struct Codec {
+    format: Format,
+    raw_subject: String,
+}
+
+impl Codec {
+    pub fn new(format: Format, raw_subject: impl Into<String>) -> Self {
+        Codec {
+            format,
+            raw_subject: raw_subject.into(),
+        }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// The frame `publish` sends for `msg`.
+    pub fn encode(&self, msg: &BrokerMessage) -> Frame {
+        match self.format {
+            Format::Json => Frame::Text(encode_json(msg)),
+            Format::Raw if std::str::from_utf8(&msg.body).is_ok() => Frame::Text(msg.body.clone()),
+            Format::Raw => Frame::Binary(msg.body.clone()),
+        }
+    }
+
+    /// The message an incoming data frame carries (text and binary frames alike).
+    pub fn decode(&self, payload: Bytes) -> Result<BrokerMessage, DecodeError> {
+        match self.format {
+            Format::Json => decode_json(&payload),
+            Format::Raw => Ok(BrokerMessage {
+                subject: self.raw_subject.clone(),
+                body: payload,
+                reply_to: None,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn msg(subject: &str, body: &[u8], reply_to: Option<&str>) -> BrokerMessage {
+        BrokerMessage {
+            subject: subject.into(),
+            body: Bytes::copy_from_slice(body),
+            reply_to: reply_to.map(Into::into),
+        }
+    }
+
+    fn same(a: &BrokerMessage, b: &BrokerMessage) -> bool {
+        a.subject == b.subject && a.body == b.body && a.reply_to == b.reply_to
+    }
+
+    #[test]
+    fn encodes_exactly_the_contract_envelope() {
+        let json = encode_json(&msg("orders.created", b"hello", Some("_INBOX.3vX9")));
+        assert_eq!(
+            &json[..],
+            br#"{"subject":"orders.created","body":"aGVsbG8=","reply_to":"_INBOX.3vX9"}"#
+        );
+        let json = encode_json(&msg("a", b"", None));
+        assert_eq!(&json[..], br#"{"subject":"a","body":""}"#);
+    }
+
+    #[test]
+    fn decodes_with_unknown_fields_and_null_reply_to() {
+        let m = decode_json(br#"{"id":"7","subject":"s","body":"AAE=","reply_to":null,"x":[1]}"#)
+            .unwrap();
+        assert!(same(&m, &msg("s", &[0, 1], None)));
+        let m = decode_json(br#"{"subject":"s"}"#).unwrap();
+        assert!(m.body.is_empty());
+        // JSON may escape the base64 alphabet's '/'.
+        let m = decode_json(br#"{"subject":"s","body":"\/w=="}"#).unwrap();
+        assert_eq!(&m.body[..], &[0xff]);
+    }
+
+    #[test]
+    fn rejects_what_is_not_an_envelope_and_says_why() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"hello", "frame is not JSON"),
+            (b"{\"subject\":", "frame is not JSON"),
+            (br#"{"body":"AA=="}"#, "missing field `subject`"),
+            (br#"{"subject":5,"body":""}"#, "not a message envelope"),
+            (br#"{"subject":"s","body":7}"#, "not a message envelope"),
+            (br#"[1,2]"#, "not a message envelope"),
+            (
+                br#"{"subject":"s","body":"%%%"}"#,
+                "`body` is not standard base64",
+            ),
+            (
+                br#"{"subject":"s","body":"AA"}"#,
+                "`body` is not standard base64",
+            ),
+        ];
+        for (frame, expected) in cases {
+            let err = decode_json(frame).unwrap_err().to_string();
+            assert!(
+                err.contains(expected),
+                "{:?}: {err}",
+                String::from_utf8_lossy(frame)
+            );
+        }
+    }
+
+    #[test]
+    fn raw_format_passes_bytes_through() {
+        let codec = Codec::new(Format::Raw, "feed");
+        assert_eq!(
+            codec.encode(&msg("ignored", b"text", None)),
+            Frame::Text(Bytes::from_static(b"text"))
+        );
+        assert_eq!(
+            codec.encode(&msg("x", &[0xff, 0], None)),
+            Frame::Binary(Bytes::from_static(&[0xff, 0]))
+        );
+        let m = codec.decode(Bytes::from_static(&[1, 2, 3])).unwrap();
+        assert!(same(&m, &msg("feed", &[1, 2, 3], None)));
+    }
+
+    proptest! {
+        #[test]
+        fn json_round_trip_is_byte_exact(
+            subject in "\\PC{1,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            reply_to in proptest::option::of("\\PC{0,40}"),
+        ) {
+            let original = msg(&subject, &body, reply_to.as_deref());
+            let codec = Codec::new(Format::Json, "unused");
+            let frame = codec.encode(&original);
+            prop_assert!(matches!(frame, Frame::Text(_)));
+            let back = codec.decode(frame.payload().clone()).unwrap();
+            prop_assert!(same(&original, &back));
+        }
+
+        #[test]
+        fn raw_round_trip_is_byte_exact(body in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let codec = Codec::new(Format::Raw, "s");
+            let frame = codec.encode(&msg("s", &body, None));
+            prop_assert_eq!(&frame.payload()[..], &body[..]);
+            prop_assert_eq!(&codec.decode(frame.payload().clone()).unwrap().body[..], &body[..]);
+        }
+    }
+}

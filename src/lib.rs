@@ -1,0 +1,424 @@
+//! wasmCloud capability provider for `wasmcloud:messaging@0.2.0` over WebSocket.
+//!
+//! Layout:
+//! - `lib.rs` (this file): the provider, its link maps and session storage, the `Provider` trait
+//!   (links, health, shutdown) and the `consumer` export (`publish`, `request`), and [`run`].
+//! - [`connection`]: config keys, parsing, validation, merging provider defaults with link config.
+//! - [`envelope`]: the wire format (JSON envelope or raw) between messages and frames.
+//! - [`session`]: one WebSocket connection owned by one task: connect, reconnect, write, read.
+//! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
+//! - [`stats`]: per-session counters.
+//!
+//! Data flows one way per direction: component call -> lookup by (component, link name) ->
+//! session queue -> socket writer; socket reader -> decode -> delivery -> component handler.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _};
+use bytes::Bytes;
+use tracing::{debug, error, info};
+use wasmcloud_provider_sdk::{
+    get_connection, initialize_observability, load_host_data, run_provider, serve_provider_exports,
+    Context, HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider,
+    ProviderConfigUpdate,
+};
+
+pub mod connection;
+pub mod delivery;
+pub mod envelope;
+pub mod session;
+pub mod stats;
+
+use crate::connection::{ConnectionConfig, ProviderDefaults};
+use crate::delivery::HandlerClients;
+use crate::session::{Session, SessionKey};
+
+/// wRPC bindings generated from `wit/` (world `interfaces`).
+pub mod bindings {
+    wit_bindgen_wrpc::generate!({
+        world: "interfaces",
+        with: {
+            "wasmcloud:messaging/consumer@0.2.0": generate,
+            "wasmcloud:messaging/handler@0.2.0": generate,
+            "wasmcloud:messaging/types@0.2.0": generate,
+        }
+    });
+}
+
+use bindings::wasmcloud::messaging::types::BrokerMessage;
+
+/// The name the provider reports to the host and in logs.
+pub const PROVIDER_NAME: &str = "messaging-websocket-provider";
+
+/// Subjects starting with this prefix belong to the provider and never leave as frames.
+pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
+
+/// How long shutdown waits for sessions to send their Close frames (the host allows 300 ms).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
+
+/// One link's hold on a session. A consumer link and a handler link with the same
+/// (component, link name) hold the same session.
+#[derive(Clone)]
+pub struct WebSocketClientBundle {
+    pub session: Arc<Session>,
+}
+
+impl fmt::Debug for WebSocketClientBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.session.fmt(f)
+    }
+}
+
+type Bundles = Arc<RwLock<HashMap<SessionKey, WebSocketClientBundle>>>;
+
+/// Which side of the provider a link is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// component -> provider: `publish` and `request`.
+    Consumer,
+    /// provider -> component: delivery to `handle-message`.
+    Handler,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Consumer => "consumer",
+            Role::Handler => "handler",
+        })
+    }
+}
+
+/// The provider: its links, keyed by (component, link name), and their sessions.
+#[derive(Clone, Default)]
+pub struct WebSocketMessagingProvider {
+    /// Consumer links (component -> provider), by the source component and link name.
+    consumer_components: Bundles,
+    /// Handler links (provider -> component), by the target component and link name.
+    handler_components: Bundles,
+    /// Provider-level config and secrets: the defaults of every link.
+    default_config: Arc<RwLock<ProviderDefaults>>,
+    /// Every live session by its id.
+    session_storage: Arc<RwLock<HashMap<String, Arc<Session>>>>,
+    /// One wRPC client per component that receives deliveries.
+    handler_clients: HandlerClients,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl WebSocketMessagingProvider {
+    /// A provider whose links start from `defaults`.
+    pub fn new(defaults: ProviderDefaults) -> Self {
+        WebSocketMessagingProvider {
+            default_config: Arc::new(RwLock::new(defaults)),
+            ..Default::default()
+        }
+    }
+
+    /// The session a component's call goes through: its consumer link with that link name.
+    pub fn consumer_session(&self, component: &str, link_name: &str) -> Option<Arc<Session>> {
+        let key = SessionKey {
+            component: component.to_string(),
+            link_name: link_name.to_string(),
+        };
+        read(&self.consumer_components)
+            .get(&key)
+            .map(|b| Arc::clone(&b.session))
+    }
+
+    /// Every live session.
+    pub fn sessions(&self) -> Vec<Arc<Session>> {
+        read(&self.session_storage).values().cloned().collect()
+    }
+
+    fn maps(&self, role: Role) -> (&Bundles, &Bundles) {
+        match role {
+            Role::Consumer => (&self.consumer_components, &self.handler_components),
+            Role::Handler => (&self.handler_components, &self.consumer_components),
+        }
+    }
+
+    /// Validates a link and attaches it to a session: the session of the other link with the
+    /// same key when there is one, else a new one that connects in the background.
+    fn put_link(
+        &self,
+        role: Role,
+        key: SessionKey,
+        config: &HashMap<String, String>,
+        secrets: &HashMap<String, wasmcloud_provider_sdk::core::secrets::SecretValue>,
+    ) -> anyhow::Result<()> {
+        let refuse = |reason: String| {
+            let message = format!("{role} link {key} refused: {reason}");
+            error!(component = %key.component, link_name = %key.link_name, "{message}");
+            anyhow!(message)
+        };
+        let defaults = read(&self.default_config).clone();
+        let cfg = ConnectionConfig::from_link(&defaults, &key.link_name, config, secrets)
+            .map_err(|e| refuse(e.to_string()))?;
+
+        // Lock order: consumer map, then handler map, then session storage.
+        let mut consumers = write(&self.consumer_components);
+        let mut handlers = write(&self.handler_components);
+        let (mine, other) = match role {
+            Role::Consumer => (&mut *consumers, &mut *handlers),
+            Role::Handler => (&mut *handlers, &mut *consumers),
+        };
+        if let Some(existing) = mine.get(&key) {
+            if existing.session.config == cfg {
+                debug!(%role, %key, "repeated put of an existing link; nothing to do");
+                return Ok(());
+            }
+        }
+        let shared = other.get(&key).map(|b| Arc::clone(&b.session));
+        let session = match shared {
+            Some(session) => {
+                let differ = session.config.differing_keys(&cfg);
+                if !differ.is_empty() {
+                    return Err(refuse(format!(
+                        "it would share session {} with the {} link of the same component and link name, but its settings differ in {}",
+                        session.id,
+                        match role {
+                            Role::Consumer => Role::Handler,
+                            Role::Handler => Role::Consumer,
+                        },
+                        differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                info!(%role, %key, session = %session.id, "link joins the existing session");
+                session
+            }
+            None => {
+                let session = Session::start(key.clone(), cfg, self.handler_clients.clone());
+                write(&self.session_storage).insert(session.id.clone(), Arc::clone(&session));
+                session
+            }
+        };
+        if role == Role::Handler {
+            session.set_handler_linked(true);
+        }
+        if let Some(replaced) = mine.insert(key, WebSocketClientBundle { session }) {
+            // The same link put again with other settings: its old session goes.
+            info!(%role, session = %replaced.session.id, "link settings changed; replacing its session");
+            self.close_session(&replaced.session);
+        }
+        Ok(())
+    }
+
+    fn delete_link(&self, role: Role, key: SessionKey) {
+        let (mine, other) = self.maps(role);
+        let Some(bundle) = write(mine).remove(&key) else {
+            debug!(%role, %key, "delete of an unknown link; nothing to do");
+            return;
+        };
+        if role == Role::Handler {
+            bundle.session.set_handler_linked(false);
+            if !read(&self.handler_components)
+                .keys()
+                .any(|k| k.component == key.component)
+            {
+                self.handler_clients.forget(&key.component);
+            }
+        }
+        let still_shared = read(other)
+            .get(&key)
+            .is_some_and(|b| Arc::ptr_eq(&b.session, &bundle.session));
+        if still_shared {
+            info!(%role, %key, session = %bundle.session.id, "link deleted; the session stays for the other link");
+        } else {
+            info!(%role, %key, session = %bundle.session.id, "link deleted; closing its session");
+            self.close_session(&bundle.session);
+        }
+    }
+
+    fn close_session(&self, session: &Arc<Session>) {
+        session.close();
+        write(&self.session_storage).remove(&session.id);
+    }
+
+    async fn publish_message(
+        &self,
+        ctx: Option<Context>,
+        msg: BrokerMessage,
+    ) -> Result<(), String> {
+        let (component, link_name) = caller(&ctx);
+        if msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
+            return Err(format!(
+                "subject {} is reserved: subjects starting with `{RESERVED_SUBJECT_PREFIX}` are the provider's own",
+                msg.subject
+            ));
+        }
+        let session = self
+            .consumer_session(component, link_name)
+            .ok_or_else(|| no_link(component, link_name))?;
+        session.publish(&msg).await
+    }
+}
+
+/// The calling component and the link name its call came through.
+fn caller(ctx: &Option<Context>) -> (&str, &str) {
+    match ctx {
+        Some(ctx) => (
+            ctx.component.as_deref().unwrap_or("<unknown>"),
+            ctx.link_name(),
+        ),
+        None => ("<unknown>", "default"),
+    }
+}
+
+fn no_link(component: &str, link_name: &str) -> String {
+    format!("no WebSocket link for component {component} with link name {link_name}")
+}
+
+impl Provider for WebSocketMessagingProvider {
+    async fn receive_link_config_as_target(
+        &self,
+        LinkConfig {
+            source_id,
+            link_name,
+            config,
+            secrets,
+            ..
+        }: LinkConfig<'_>,
+    ) -> anyhow::Result<()> {
+        let key = SessionKey {
+            component: source_id.to_string(),
+            link_name: link_name.to_string(),
+        };
+        self.put_link(Role::Consumer, key, config, secrets)
+    }
+
+    async fn receive_link_config_as_source(
+        &self,
+        LinkConfig {
+            target_id,
+            link_name,
+            config,
+            secrets,
+            ..
+        }: LinkConfig<'_>,
+    ) -> anyhow::Result<()> {
+        let key = SessionKey {
+            component: target_id.to_string(),
+            link_name: link_name.to_string(),
+        };
+        self.put_link(Role::Handler, key, config, secrets)
+    }
+
+    async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
+        let key = SessionKey {
+            component: info.get_source_id().to_string(),
+            link_name: info.get_link_name().to_string(),
+        };
+        self.delete_link(Role::Consumer, key);
+        Ok(())
+    }
+
+    async fn delete_link_as_source(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {
+        let key = SessionKey {
+            component: info.get_target_id().to_string(),
+            link_name: info.get_link_name().to_string(),
+        };
+        self.delete_link(Role::Handler, key);
+        Ok(())
+    }
+
+    async fn on_config_update(&self, update: impl ProviderConfigUpdate) -> anyhow::Result<()> {
+        let current = read(&self.default_config).clone();
+        match current.with_config(update.get_values()) {
+            Ok(updated) => {
+                *write(&self.default_config) = updated;
+                info!("provider config updated; links put from now on use it");
+                Ok(())
+            }
+            Err(e) => {
+                error!("provider config update refused: {e}");
+                Err(anyhow!("provider config update refused: {e}"))
+            }
+        }
+    }
+
+    async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
+        Ok(HealthCheckResponse {
+            healthy: true,
+            message: None,
+        })
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        write(&self.consumer_components).clear();
+        write(&self.handler_components).clear();
+        let sessions: Vec<_> = write(&self.session_storage)
+            .drain()
+            .map(|(_, s)| s)
+            .collect();
+        for session in &sessions {
+            session.close();
+        }
+        // Close frames go out in parallel; the host kills the process 300 ms after asking.
+        futures::future::join_all(sessions.iter().map(|s| s.wait_closed(SHUTDOWN_GRACE))).await;
+        info!(sessions = sessions.len(), "provider shut down");
+        Ok(())
+    }
+}
+
+impl bindings::exports::wasmcloud::messaging::consumer::Handler<Option<Context>>
+    for WebSocketMessagingProvider
+{
+    async fn publish(
+        &self,
+        ctx: Option<Context>,
+        msg: BrokerMessage,
+    ) -> anyhow::Result<Result<(), String>> {
+        Ok(self.publish_message(ctx, msg).await)
+    }
+
+    async fn request(
+        &self,
+        ctx: Option<Context>,
+        subject: String,
+        _body: Bytes,
+        _timeout_ms: u32,
+    ) -> anyhow::Result<Result<BrokerMessage, String>> {
+        let (component, link_name) = caller(&ctx);
+        if self.consumer_session(component, link_name).is_none() {
+            return Ok(Err(no_link(component, link_name)));
+        }
+        debug!(%subject, "request called; not implemented yet");
+        Ok(Err("request is not implemented yet".to_string()))
+    }
+}
+
+/// Runs the provider the way the host starts it: HostData on stdin, logging set up the host's
+/// way, links and control messages through the SDK, the `consumer` export served over wRPC.
+pub async fn run() -> anyhow::Result<()> {
+    initialize_observability!(
+        PROVIDER_NAME,
+        std::env::var_os("PROVIDER_MESSAGING_WEBSOCKET_FLAMEGRAPH_PATH")
+    );
+    let host_data = load_host_data().context("failed to load host data")?;
+    let defaults = ProviderDefaults::new(&host_data.config, &host_data.secrets)
+        .map_err(|e| anyhow!("provider config: {e}"))?;
+    let provider = WebSocketMessagingProvider::new(defaults);
+    let shutdown = run_provider(provider.clone(), PROVIDER_NAME)
+        .await
+        .context("failed to start the provider")?;
+    let connection = get_connection();
+    let wrpc = connection
+        .get_wrpc_client(connection.provider_key())
+        .await
+        .context("failed to create the wRPC client")?;
+    serve_provider_exports(&wrpc, provider, shutdown, bindings::serve)
+        .await
+        .context("failed to serve the provider's exports")?;
+    info!("provider stopped");
+    Ok(())
+}

@@ -1,0 +1,587 @@
+//! A session: one WebSocket connection, owned by one task.
+//!
+//! The task connects (in the background, so putting a link never waits for the network), then
+//! loops: frames queued by `publish` are written in batches (fed, then flushed once), and incoming
+//! data frames are decoded and handed to the delivery task together with a permit of the session's
+//! `max_in_flight` semaphore. With no permit left the task stops reading the socket, so a slow
+//! component pushes back on the server through TCP instead of growing a buffer.
+//!
+//! When the connection fails or drops, the task reconnects with exponential backoff and jitter.
+//! Cancelling the session (link deleted, provider shut down) sends a Close frame and ends the task.
+//!
+//! This is the only module that touches the WebSocket library's types.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::{SinkExt as _, StreamExt as _};
+use rand::Rng as _;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::connection::ConnectionConfig;
+use crate::delivery::{self, Inbound};
+use crate::envelope::{Codec, Frame};
+use crate::stats::{self, SessionStats};
+
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+/// How long a Close frame may take to leave when a session ends.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+/// Backoff before reconnect attempt n is drawn from [d/2, d], d = min(INITIAL * 2^(n-1), MAX).
+const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(250);
+const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
+/// A connection that stayed open this long resets the backoff.
+const HEALTHY_AFTER: Duration = Duration::from_secs(5);
+
+/// What identifies a session: the component and the link name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey {
+    pub component: String,
+    pub link_name: String,
+}
+
+impl fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.component, self.link_name)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Connecting,
+    Open,
+    Reconnecting,
+    Closed,
+}
+
+impl SessionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionState::Connecting => "connecting",
+            SessionState::Open => "open",
+            SessionState::Reconnecting => "reconnecting",
+            SessionState::Closed => "closed",
+        }
+    }
+}
+
+/// A frame waiting in the send queue, with the caller waiting for it to be written.
+struct Outgoing {
+    frame: Frame,
+    deadline: Instant,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// The handle to a session shared by its links and the provider. Cheap to look up; the socket
+/// itself lives in the session's task.
+pub struct Session {
+    pub id: String,
+    pub key: SessionKey,
+    pub config: ConnectionConfig,
+    pub stats: Arc<SessionStats>,
+    codec: Codec,
+    queue: mpsc::Sender<Outgoing>,
+    state: watch::Receiver<SessionState>,
+    connected_at: Arc<Mutex<Option<SystemTime>>>,
+    handler_linked: Arc<AtomicBool>,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("uri", &self.config.uri)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Session {
+    /// Creates the session and starts its tasks; the connection is made in the background.
+    pub fn start(
+        key: SessionKey,
+        config: ConnectionConfig,
+        clients: delivery::HandlerClients,
+    ) -> Arc<Self> {
+        let id = new_session_id();
+        let stats = Arc::new(SessionStats::default());
+        let codec = Codec::new(config.format, config.raw_subject.clone());
+        let (queue, queue_rx) = mpsc::channel(config.max_pending);
+        let (state_tx, state) = watch::channel(SessionState::Connecting);
+        let handler_linked = Arc::new(AtomicBool::new(false));
+        let cancel = CancellationToken::new();
+        // Every delivery holds one permit, and the reader needs one to read a frame, so the
+        // channel to the delivery task can never hold more than `max_in_flight` messages.
+        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        let (inbound_tx, inbound_rx) = mpsc::channel(config.max_in_flight);
+        let connected_at = Arc::new(Mutex::new(None));
+
+        let delivery = tokio::spawn(delivery::run(
+            delivery::Target {
+                session_id: id.clone(),
+                key: key.clone(),
+                handler_linked: Arc::clone(&handler_linked),
+                stats: Arc::clone(&stats),
+                clients,
+            },
+            inbound_rx,
+            cancel.clone(),
+        ));
+        let socket = tokio::spawn(
+            SocketTask {
+                id: id.clone(),
+                key: key.clone(),
+                config: config.clone(),
+                codec: codec.clone(),
+                stats: Arc::clone(&stats),
+                state: state_tx,
+                connected_at: Arc::clone(&connected_at),
+                cancel: cancel.clone(),
+                permits,
+                inbound: inbound_tx,
+            }
+            .run(queue_rx),
+        );
+        info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; connecting");
+        Arc::new(Session {
+            id,
+            key,
+            config,
+            stats,
+            codec,
+            queue,
+            state,
+            connected_at,
+            handler_linked,
+            cancel,
+            tasks: Mutex::new(vec![delivery, socket]),
+        })
+    }
+
+    pub fn state(&self) -> SessionState {
+        *self.state.borrow()
+    }
+
+    /// When the current (or last) connection was made; `None` before the first one.
+    pub fn connected_at(&self) -> Option<SystemTime> {
+        *self.connected_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether incoming messages go to the component's handler (a handler link exists).
+    pub fn set_handler_linked(&self, linked: bool) {
+        self.handler_linked.store(linked, Ordering::Relaxed);
+    }
+
+    /// Sends `msg` as one frame; Ok once the frame is written to the socket.
+    pub async fn publish(&self, msg: &BrokerMessage) -> Result<(), String> {
+        let frame = self.codec.encode(msg);
+        let result = if frame.len() > self.config.max_message_bytes {
+            Err(format!(
+                "message to {} is {} bytes on the wire, more than max_message_bytes ({}) of session {}; nothing was sent",
+                msg.subject,
+                frame.len(),
+                self.config.max_message_bytes,
+                self.id
+            ))
+        } else {
+            self.send(frame).await
+        };
+        match &result {
+            Ok(()) => stats::bump(&self.stats.published),
+            Err(_) => stats::bump(&self.stats.publish_errors),
+        }
+        result
+    }
+
+    /// Queues a frame and waits (at most `send_timeout_ms`) until it is written.
+    async fn send(&self, frame: Frame) -> Result<(), String> {
+        let deadline = Instant::now() + self.config.send_timeout;
+        let (done, written) = oneshot::channel();
+        let outgoing = Outgoing {
+            frame,
+            deadline,
+            done,
+        };
+        if let Err(e) = self.queue.try_send(outgoing) {
+            return Err(match e {
+                mpsc::error::TrySendError::Full(_) => format!(
+                    "send queue of session {} ({}) is full (max_pending = {}); the message was not sent",
+                    self.id, self.config.uri, self.config.max_pending
+                ),
+                mpsc::error::TrySendError::Closed(_) => {
+                    format!("session {} ({}) is closed", self.id, self.config.uri)
+                }
+            });
+        }
+        match tokio::time::timeout_at(deadline, written).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(format!(
+                "session {} ({}) closed before the message was sent",
+                self.id, self.config.uri
+            )),
+            Err(_) => {
+                let ms = self.config.send_timeout.as_millis();
+                Err(match self.state() {
+                    SessionState::Open => format!(
+                        "writing to {} did not complete within {ms} ms (send_timeout_ms) on session {}",
+                        self.config.uri, self.id
+                    ),
+                    state => format!(
+                        "session {} is not connected to {} (state {}); gave up after {ms} ms (send_timeout_ms)",
+                        self.id,
+                        self.config.uri,
+                        state.as_str()
+                    ),
+                })
+            }
+        }
+    }
+
+    /// Starts closing: a Close frame is sent and every task of the session ends.
+    pub fn close(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits (at most `limit`) for the session's tasks to end after [`Session::close`].
+    pub async fn wait_closed(&self, limit: Duration) {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        let all = futures::future::join_all(tasks);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            debug!(session = %self.id, "session tasks still running at the close deadline");
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // A forgotten session never keeps its socket open.
+        self.cancel.cancel();
+    }
+}
+
+/// A session id: unique, `[A-Za-z0-9_-]` only (so it never contains a `.`).
+fn new_session_id() -> String {
+    let suffix: String = rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(16)
+        .map(char::from)
+        .collect();
+    format!("ws_{suffix}")
+}
+
+/// The backoff before reconnect attempt `attempt` (1-based), with jitter.
+fn backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(20);
+    let d = RECONNECT_INITIAL_DELAY
+        .saturating_mul(1 << exp)
+        .min(RECONNECT_MAX_DELAY);
+    let half = d / 2;
+    half + rand::rng().random_range(Duration::ZERO..=d - half)
+}
+
+/// Why one connection ended.
+enum End {
+    /// The session was closed on purpose.
+    Cancelled,
+    /// The connection failed; reconnect.
+    Lost(String),
+}
+
+/// The task that owns the socket.
+struct SocketTask {
+    id: String,
+    key: SessionKey,
+    config: ConnectionConfig,
+    codec: Codec,
+    stats: Arc<SessionStats>,
+    state: watch::Sender<SessionState>,
+    connected_at: Arc<Mutex<Option<SystemTime>>>,
+    cancel: CancellationToken,
+    permits: Arc<Semaphore>,
+    inbound: mpsc::Sender<Inbound>,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl SocketTask {
+    async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
+        let mut failures: u32 = 0;
+        let mut ever_connected = false;
+        loop {
+            self.state.send_replace(if ever_connected {
+                SessionState::Reconnecting
+            } else {
+                SessionState::Connecting
+            });
+            let attempt = tokio::select! {
+                () = self.cancel.cancelled() => break,
+                r = tokio::time::timeout(self.config.connect_timeout, self.connect()) => r,
+            };
+            let error = match attempt {
+                Ok(Ok(socket)) => {
+                    stats::bump(&self.stats.connects);
+                    if ever_connected {
+                        stats::bump(&self.stats.reconnects);
+                    }
+                    ever_connected = true;
+                    *self.connected_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(SystemTime::now());
+                    self.state.send_replace(SessionState::Open);
+                    info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "connected");
+                    let opened = Instant::now();
+                    match self.drive(socket, &mut queue).await {
+                        End::Cancelled => break,
+                        End::Lost(reason) => {
+                            if opened.elapsed() >= HEALTHY_AFTER {
+                                failures = 0;
+                            }
+                            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %reason, "disconnected; reconnecting");
+                            failures += 1;
+                            None
+                        }
+                    }
+                }
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!(
+                    "no handshake within {} s (connect_timeout_sec)",
+                    self.config.connect_timeout.as_secs()
+                )),
+            };
+            if let Some(error) = error {
+                failures += 1;
+                // Logged once per run of failures, not on every retry.
+                if failures == 1 {
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, "connection attempt failed; retrying with backoff");
+                } else {
+                    debug!(session = %self.id, attempt = failures, %error, "connection attempt failed");
+                }
+            }
+            let delay = backoff(failures);
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+        }
+        self.state.send_replace(SessionState::Closed);
+        debug!(session = %self.id, "session task ended");
+    }
+
+    async fn connect(&self) -> Result<Socket, String> {
+        let mut request = self
+            .config
+            .uri
+            .as_str()
+            .into_client_request()
+            .map_err(|e| format!("bad request for {}: {e}", self.config.uri))?;
+        for (name, value) in self.config.handshake_headers() {
+            // Both were validated when the link was put.
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
+            request.headers_mut().insert(name, value);
+        }
+        let limits = WebSocketConfig::default()
+            .max_message_size(Some(self.config.max_message_bytes))
+            .max_frame_size(Some(self.config.max_message_bytes));
+        let (socket, _response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, Some(limits), true, None)
+                .await
+                .map_err(|e| describe(&e))?;
+        Ok(socket)
+    }
+
+    /// Runs one open connection until it ends.
+    async fn drive(&self, socket: Socket, queue: &mut mpsc::Receiver<Outgoing>) -> End {
+        let (mut sink, mut stream) = socket.split();
+        let mut permit: Option<OwnedSemaphorePermit> = None;
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => {
+                    let close = Message::Close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "link deleted or provider stopped".into(),
+                    }));
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+                    return End::Cancelled;
+                }
+                n = queue.recv_many(&mut batch, WRITE_BATCH) => {
+                    if n == 0 {
+                        // Every handle is gone: nobody can publish or close any more.
+                        return End::Cancelled;
+                    }
+                    if let Err(reason) = self.write_batch(&mut sink, &mut batch).await {
+                        return End::Lost(reason);
+                    }
+                }
+                p = Arc::clone(&self.permits).acquire_owned(), if permit.is_none() => {
+                    // The semaphore is never closed.
+                    permit = p.ok();
+                }
+                frame = stream.next(), if permit.is_some() => match frame {
+                    None => return End::Lost("the server ended the stream".into()),
+                    Some(Ok(Message::Text(text))) => self.incoming(Bytes::from(text), &mut permit),
+                    Some(Ok(Message::Binary(bytes))) => self.incoming(bytes, &mut permit),
+                    Some(Ok(Message::Close(frame))) => {
+                        // The library answers the Close; the stream ends right after.
+                        debug!(session = %self.id, ?frame, "server sent Close");
+                    }
+                    Some(Ok(_)) => {} // ping, pong: the library answers pings itself
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                        stats::bump(&self.stats.dropped_oversized);
+                        warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, size, max_size, "refused an incoming message larger than max_message_bytes; closing with 1009 and reconnecting");
+                        let close = Message::Close(Some(CloseFrame {
+                            code: CloseCode::Size,
+                            reason: "message larger than max_message_bytes".into(),
+                        }));
+                        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+                        return End::Lost(format!("incoming message of {size} bytes exceeds max_message_bytes ({max_size})"));
+                    }
+                    Some(Err(e)) => return End::Lost(describe(&e)),
+                },
+            }
+        }
+    }
+
+    /// Writes a batch with one flush, then tells each caller. Frames whose caller stopped waiting
+    /// (timed out) are not sent: the caller already got an error.
+    async fn write_batch(
+        &self,
+        sink: &mut futures::stream::SplitSink<Socket, Message>,
+        batch: &mut Vec<Outgoing>,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let mut written = Vec::with_capacity(batch.len());
+        for out in batch.drain(..) {
+            if out.done.is_closed() || out.deadline <= now {
+                debug!(session = %self.id, "dropping a queued frame whose publish already timed out");
+                continue;
+            }
+            let len = out.frame.len();
+            let message = match out.frame {
+                Frame::Text(bytes) => match bytes.try_into() {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => {
+                        let _ = out
+                            .done
+                            .send(Err("internal error: text frame is not UTF-8".into()));
+                        continue;
+                    }
+                },
+                Frame::Binary(bytes) => Message::Binary(bytes),
+            };
+            if let Err(e) = sink.feed(message).await {
+                let reason = format!("write failed: {}", describe(&e));
+                let _ = out
+                    .done
+                    .send(Err(format!("{reason} on session {}", self.id)));
+                fail_all(written, &reason, &self.id);
+                return Err(reason);
+            }
+            written.push((out.done, len));
+        }
+        if written.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = sink.flush().await {
+            let reason = format!("write failed: {}", describe(&e));
+            fail_all(written, &reason, &self.id);
+            return Err(reason);
+        }
+        for (done, len) in written {
+            stats::bump(&self.stats.frames_out);
+            stats::add(&self.stats.bytes_out, len);
+            let _ = done.send(Ok(()));
+        }
+        Ok(())
+    }
+
+    /// Decodes one data frame and hands it to delivery with its permit.
+    fn incoming(&self, payload: Bytes, permit: &mut Option<OwnedSemaphorePermit>) {
+        stats::bump(&self.stats.frames_in);
+        stats::add(&self.stats.bytes_in, payload.len());
+        match self.codec.decode(payload) {
+            Ok(msg) => {
+                let Some(permit) = permit.take() else { return };
+                // Cannot be full: the channel holds as many messages as there are permits.
+                if self.inbound.try_send(Inbound { msg, permit }).is_err() {
+                    debug!(session = %self.id, "delivery task gone; message dropped at close");
+                }
+            }
+            Err(error) => {
+                stats::bump(&self.stats.dropped_malformed);
+                warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
+            }
+        }
+    }
+}
+
+fn fail_all(written: Vec<(oneshot::Sender<Result<(), String>>, usize)>, reason: &str, id: &str) {
+    for (done, _) in written {
+        let _ = done.send(Err(format!("{reason} on session {id}")));
+    }
+}
+
+/// A WebSocket error in words a user can act on.
+fn describe(e: &WsError) -> String {
+    match e {
+        WsError::Http(response) => format!(
+            "the server refused the WebSocket handshake with HTTP {}",
+            response.status()
+        ),
+        WsError::Io(io) => format!("I/O error: {io}"),
+        WsError::Tls(tls) => format!("TLS error: {tls}"),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => "the connection was closed".into(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_unique_and_dot_free() {
+        let a = new_session_id();
+        let b = new_session_id();
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        for attempt in 1..=12 {
+            let d = RECONNECT_INITIAL_DELAY
+                .saturating_mul(1 << (attempt - 1))
+                .min(RECONNECT_MAX_DELAY);
+            for _ in 0..20 {
+                let b = backoff(attempt);
+                assert!(
+                    b >= d / 2 && b <= d,
+                    "attempt {attempt}: {b:?} not in [{:?}, {d:?}]",
+                    d / 2
+                );
+            }
+        }
+    }
+}
