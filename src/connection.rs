@@ -394,6 +394,7 @@ impl ConnectionConfig {
     /// since a typo must not pass silently.
     pub fn from_link(
         defaults: &ProviderDefaults,
+        component: &str,
         link_name: &str,
         link_config: &HashMap<String, String>,
         link_secrets: &HashMap<String, SecretValue>,
@@ -401,6 +402,7 @@ impl ConnectionConfig {
         for key in link_config.keys().filter(|k| !is_known(k)) {
             warn!(
                 key,
+                component,
                 link_name,
                 known = KNOWN_KEYS.join(", "),
                 "unknown key in link config is ignored"
@@ -482,7 +484,7 @@ mod tests {
         defaults: &ProviderDefaults,
         cfg: &[(&str, &str)],
     ) -> Result<ConnectionConfig, ConfigError> {
-        ConnectionConfig::from_link(defaults, "default", &map(cfg), &HashMap::new())
+        ConnectionConfig::from_link(defaults, "c", "default", &map(cfg), &HashMap::new())
     }
 
     #[test]
@@ -578,6 +580,7 @@ mod tests {
         .unwrap();
         let cfg = ConnectionConfig::from_link(
             &defaults,
+            "c",
             "l",
             &map(&[
                 ("uri", "ws://h"),
@@ -591,6 +594,7 @@ mod tests {
         assert_eq!(cfg.headers["X-Key"], "p");
         let cfg = ConnectionConfig::from_link(
             &defaults,
+            "c",
             "l",
             &map(&[("uri", "ws://h"), ("auth_token", "plain-link")]),
             &secrets(&[("auth_token", "link-secret")]),

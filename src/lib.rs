@@ -162,8 +162,9 @@ impl WebSocketMessagingProvider {
             anyhow!(message)
         };
         let defaults = read(&self.default_config).clone();
-        let cfg = ConnectionConfig::from_link(&defaults, &key.link_name, config, secrets)
-            .map_err(|e| refuse(e.to_string()))?;
+        let cfg =
+            ConnectionConfig::from_link(&defaults, &key.component, &key.link_name, config, secrets)
+                .map_err(|e| refuse(e.to_string()))?;
 
         // Lock order: consumer map, then handler map, then session storage.
         let mut consumers = write(&self.consumer_components);

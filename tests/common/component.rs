@@ -1,0 +1,203 @@
+//! A played component: calls the provider's `consumer` export over wRPC with the headers the host
+//! sets (`source-id`, `link-name`), and serves `handler.handle-message`, recording every message.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt as _;
+use tokio::sync::Notify;
+
+use super::played;
+use super::played::wasmcloud::messaging::types::BrokerMessage;
+use super::provider::ProviderProcess;
+
+/// What the played component's handler does with a message.
+#[derive(Clone, Default)]
+pub struct Behaviour {
+    /// Sleep this long before answering.
+    pub delay: Duration,
+    /// Answer with this error instead of Ok.
+    pub fail_with: Option<String>,
+}
+
+#[derive(Clone, Default)]
+struct Recorder {
+    received: Arc<Mutex<Vec<BrokerMessage>>>,
+    changed: Arc<Notify>,
+    behaviour: Arc<Mutex<Behaviour>>,
+    running: Arc<AtomicUsize>,
+    max_running: Arc<AtomicUsize>,
+}
+
+impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>> for Recorder {
+    async fn handle_message(
+        &self,
+        _cx: Option<async_nats::HeaderMap>,
+        msg: BrokerMessage,
+    ) -> anyhow::Result<Result<(), String>> {
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let behaviour = self.behaviour.lock().unwrap().clone();
+        self.received.lock().unwrap().push(msg);
+        self.changed.notify_waiters();
+        if !behaviour.delay.is_zero() {
+            tokio::time::sleep(behaviour.delay).await;
+        }
+        self.running.fetch_sub(1, Ordering::SeqCst);
+        Ok(behaviour.fail_with.map_or(Ok(()), Err))
+    }
+}
+
+pub struct PlayedComponent {
+    pub id: String,
+    provider: wrpc_transport_nats::Client,
+    recorder: Recorder,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl PlayedComponent {
+    /// Serves `handle-message` for component `id` on the provider's lattice.
+    pub async fn start(provider: &ProviderProcess, nats: &async_nats::Client, id: &str) -> Self {
+        let nats = Arc::new(nats.clone());
+        let own = wrpc_transport_nats::Client::new(
+            Arc::clone(&nats),
+            format!("{}.{id}", provider.lattice),
+            None,
+        )
+        .await
+        .unwrap();
+        let recorder = Recorder::default();
+        let invocations = played::serve(&own, recorder.clone()).await.unwrap();
+        let serving = tokio::spawn(async move {
+            let _own = own;
+            let mut all = futures::stream::select_all(invocations.into_iter().map(|(_, _, s)| s));
+            while let Some(invocation) = all.next().await {
+                if let Ok(fut) = invocation {
+                    tokio::spawn(async move {
+                        let _ = fut.await;
+                    });
+                }
+            }
+        });
+        let provider_client = wrpc_transport_nats::Client::new(
+            nats,
+            format!("{}.{}", provider.lattice, provider.provider_key),
+            None,
+        )
+        .await
+        .unwrap();
+        PlayedComponent {
+            id: id.into(),
+            provider: provider_client,
+            recorder,
+            serving,
+        }
+    }
+
+    pub fn set_behaviour(&self, behaviour: Behaviour) {
+        *self.recorder.behaviour.lock().unwrap() = behaviour;
+    }
+
+    fn headers(&self, link_name: &str) -> async_nats::HeaderMap {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("source-id", self.id.as_str());
+        headers.insert("link-name", link_name);
+        headers
+    }
+
+    /// `consumer.publish` through `link_name`; the outer error is a wRPC failure.
+    pub async fn publish(
+        &self,
+        link_name: &str,
+        subject: &str,
+        body: impl Into<Bytes>,
+        reply_to: Option<&str>,
+    ) -> anyhow::Result<Result<(), String>> {
+        let msg = BrokerMessage {
+            subject: subject.into(),
+            body: body.into(),
+            reply_to: reply_to.map(Into::into),
+        };
+        let call = played::wasmcloud::messaging::consumer::publish(
+            &self.provider,
+            Some(self.headers(link_name)),
+            &msg,
+        );
+        tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .map_err(|_| anyhow::anyhow!("publish call got no answer within 20 s"))?
+    }
+
+    /// Publishes until the call returns Ok (the provider serves its exports and the session
+    /// connects in the background), within `limit`.
+    pub async fn publish_when_ready(&self, link_name: &str, subject: &str, body: impl Into<Bytes>, limit: Duration) {
+        let body = body.into();
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let last = match self.publish(link_name, subject, body.clone(), None).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                panic!("publish never succeeded within {limit:?}; last error: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `consumer.request` through `link_name`.
+    pub async fn request(
+        &self,
+        link_name: &str,
+        subject: &str,
+        body: impl Into<Bytes>,
+        timeout_ms: u32,
+    ) -> anyhow::Result<Result<BrokerMessage, String>> {
+        let body: Bytes = body.into();
+        let call = played::wasmcloud::messaging::consumer::request(
+            &self.provider,
+            Some(self.headers(link_name)),
+            subject,
+            &body,
+            timeout_ms,
+        );
+        tokio::time::timeout(Duration::from_secs(20), call)
+            .await
+            .map_err(|_| anyhow::anyhow!("request call got no answer within 20 s"))?
+    }
+
+    pub fn received(&self) -> Vec<BrokerMessage> {
+        self.recorder.received.lock().unwrap().clone()
+    }
+
+    /// The most handler invocations that ran at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.recorder.max_running.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the handler got at least `n` messages, and returns them all.
+    pub async fn wait_received(&self, n: usize, limit: Duration) -> Vec<BrokerMessage> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.recorder.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let received = self.received();
+            if received.len() >= n {
+                return received;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("handler got {} of {n} messages within {limit:?}", self.received().len());
+            }
+        }
+    }
+}
+
+impl Drop for PlayedComponent {
+    fn drop(&mut self) {
+        self.serving.abort();
+    }
+}

@@ -1,0 +1,75 @@
+//! Test helpers, each playing one real part: `nats` (a nats-server child process), `provider`
+//! (the provider binary started as the host starts it), `component` (a component played over
+//! wRPC), `ws` (WebSocket servers on 127.0.0.1).
+
+#![allow(dead_code)]
+
+pub mod component;
+pub mod nats;
+pub mod provider;
+pub mod ws;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// wRPC bindings of the played component's world (imports `consumer`, exports `handler`).
+pub mod played {
+    wit_bindgen_wrpc::generate!({
+        world: "test:played/component",
+        path: ["wit/deps/messaging", "tests/wit"],
+        with: {
+            "wasmcloud:messaging/consumer@0.2.0": generate,
+            "wasmcloud:messaging/handler@0.2.0": generate,
+            "wasmcloud:messaging/types@0.2.0": generate,
+        }
+    });
+}
+
+/// A name unique within this test process.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Polls `condition` until it holds; panics naming `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if condition().await {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A nats-server, the provider on it, and a played component: what most tests start from.
+pub struct Rig {
+    pub nats: nats::NatsServer,
+    pub client: async_nats::Client,
+    pub provider: provider::ProviderProcess,
+}
+
+impl Rig {
+    pub async fn start() -> Self {
+        Self::with_options(provider::ProviderOptions::default()).await
+    }
+
+    pub async fn with_options(options: provider::ProviderOptions) -> Self {
+        let nats = nats::NatsServer::start().await;
+        let client = nats.client().await;
+        let provider = provider::ProviderProcess::start(&nats, options).await;
+        Rig { nats, client, provider }
+    }
+
+    pub async fn component(&self, id: &str) -> component::PlayedComponent {
+        component::PlayedComponent::start(&self.provider, &self.client, id).await
+    }
+}

@@ -1,0 +1,65 @@
+//! A real `nats-server` child process on a free port of 127.0.0.1.
+
+use std::net::TcpListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use super::wait_until;
+
+pub struct NatsServer {
+    pub url: String,
+    child: Child,
+}
+
+/// `$NATS_SERVER_BIN`, else `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
+fn binary() -> String {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return bin;
+    }
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
+    });
+    if on_path {
+        "nats-server".into()
+    } else {
+        "/usr/sbin/nats-server".into()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl NatsServer {
+    pub async fn start() -> Self {
+        let port = free_port();
+        let child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server starts (install it: apt-get install nats-server, or set NATS_SERVER_BIN)");
+        let url = format!("nats://127.0.0.1:{port}");
+        wait_until("nats-server accepts connections", Duration::from_secs(10), || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        })
+        .await;
+        NatsServer { url, child }
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(&self.url).await.expect("connect to nats-server")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}

@@ -1,0 +1,202 @@
+//! Real WebSocket servers on 127.0.0.1: an echo server, and a recorder that records frames and
+//! handshake headers and can push frames or drop the connection.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::http::HeaderMap;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+pub use tokio_tungstenite::tungstenite::Message;
+
+/// What a server saw, in order.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A client completed the handshake with these headers.
+    Connected { conn: usize, headers: HeaderMap },
+    /// A data frame from the client.
+    Frame { conn: usize, message: Message },
+    /// The client sent a Close frame.
+    Closed { conn: usize, frame: Option<CloseFrame> },
+    /// The connection is gone (after a Close, an error or a drop).
+    Ended { conn: usize },
+}
+
+enum Command {
+    Send(Message),
+    Drop,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Echo,
+    Record,
+}
+
+pub struct WsServer {
+    pub addr: SocketAddr,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
+    conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl WsServer {
+    /// Echoes every data frame back on the same connection.
+    pub async fn echo() -> Self {
+        Self::start(Mode::Echo).await
+    }
+
+    /// Records frames and answers nothing; frames are pushed with [`WsServer::push`].
+    pub async fn recorder() -> Self {
+        Self::start(Mode::Record).await
+    }
+
+    async fn start(mode: Mode) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let conns = Arc::new(Mutex::new(BTreeMap::new()));
+        let accept = tokio::spawn({
+            let conns = Arc::clone(&conns);
+            async move {
+                let mut next = 0;
+                while let Ok((tcp, _)) = listener.accept().await {
+                    next += 1;
+                    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+                    conns.lock().unwrap().insert(next, cmd_tx);
+                    tokio::spawn(serve(next, tcp, mode, events_tx.clone(), cmd_rx));
+                }
+            }
+        });
+        WsServer {
+            addr,
+            events: tokio::sync::Mutex::new(events),
+            conns,
+            accept,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("ws://{}/socket", self.addr)
+    }
+
+    /// Waits for the first event `pick` accepts, skipping others; panics after `limit`.
+    pub async fn expect<T>(&self, what: &str, limit: Duration, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        let mut events = self.events.lock().await;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, events.recv()).await {
+                Ok(Some(event)) => {
+                    if let Some(found) = pick(&event) {
+                        return found;
+                    }
+                }
+                Ok(None) => panic!("server stopped while waiting for {what}"),
+                Err(_) => panic!("server saw no {what} within {limit:?}"),
+            }
+        }
+    }
+
+    /// Waits for a client to connect and returns its connection number and handshake headers.
+    pub async fn connected(&self, limit: Duration) -> (usize, HeaderMap) {
+        self.expect("connection", limit, |e| match e {
+            Event::Connected { conn, headers } => Some((*conn, headers.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for the next data frame from a client.
+    pub async fn frame(&self, limit: Duration) -> Message {
+        self.expect("data frame", limit, |e| match e {
+            Event::Frame { message, .. } => Some(message.clone()),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Asserts that no data frame arrives within `window`.
+    pub async fn no_frame(&self, window: Duration) {
+        let mut events = self.events.lock().await;
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, events.recv()).await {
+            if let Event::Frame { message, .. } = event {
+                panic!("unexpected frame {message:?}");
+            }
+        }
+    }
+
+    /// Sends a frame on the newest connection.
+    pub fn push(&self, message: Message) {
+        let conns = self.conns.lock().unwrap();
+        let (_, conn) = conns.iter().next_back().expect("a client is connected");
+        conn.send(Command::Send(message)).expect("connection alive");
+    }
+
+    /// Drops every connection without a Close frame.
+    pub fn drop_connections(&self) {
+        for (_, conn) in std::mem::take(&mut *self.conns.lock().unwrap()) {
+            let _ = conn.send(Command::Drop);
+        }
+    }
+}
+
+impl Drop for WsServer {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.drop_connections();
+    }
+}
+
+async fn serve(
+    conn: usize,
+    tcp: tokio::net::TcpStream,
+    mode: Mode,
+    events: mpsc::UnboundedSender<Event>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+) {
+    let seen = Arc::new(Mutex::new(HeaderMap::new()));
+    let callback = {
+        let seen = Arc::clone(&seen);
+        move |request: &Request, response: Response| {
+            *seen.lock().unwrap() = request.headers().clone();
+            Ok(response)
+        }
+    };
+    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(tcp, callback).await else {
+        return;
+    };
+    let headers = seen.lock().unwrap().clone();
+    let _ = events.send(Event::Connected { conn, headers });
+    loop {
+        tokio::select! {
+            command = commands.recv() => match command {
+                Some(Command::Send(message)) => {
+                    if ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Command::Drop) | None => break,
+            },
+            incoming = ws.next() => match incoming {
+                Some(Ok(Message::Close(frame))) => {
+                    let _ = events.send(Event::Closed { conn, frame });
+                }
+                Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    let _ = events.send(Event::Frame { conn, message: message.clone() });
+                    if mode == Mode::Echo && ws.send(message).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+        }
+    }
+    let _ = events.send(Event::Ended { conn });
+}
