@@ -31,7 +31,9 @@ struct Recorder {
     max_running: Arc<AtomicUsize>,
 }
 
-impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>> for Recorder {
+impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>>
+    for Recorder
+{
     async fn handle_message(
         &self,
         _cx: Option<async_nats::HeaderMap>,
@@ -132,7 +134,13 @@ impl PlayedComponent {
 
     /// Publishes until the call returns Ok (the provider serves its exports and the session
     /// connects in the background), within `limit`.
-    pub async fn publish_when_ready(&self, link_name: &str, subject: &str, body: impl Into<Bytes>, limit: Duration) {
+    pub async fn publish_when_ready(
+        &self,
+        link_name: &str,
+        subject: &str,
+        body: impl Into<Bytes>,
+        limit: Duration,
+    ) {
         let body = body.into();
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -190,7 +198,10 @@ impl PlayedComponent {
                 return received;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                panic!("handler got {} of {n} messages within {limit:?}", self.received().len());
+                panic!(
+                    "handler got {} of {n} messages within {limit:?}",
+                    self.received().len()
+                );
             }
         }
     }

@@ -29,7 +29,11 @@ pub mod played {
 /// A name unique within this test process.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Polls `condition` until it holds; panics naming `what` after `limit`.
@@ -66,7 +70,11 @@ impl Rig {
         let nats = nats::NatsServer::start().await;
         let client = nats.client().await;
         let provider = provider::ProviderProcess::start(&nats, options).await;
-        Rig { nats, client, provider }
+        Rig {
+            nats,
+            client,
+            provider,
+        }
     }
 
     pub async fn component(&self, id: &str) -> component::PlayedComponent {

@@ -46,15 +46,23 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts (install it: apt-get install nats-server, or set NATS_SERVER_BIN)");
         let url = format!("nats://127.0.0.1:{port}");
-        wait_until("nats-server accepts connections", Duration::from_secs(10), || async {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
-        })
+        wait_until(
+            "nats-server accepts connections",
+            Duration::from_secs(10),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
         .await;
         NatsServer { url, child }
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(&self.url).await.expect("connect to nats-server")
+        async_nats::connect(&self.url)
+            .await
+            .expect("connect to nats-server")
     }
 }
 

@@ -132,7 +132,10 @@ impl ProviderProcess {
         }
         let mut child = command.spawn().expect("the provider binary starts");
         let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(format!("{line}\r\n").as_bytes()).await.unwrap();
+        stdin
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
         drop(stdin);
 
         let logs = Logs::default();
@@ -162,9 +165,11 @@ impl ProviderProcess {
             provider_xkey_public,
             child,
         };
-        wait_until("the provider answers health checks", Duration::from_secs(30), || {
-            provider.health_ok()
-        })
+        wait_until(
+            "the provider answers health checks",
+            Duration::from_secs(30),
+            || provider.health_ok(),
+        )
         .await;
         provider
     }
@@ -184,7 +189,12 @@ impl ProviderProcess {
     }
 
     /// A consumer link: `component` -> provider, config in the target config.
-    pub fn consumer_link(&self, component: &str, link_name: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
+    pub fn consumer_link(
+        &self,
+        component: &str,
+        link_name: &str,
+        config: &[(&str, &str)],
+    ) -> InterfaceLinkDefinition {
         InterfaceLinkDefinition {
             source_id: component.into(),
             target: self.provider_key.clone(),
@@ -198,7 +208,12 @@ impl ProviderProcess {
     }
 
     /// A handler link: provider -> `component`, config in the source config.
-    pub fn handler_link(&self, component: &str, link_name: &str, config: &[(&str, &str)]) -> InterfaceLinkDefinition {
+    pub fn handler_link(
+        &self,
+        component: &str,
+        link_name: &str,
+        config: &[(&str, &str)],
+    ) -> InterfaceLinkDefinition {
         InterfaceLinkDefinition {
             source_id: self.provider_key.clone(),
             target: component.into(),
@@ -218,12 +233,18 @@ impl ProviderProcess {
             .map(|(k, v)| (k.to_string(), SecretValue::String(v.to_string())))
             .collect();
         self.host_xkey
-            .seal(&serde_json::to_vec(&map).unwrap(), &self.provider_xkey_public)
+            .seal(
+                &serde_json::to_vec(&map).unwrap(),
+                &self.provider_xkey_public,
+            )
             .unwrap()
     }
 
     pub async fn put_link(&self, link: &InterfaceLinkDefinition) {
-        let subject = format!("wasmbus.rpc.{}.{}.linkdefs.put", self.lattice, self.link_put_id);
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.linkdefs.put",
+            self.lattice, self.link_put_id
+        );
         self.nats
             .publish(subject, serde_json::to_vec(link).unwrap().into())
             .await
@@ -232,7 +253,10 @@ impl ProviderProcess {
     }
 
     pub async fn delete_link(&self, link: &InterfaceLinkDefinition) {
-        let subject = format!("wasmbus.rpc.{}.{}.linkdefs.del", self.lattice, self.provider_key);
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.linkdefs.del",
+            self.lattice, self.provider_key
+        );
         self.nats
             .publish(subject, serde_json::to_vec(link).unwrap().into())
             .await
@@ -243,7 +267,10 @@ impl ProviderProcess {
     /// Asks the provider to shut down as the host does and returns how long it took the process
     /// to exit, counted from the request.
     pub async fn shutdown(&mut self) -> Duration {
-        let subject = format!("wasmbus.rpc.{}.{}.default.shutdown", self.lattice, self.provider_key);
+        let subject = format!(
+            "wasmbus.rpc.{}.{}.default.shutdown",
+            self.lattice, self.provider_key
+        );
         let payload = serde_json::json!({ "host_id": self.host_id }).to_string();
         let started = Instant::now();
         let request = self.nats.request(subject, payload.into());
@@ -251,7 +278,9 @@ impl ProviderProcess {
             tokio::time::timeout(Duration::from_secs(5), request),
             tokio::time::timeout(Duration::from_secs(5), self.child.wait())
         );
-        let status = status.expect("the provider exits after a shutdown request").unwrap();
+        let status = status
+            .expect("the provider exits after a shutdown request")
+            .unwrap();
         let took = started.elapsed();
         assert!(reply.is_ok(), "the shutdown request got no reply");
         assert!(status.success(), "the provider exited with {status}");
@@ -265,5 +294,8 @@ impl ProviderProcess {
 }
 
 fn to_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }

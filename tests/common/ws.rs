@@ -22,7 +22,10 @@ pub enum Event {
     /// A data frame from the client.
     Frame { conn: usize, message: Message },
     /// The client sent a Close frame.
-    Closed { conn: usize, frame: Option<CloseFrame> },
+    Closed {
+        conn: usize,
+        frame: Option<CloseFrame>,
+    },
     /// The connection is gone (after a Close, an error or a drop).
     Ended { conn: usize },
 }
@@ -86,7 +89,12 @@ impl WsServer {
     }
 
     /// Waits for the first event `pick` accepts, skipping others; panics after `limit`.
-    pub async fn expect<T>(&self, what: &str, limit: Duration, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+    pub async fn expect<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut pick: impl FnMut(&Event) -> Option<T>,
+    ) -> T {
         let mut events = self.events.lock().await;
         let deadline = tokio::time::Instant::now() + limit;
         loop {
@@ -153,6 +161,8 @@ impl Drop for WsServer {
     }
 }
 
+// The handshake callback's error type is the library's, large as it is.
+#[allow(clippy::result_large_err)]
 async fn serve(
     conn: usize,
     tcp: tokio::net::TcpStream,

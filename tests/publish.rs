@@ -1,0 +1,328 @@
+//! `publish`: from a played component through the real provider binary to a real WebSocket server.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::ws::{Message, WsServer};
+use common::Rig;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn json_of(message: &Message) -> Value {
+    match message {
+        Message::Text(text) => serde_json::from_str(text).expect("the frame is JSON"),
+        other => panic!("expected a text frame, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn publish_sends_the_exact_envelope() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("publisher").await;
+    let link = rig
+        .provider
+        .consumer_link("publisher", "default", &[("uri", &server.uri())]);
+    rig.provider.put_link(&link).await;
+    component
+        .publish_when_ready("default", "warm.up", &b""[..], WAIT)
+        .await;
+    let _ = server.frame(WAIT).await;
+
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let big: Vec<u8> = (0..512 * 1024).map(|i| (i * 31 % 251) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("empty.body", vec![], None),
+        ("all.bytes", all_bytes, Some("_INBOX.reply.1")),
+        ("big.body", big, None),
+        ("with.reply", b"hello".to_vec(), Some("answers.here")),
+    ];
+    for (subject, body, reply_to) in cases {
+        let result = component
+            .publish("default", subject, body.clone(), reply_to)
+            .await
+            .unwrap();
+        assert_eq!(result, Ok(()), "publish {subject}");
+        let frame = server.frame(WAIT).await;
+        let mut expected = json!({
+            "subject": subject,
+            "body": base64::engine::general_purpose::STANDARD.encode(&body),
+        });
+        if let Some(reply_to) = reply_to {
+            expected["reply_to"] = json!(reply_to);
+        }
+        assert_eq!(json_of(&frame), expected, "envelope of {subject}");
+        // Exactly the contract's keys and order: subject, body, reply_to (when present).
+        let text = frame.to_text().unwrap();
+        assert!(
+            text.starts_with(&format!("{{\"subject\":\"{subject}\",\"body\":\"")),
+            "{}",
+            &text[..60.min(text.len())]
+        );
+    }
+}
+
+#[tokio::test]
+async fn handshake_sends_authorization_and_custom_headers() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("auth_token", "s3cr3t-token"),
+            ("header.X-Tenant", "acme"),
+            ("header.X-Trace", "on"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    let (_, headers) = server.connected(WAIT).await;
+    assert_eq!(headers["authorization"], "Bearer s3cr3t-token");
+    assert_eq!(headers["x-tenant"], "acme");
+    assert_eq!(headers["x-trace"], "on");
+    rig.provider
+        .logs
+        .wait_for(
+            &["sensitive setting taken from plain config", "auth_token"],
+            WAIT,
+        )
+        .await;
+}
+
+#[tokio::test]
+async fn link_secrets_override_plain_config() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let mut link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("auth_token", "from-config"),
+            ("header.X-Key", "config-value"),
+        ],
+    );
+    link.target_secrets = Some(rig.provider.seal(&[
+        ("auth_token", "from-secret"),
+        ("header.X-Key", "secret-value"),
+    ]));
+    rig.provider.put_link(&link).await;
+    let (_, headers) = server.connected(WAIT).await;
+    assert_eq!(headers["authorization"], "Bearer from-secret");
+    assert_eq!(headers["x-key"], "secret-value");
+}
+
+#[tokio::test]
+async fn provider_secrets_and_config_are_defaults() {
+    let server = WsServer::recorder().await;
+    let rig = Rig::with_options(common::provider::ProviderOptions {
+        config: [("uri".to_string(), server.uri())].into(),
+        secrets: [(
+            "auth_token".to_string(),
+            wasmcloud_provider_sdk::core::secrets::SecretValue::String("provider-token".into()),
+        )]
+        .into(),
+        ..Default::default()
+    })
+    .await;
+    // The link sets nothing: uri and token come from the provider's config and secrets.
+    rig.provider
+        .put_link(&rig.provider.consumer_link("comp", "default", &[]))
+        .await;
+    let (_, headers) = server.connected(WAIT).await;
+    assert_eq!(headers["authorization"], "Bearer provider-token");
+}
+
+#[tokio::test]
+async fn publish_without_a_link_returns_the_contract_error() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("linked", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    let linked = rig.component("linked").await;
+    linked
+        .publish_when_ready("default", "x", &b"1"[..], WAIT)
+        .await;
+
+    let stranger = rig.component("stranger").await;
+    let result = stranger
+        .publish("default", "x", &b"1"[..], None)
+        .await
+        .unwrap();
+    assert_eq!(
+        result,
+        Err("no WebSocket link for component stranger with link name default".to_string())
+    );
+    // The same component under another link name has no session either.
+    let result = linked.publish("other", "x", &b"1"[..], None).await.unwrap();
+    assert_eq!(
+        result,
+        Err("no WebSocket link for component linked with link name other".to_string())
+    );
+}
+
+#[tokio::test]
+async fn oversized_publish_fails_before_anything_is_sent() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[("uri", &server.uri()), ("max_message_bytes", "1000")],
+    );
+    rig.provider.put_link(&link).await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "fits", vec![b'a'; 100], WAIT)
+        .await;
+    assert!(matches!(server.frame(WAIT).await, Message::Text(_)));
+
+    // With subject "ssss", 729 body bytes make exactly 1000 bytes of envelope; 730 make 1004.
+    let fits = component
+        .publish("default", "ssss", vec![0u8; 729], None)
+        .await
+        .unwrap();
+    assert_eq!(fits, Ok(()));
+    assert_eq!(server.frame(WAIT).await.len(), 1000);
+    let err = component
+        .publish("default", "ssss", vec![0u8; 730], None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.contains("1004 bytes")
+            && err.contains("max_message_bytes (1000)")
+            && err.contains("nothing was sent"),
+        "{err}"
+    );
+    server.no_frame(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn publish_waits_for_a_connection_then_fails_clearly() {
+    let rig = Rig::start().await;
+    // Nothing listens on this port: the session keeps reconnecting.
+    let port = common::nats::free_port();
+    let uri = format!("ws://127.0.0.1:{port}/");
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &uri),
+            ("send_timeout_ms", "300"),
+            ("max_pending", "1"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    let component = rig.component("comp").await;
+    rig.provider
+        .logs
+        .wait_for(&["connection attempt failed", &uri], WAIT)
+        .await;
+
+    let started = Instant::now();
+    let (first, second) = tokio::join!(component.publish("default", "a", &b"1"[..], None), async {
+        // Let the first call take the only queue slot.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = Instant::now();
+        (
+            component.publish("default", "b", &b"2"[..], None).await,
+            started.elapsed(),
+        )
+    });
+    let first = first.unwrap().unwrap_err();
+    assert!(
+        first.contains("is not connected") && first.contains("send_timeout_ms"),
+        "{first}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    let (second, second_took) = second;
+    let second = second.unwrap().unwrap_err();
+    assert!(second.contains("is full (max_pending = 1)"), "{second}");
+    assert!(
+        second_took < Duration::from_millis(300),
+        "a full queue fails at once, took {second_took:?}"
+    );
+}
+
+#[tokio::test]
+async fn reserved_subjects_never_leave_as_frames() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("comp", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "ok", &b""[..], WAIT)
+        .await;
+    let _ = server.frame(WAIT).await;
+    let err = component
+        .publish("default", "$ws.anything", &b"x"[..], None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("reserved"), "{err}");
+    server.no_frame(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn request_is_not_implemented_yet() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("comp", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "ok", &b""[..], WAIT)
+        .await;
+    let result = component
+        .request("default", "svc", &b"q"[..], 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        result.map(|m| m.subject),
+        Err("request is not implemented yet".to_string())
+    );
+}
+
+#[tokio::test]
+async fn raw_format_sends_the_body_alone() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[("uri", &server.uri()), ("format", "raw")],
+    );
+    rig.provider.put_link(&link).await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "ignored", &b"plain text"[..], WAIT)
+        .await;
+    assert_eq!(server.frame(WAIT).await, Message::text("plain text"));
+    let binary = vec![0xff, 0x00, 0xfe];
+    assert_eq!(
+        component
+            .publish("default", "s", binary.clone(), None)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(server.frame(WAIT).await, Message::binary(binary));
+}
