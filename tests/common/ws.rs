@@ -43,6 +43,7 @@ enum Mode {
 
 pub struct WsServer {
     pub addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -64,12 +65,15 @@ impl WsServer {
         let addr = listener.local_addr().unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let conns = Arc::new(Mutex::new(BTreeMap::new()));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accept = tokio::spawn({
             let conns = Arc::clone(&conns);
+            let accepted = Arc::clone(&accepted);
             async move {
                 let mut next = 0;
                 while let Ok((tcp, _)) = listener.accept().await {
                     next += 1;
+                    accepted.store(next, std::sync::atomic::Ordering::SeqCst);
                     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                     conns.lock().unwrap().insert(next, cmd_tx);
                     tokio::spawn(serve(next, tcp, mode, events_tx.clone(), cmd_rx));
@@ -78,6 +82,7 @@ impl WsServer {
         });
         WsServer {
             addr,
+            accepted,
             events: tokio::sync::Mutex::new(events),
             conns,
             accept,
@@ -108,6 +113,11 @@ impl WsServer {
                 Err(_) => panic!("server saw no {what} within {limit:?}"),
             }
         }
+    }
+
+    /// How many TCP connections the server has accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Waits for a client to connect and returns its connection number and handshake headers.
