@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
+use futures::stream::SplitSink;
 use futures::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -416,16 +417,13 @@ impl SocketTask {
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => {
-                    let close = Message::Close(Some(CloseFrame {
-                        code: CloseCode::Normal,
-                        reason: "link deleted or provider stopped".into(),
-                    }));
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+                    self.say_goodbye(&mut sink, CloseCode::Normal, "link deleted or provider stopped").await;
                     return End::Cancelled;
                 }
                 n = queue.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
-                        // Every handle is gone: nobody can publish or close any more.
+                        // Every handle is gone (the session was dropped as it was closed).
+                        self.say_goodbye(&mut sink, CloseCode::Normal, "link deleted or provider stopped").await;
                         return End::Cancelled;
                     }
                     if let Err(reason) = self.write_batch(&mut sink, &mut batch).await {
@@ -448,11 +446,7 @@ impl SocketTask {
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
                         stats::bump(&self.stats.dropped_oversized);
                         warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, size, max_size, "refused an incoming message larger than max_message_bytes; closing with 1009 and reconnecting");
-                        let close = Message::Close(Some(CloseFrame {
-                            code: CloseCode::Size,
-                            reason: "message larger than max_message_bytes".into(),
-                        }));
-                        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await;
+                        self.say_goodbye(&mut sink, CloseCode::Size, "message larger than max_message_bytes").await;
                         return End::Lost(format!("incoming message of {size} bytes exceeds max_message_bytes ({max_size})"));
                     }
                     Some(Err(e)) => return End::Lost(describe(&e)),
@@ -461,11 +455,29 @@ impl SocketTask {
         }
     }
 
+    /// Sends a Close frame, waiting at most [`CLOSE_GRACE`] for it to leave.
+    async fn say_goodbye(
+        &self,
+        sink: &mut SplitSink<Socket, Message>,
+        code: CloseCode,
+        reason: &str,
+    ) {
+        let close = Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }));
+        match tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await {
+            Ok(Ok(())) => debug!(session = %self.id, %code, "Close frame sent"),
+            Ok(Err(e)) => debug!(session = %self.id, error = %describe(&e), "Close frame not sent"),
+            Err(_) => debug!(session = %self.id, "Close frame not sent in time"),
+        }
+    }
+
     /// Writes a batch with one flush, then tells each caller. Frames whose caller stopped waiting
     /// (timed out) are not sent: the caller already got an error.
     async fn write_batch(
         &self,
-        sink: &mut futures::stream::SplitSink<Socket, Message>,
+        sink: &mut SplitSink<Socket, Message>,
         batch: &mut Vec<Outgoing>,
     ) -> Result<(), String> {
         let now = Instant::now();

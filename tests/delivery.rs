@@ -30,12 +30,19 @@ async fn server_frames_reach_the_handler_exactly() {
     let server = WsServer::recorder().await;
     let component = rig.component("receiver").await;
     rig.provider
-        .put_link(&rig.provider.handler_link("receiver", "default", &[("uri", &server.uri())]))
+        .put_link(
+            &rig.provider
+                .handler_link("receiver", "default", &[("uri", &server.uri())]),
+        )
         .await;
     server.connected(WAIT).await;
 
     let all_bytes: Vec<u8> = (0..=255u8).collect();
-    server.push(Message::text(envelope("orders.created", &all_bytes, Some("_INBOX.abc"))));
+    server.push(Message::text(envelope(
+        "orders.created",
+        &all_bytes,
+        Some("_INBOX.abc"),
+    )));
     // A binary frame carrying an envelope is delivered the same way; unknown fields are ignored.
     let with_extra = json!({"subject": "bin.frame", "body": "AAEC", "extra": {"x": 1}}).to_string();
     server.push(Message::binary(with_extra.into_bytes()));
@@ -59,12 +66,21 @@ async fn consumer_and_handler_links_share_one_session() {
     let component = rig.component("echoer").await;
     let config = [("uri", server.uri())];
     let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    rig.provider.put_link(&rig.provider.consumer_link("echoer", "shared", &config)).await;
-    rig.provider.put_link(&rig.provider.handler_link("echoer", "shared", &config)).await;
-    rig.provider.logs.wait_for(&["link joins the existing session"], WAIT).await;
+    rig.provider
+        .put_link(&rig.provider.consumer_link("echoer", "shared", &config))
+        .await;
+    rig.provider
+        .put_link(&rig.provider.handler_link("echoer", "shared", &config))
+        .await;
+    rig.provider
+        .logs
+        .wait_for(&["link joins the existing session"], WAIT)
+        .await;
 
     let body: Vec<u8> = (0..2000u32).map(|i| (i % 256) as u8).collect();
-    component.publish_when_ready("shared", "round.trip", body.clone(), WAIT).await;
+    component
+        .publish_when_ready("shared", "round.trip", body.clone(), WAIT)
+        .await;
     let received = component.wait_received(1, WAIT).await;
     assert_eq!(received[0].subject, "round.trip");
     assert_eq!(&received[0].body[..], &body[..]);
@@ -77,7 +93,10 @@ async fn malformed_frames_are_dropped_and_the_session_stays_up() {
     let server = WsServer::recorder().await;
     let component = rig.component("receiver").await;
     rig.provider
-        .put_link(&rig.provider.handler_link("receiver", "default", &[("uri", &server.uri())]))
+        .put_link(
+            &rig.provider
+                .handler_link("receiver", "default", &[("uri", &server.uri())]),
+        )
         .await;
     server.connected(WAIT).await;
     server.push(Message::text("this is not json"));
@@ -90,11 +109,28 @@ async fn malformed_frames_are_dropped_and_the_session_stays_up() {
     assert_eq!(received[0].subject, "valid.after");
     assert_eq!(&received[0].body[..], b"ok");
     let logs = &rig.provider.logs;
-    logs.wait_for(&["dropped an incoming frame", "frame is not JSON"], WAIT).await;
-    logs.wait_for(&["dropped an incoming frame", "`body` is not standard base64"], WAIT).await;
-    logs.wait_for(&["dropped an incoming frame", "missing field `subject`"], WAIT).await;
-    logs.wait_for(&["dropped an incoming frame", "invalid type: integer `7`"], WAIT).await;
-    assert_eq!(component.received().len(), 1, "only the valid frame is delivered");
+    logs.wait_for(&["dropped an incoming frame", "frame is not JSON"], WAIT)
+        .await;
+    logs.wait_for(
+        &["dropped an incoming frame", "`body` is not standard base64"],
+        WAIT,
+    )
+    .await;
+    logs.wait_for(
+        &["dropped an incoming frame", "missing field `subject`"],
+        WAIT,
+    )
+    .await;
+    logs.wait_for(
+        &["dropped an incoming frame", "invalid type: integer `7`"],
+        WAIT,
+    )
+    .await;
+    assert_eq!(
+        component.received().len(),
+        1,
+        "only the valid frame is delivered"
+    );
     assert_eq!(server.accepted(), 1, "the session never reconnected");
 }
 
@@ -103,21 +139,34 @@ async fn oversized_frame_is_refused_and_the_session_reconnects() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
     let component = rig.component("receiver").await;
-    let link = rig.provider.handler_link("receiver", "default", &[("uri", &server.uri()), ("max_message_bytes", "1000")]);
+    let link = rig.provider.handler_link(
+        "receiver",
+        "default",
+        &[("uri", &server.uri()), ("max_message_bytes", "1000")],
+    );
     rig.provider.put_link(&link).await;
     let (first, _) = server.connected(WAIT).await;
 
     server.push(Message::text(envelope("too.big", &[7u8; 5000], None)));
     let code = server
         .expect("Close frame", WAIT, |e| match e {
-            Event::Closed { conn, frame } if *conn == first => Some(frame.as_ref().map(|f| u16::from(f.code))),
+            Event::Closed { conn, frame } if *conn == first => {
+                Some(frame.as_ref().map(|f| u16::from(f.code)))
+            }
             _ => None,
         })
         .await;
-    assert_eq!(code, Some(1009), "refused with close code 1009 (message too big)");
+    assert_eq!(
+        code,
+        Some(1009),
+        "refused with close code 1009 (message too big)"
+    );
     rig.provider
         .logs
-        .wait_for(&["refused an incoming message larger than max_message_bytes"], WAIT)
+        .wait_for(
+            &["refused an incoming message larger than max_message_bytes"],
+            WAIT,
+        )
         .await;
     let (second, _) = server.connected(WAIT).await;
     assert_ne!(first, second);
@@ -133,13 +182,20 @@ async fn raw_format_delivers_frames_as_bodies() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
     let component = rig.component("feed").await;
-    let link = rig.provider.handler_link("feed", "prices", &[("uri", &server.uri()), ("format", "raw")]);
+    let link = rig.provider.handler_link(
+        "feed",
+        "prices",
+        &[("uri", &server.uri()), ("format", "raw")],
+    );
     rig.provider.put_link(&link).await;
     server.connected(WAIT).await;
     server.push(Message::binary(vec![0u8, 1, 2, 255]));
     server.push(Message::text("{\"not\": \"an envelope\"}"));
     let received = component.wait_received(2, WAIT).await;
-    assert_eq!(received[0].subject, "prices", "raw_subject defaults to the link name");
+    assert_eq!(
+        received[0].subject, "prices",
+        "raw_subject defaults to the link name"
+    );
     assert_eq!(&received[0].body[..], &[0, 1, 2, 255]);
     assert_eq!(received[0].reply_to, None);
     assert_eq!(&received[1].body[..], b"{\"not\": \"an envelope\"}");
@@ -148,7 +204,11 @@ async fn raw_format_delivers_frames_as_bodies() {
     let link = rig.provider.handler_link(
         "feed",
         "named",
-        &[("uri", &server2.uri()), ("format", "raw"), ("raw_subject", "feed.ticks")],
+        &[
+            ("uri", &server2.uri()),
+            ("format", "raw"),
+            ("raw_subject", "feed.ticks"),
+        ],
     );
     rig.provider.put_link(&link).await;
     server2.connected(WAIT).await;
@@ -167,11 +227,19 @@ async fn max_in_flight_one_delivers_one_at_a_time_in_order() {
         delay: Duration::from_millis(30),
         ..Default::default()
     });
-    let link = rig.provider.handler_link("slow", "default", &[("uri", &server.uri()), ("max_in_flight", "1")]);
+    let link = rig.provider.handler_link(
+        "slow",
+        "default",
+        &[("uri", &server.uri()), ("max_in_flight", "1")],
+    );
     rig.provider.put_link(&link).await;
     server.connected(WAIT).await;
     for i in 0..15 {
-        server.push(Message::text(envelope(&format!("seq.{i}"), &[i as u8], None)));
+        server.push(Message::text(envelope(
+            &format!("seq.{i}"),
+            &[i as u8],
+            None,
+        )));
     }
     let received = component.wait_received(15, WAIT).await;
     let subjects: Vec<_> = received.iter().map(|m| m.subject.clone()).collect();
@@ -189,7 +257,11 @@ async fn deliveries_run_concurrently_up_to_max_in_flight() {
         delay: Duration::from_millis(200),
         ..Default::default()
     });
-    let link = rig.provider.handler_link("slow", "default", &[("uri", &server.uri()), ("max_in_flight", "4")]);
+    let link = rig.provider.handler_link(
+        "slow",
+        "default",
+        &[("uri", &server.uri()), ("max_in_flight", "4")],
+    );
     rig.provider.put_link(&link).await;
     server.connected(WAIT).await;
     for i in 0..12 {
@@ -197,7 +269,10 @@ async fn deliveries_run_concurrently_up_to_max_in_flight() {
     }
     component.wait_received(12, WAIT).await;
     let max = component.max_concurrent();
-    assert!((2..=4).contains(&max), "at most 4 at once, and more than one: saw {max}");
+    assert!(
+        (2..=4).contains(&max),
+        "at most 4 at once, and more than one: saw {max}"
+    );
 }
 
 #[tokio::test]
@@ -210,7 +285,10 @@ async fn a_component_error_is_logged_with_the_subject() {
         ..Default::default()
     });
     rig.provider
-        .put_link(&rig.provider.handler_link("grumpy", "default", &[("uri", &server.uri())]))
+        .put_link(
+            &rig.provider
+                .handler_link("grumpy", "default", &[("uri", &server.uri())]),
+        )
         .await;
     server.connected(WAIT).await;
     server.push(Message::text(envelope("bad.news", b"x", None)));
@@ -219,10 +297,21 @@ async fn a_component_error_is_logged_with_the_subject() {
     let line = rig
         .provider
         .logs
-        .wait_for(&["WARN", "handle-message returned an error", "bad.news", "cannot handle this"], WAIT)
+        .wait_for(
+            &[
+                "WARN",
+                "handle-message returned an error",
+                "bad.news",
+                "cannot handle this",
+            ],
+            WAIT,
+        )
         .await;
     assert!(line.contains("grumpy"), "{line}");
-    rig.provider.logs.wait_for(&["handle-message returned an error", "more.news"], WAIT).await;
+    rig.provider
+        .logs
+        .wait_for(&["handle-message returned an error", "more.news"], WAIT)
+        .await;
 }
 
 #[tokio::test]
@@ -231,13 +320,22 @@ async fn a_consumer_only_session_drops_incoming_frames() {
     let server = WsServer::recorder().await;
     let component = rig.component("sender").await;
     rig.provider
-        .put_link(&rig.provider.consumer_link("sender", "default", &[("uri", &server.uri())]))
+        .put_link(
+            &rig.provider
+                .consumer_link("sender", "default", &[("uri", &server.uri())]),
+        )
         .await;
     server.connected(WAIT).await;
     server.push(Message::text(envelope("unsolicited", b"x", None)));
     rig.provider
         .logs
-        .wait_for(&["no handler link on this session; message dropped", "unsolicited"], WAIT)
+        .wait_for(
+            &[
+                "no handler link on this session; message dropped",
+                "unsolicited",
+            ],
+            WAIT,
+        )
         .await;
     assert!(component.received().is_empty());
 }

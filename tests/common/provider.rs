@@ -25,6 +25,8 @@ pub struct ProviderOptions {
     pub config: HashMap<String, String>,
     pub secrets: HashMap<String, SecretValue>,
     pub links: Vec<InterfaceLinkDefinition>,
+    /// The provider's id; a unique one when unset.
+    pub provider_key: Option<String>,
 }
 
 /// Every line the provider wrote to stdout or stderr, and a way to wait for one.
@@ -90,8 +92,22 @@ pub const BINARY: &str = env!("CARGO_BIN_EXE_messaging-websocket-provider");
 impl ProviderProcess {
     /// Starts the provider and waits until it answers health checks.
     pub async fn start(nats: &NatsServer, options: ProviderOptions) -> Self {
+        let provider = Self::spawn(nats, options).await;
+        wait_until(
+            "the provider answers health checks",
+            Duration::from_secs(30),
+            || provider.health_ok(),
+        )
+        .await;
+        provider
+    }
+
+    /// Starts the provider without waiting for it.
+    pub async fn spawn(nats: &NatsServer, options: ProviderOptions) -> Self {
         let lattice = unique("lattice");
-        let provider_key = unique("ws-provider");
+        let provider_key = options
+            .provider_key
+            .unwrap_or_else(|| unique("ws-provider"));
         let host_id = unique("host");
         let host_xkey = XKey::new();
         let provider_xkey = XKey::new();
@@ -154,7 +170,7 @@ impl ProviderProcess {
             });
         }
 
-        let provider = ProviderProcess {
+        ProviderProcess {
             lattice,
             provider_key,
             host_id,
@@ -164,14 +180,15 @@ impl ProviderProcess {
             host_xkey,
             provider_xkey_public,
             child,
-        };
-        wait_until(
-            "the provider answers health checks",
-            Duration::from_secs(30),
-            || provider.health_ok(),
-        )
-        .await;
-        provider
+        }
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        tokio::time::timeout(limit, self.child.wait())
+            .await
+            .expect("the provider exits")
+            .unwrap()
     }
 
     async fn health_ok(&self) -> bool {
@@ -188,42 +205,24 @@ impl ProviderProcess {
         serde_json::from_slice(&reply.payload).ok()
     }
 
-    /// A consumer link: `component` -> provider, config in the target config.
+    /// A consumer link: `component` -> this provider, config in the target config.
     pub fn consumer_link(
         &self,
         component: &str,
         link_name: &str,
         config: &[(&str, &str)],
     ) -> InterfaceLinkDefinition {
-        InterfaceLinkDefinition {
-            source_id: component.into(),
-            target: self.provider_key.clone(),
-            name: link_name.into(),
-            wit_namespace: "wasmcloud".into(),
-            wit_package: "messaging".into(),
-            interfaces: vec!["consumer".into()],
-            target_config: to_map(config),
-            ..Default::default()
-        }
+        consumer_link(&self.provider_key, component, link_name, config)
     }
 
-    /// A handler link: provider -> `component`, config in the source config.
+    /// A handler link: this provider -> `component`, config in the source config.
     pub fn handler_link(
         &self,
         component: &str,
         link_name: &str,
         config: &[(&str, &str)],
     ) -> InterfaceLinkDefinition {
-        InterfaceLinkDefinition {
-            source_id: self.provider_key.clone(),
-            target: component.into(),
-            name: link_name.into(),
-            wit_namespace: "wasmcloud".into(),
-            wit_package: "messaging".into(),
-            interfaces: vec!["handler".into()],
-            source_config: to_map(config),
-            ..Default::default()
-        }
+        handler_link(&self.provider_key, component, link_name, config)
     }
 
     /// Seals secrets the way the host does: JSON, xkey-sealed from the host to the provider.
@@ -298,4 +297,42 @@ fn to_map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A consumer link: `component` -> provider, config in the target config.
+pub fn consumer_link(
+    provider_key: &str,
+    component: &str,
+    link_name: &str,
+    config: &[(&str, &str)],
+) -> InterfaceLinkDefinition {
+    InterfaceLinkDefinition {
+        source_id: component.into(),
+        target: provider_key.into(),
+        name: link_name.into(),
+        wit_namespace: "wasmcloud".into(),
+        wit_package: "messaging".into(),
+        interfaces: vec!["consumer".into()],
+        target_config: to_map(config),
+        ..Default::default()
+    }
+}
+
+/// A handler link: provider -> `component`, config in the source config.
+pub fn handler_link(
+    provider_key: &str,
+    component: &str,
+    link_name: &str,
+    config: &[(&str, &str)],
+) -> InterfaceLinkDefinition {
+    InterfaceLinkDefinition {
+        source_id: provider_key.into(),
+        target: component.into(),
+        name: link_name.into(),
+        wit_namespace: "wasmcloud".into(),
+        wit_package: "messaging".into(),
+        interfaces: vec!["handler".into()],
+        source_config: to_map(config),
+        ..Default::default()
+    }
 }

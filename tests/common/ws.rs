@@ -102,15 +102,17 @@ impl WsServer {
     ) -> T {
         let mut events = self.events.lock().await;
         let deadline = tokio::time::Instant::now() + limit;
+        let mut skipped = Vec::new();
         loop {
             match tokio::time::timeout_at(deadline, events.recv()).await {
                 Ok(Some(event)) => {
                     if let Some(found) = pick(&event) {
                         return found;
                     }
+                    skipped.push(event);
                 }
                 Ok(None) => panic!("server stopped while waiting for {what}"),
-                Err(_) => panic!("server saw no {what} within {limit:?}"),
+                Err(_) => panic!("server saw no {what} within {limit:?}; it saw {skipped:?}"),
             }
         }
     }
