@@ -42,6 +42,8 @@ use crate::stats::{self, SessionStats};
 const WRITE_BATCH: usize = 64;
 /// How long a Close frame may take to leave when a session ends.
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
+/// The reason of the Close frame sent when a link goes or the provider stops.
+const GOODBYE: &str = "link deleted or provider stopped";
 /// Backoff before reconnect attempt n is drawn from [d/2, d], d = min(INITIAL * 2^(n-1), MAX).
 const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(250);
 const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
@@ -333,9 +335,19 @@ impl SocketTask {
             } else {
                 SessionState::Connecting
             });
+            let connect = tokio::time::timeout(self.config.connect_timeout, self.connect());
+            tokio::pin!(connect);
             let attempt = tokio::select! {
-                () = self.cancel.cancelled() => break,
-                r = tokio::time::timeout(self.config.connect_timeout, self.connect()) => r,
+                () = self.cancel.cancelled() => {
+                    // A handshake under way gets a moment to finish, so that the server, which
+                    // may already count the connection as open, still sees a Close frame.
+                    if let Ok(Ok(Ok(socket))) = tokio::time::timeout(CLOSE_GRACE, &mut connect).await {
+                        let (mut sink, _) = socket.split();
+                        self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
+                    }
+                    break;
+                }
+                r = &mut connect => r,
             };
             let error = match attempt {
                 Ok(Ok(socket)) => {
@@ -417,13 +429,13 @@ impl SocketTask {
         loop {
             tokio::select! {
                 () = self.cancel.cancelled() => {
-                    self.say_goodbye(&mut sink, CloseCode::Normal, "link deleted or provider stopped").await;
+                    self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
                     return End::Cancelled;
                 }
                 n = queue.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
                         // Every handle is gone (the session was dropped as it was closed).
-                        self.say_goodbye(&mut sink, CloseCode::Normal, "link deleted or provider stopped").await;
+                        self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
                         return End::Cancelled;
                     }
                     if let Err(reason) = self.write_batch(&mut sink, &mut batch).await {

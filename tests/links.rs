@@ -300,6 +300,11 @@ async fn shutdown_closes_sessions_and_exits_within_300_ms() {
         .await;
     server.connected(WAIT).await;
     server.connected(WAIT).await;
+    // Both sessions have finished their handshakes on the provider's side too.
+    rig.provider
+        .logs
+        .wait_count(&["INFO", "connected session="], 2, WAIT)
+        .await;
     let took = rig.provider.shutdown().await;
     eprintln!("shutdown took {took:?}");
     assert!(

@@ -49,6 +49,29 @@ impl Logs {
         self.changed.notify_waiters();
     }
 
+    /// Waits until `n` lines contain every one of `parts`.
+    pub async fn wait_count(&self, parts: &[&str], n: usize, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let count = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .count();
+            if count >= n {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{count} of {n} provider log lines with {parts:?} within {limit:?}; the log:\n{}", self.all());
+            }
+        }
+    }
+
     /// Waits for a line containing every one of `parts`, and returns it.
     pub async fn wait_for(&self, parts: &[&str], limit: Duration) -> String {
         let deadline = tokio::time::Instant::now() + limit;
