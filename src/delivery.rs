@@ -5,20 +5,18 @@
 //! `max_in_flight` semaphore and releases it when its invocation ends, which is what lets the
 //! socket task read the next frame: at the limit, reading stops and TCP pushes back on the server.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-use wasmcloud_provider_sdk::get_connection;
-use wasmcloud_provider_sdk::provider::WrpcClient;
 
-use crate::bindings::wasmcloud::messaging::handler::handle_message;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::invoke::HandlerClient;
+pub use crate::invoke::HandlerClients;
 use crate::session::SessionKey;
 use crate::stats::{self, SessionStats};
 
@@ -26,40 +24,6 @@ use crate::stats::{self, SessionStats};
 pub struct Inbound {
     pub msg: BrokerMessage,
     pub permit: OwnedSemaphorePermit,
-}
-
-type ClientCell = Arc<tokio::sync::OnceCell<Arc<WrpcClient>>>;
-
-/// One wRPC client per target component, created on first use and reused by every session
-/// delivering to that component (each client holds its own NATS inbox subscription).
-#[derive(Clone, Default)]
-pub struct HandlerClients {
-    clients: Arc<Mutex<HashMap<String, ClientCell>>>,
-}
-
-impl HandlerClients {
-    async fn get(&self, component: &str) -> anyhow::Result<Arc<WrpcClient>> {
-        let cell = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(clients.entry(component.to_string()).or_default())
-        };
-        cell.get_or_try_init(|| async {
-            get_connection()
-                .get_wrpc_client(component)
-                .await
-                .map(Arc::new)
-        })
-        .await
-        .cloned()
-    }
-
-    /// Forgets the client of a component that has no handler link left.
-    pub fn forget(&self, component: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(component);
-    }
 }
 
 /// Where a session's messages go.
@@ -89,7 +53,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
                     Ok(client) => client,
                     Err(error) => {
                         stats::bump(&target.stats.delivery_errors);
-                        warn!(session = %target.session_id, component = %target.key.component, %error, "cannot create the wRPC client of the component; message dropped");
+                        warn!(session = %target.session_id, component = %target.key.component, error = %format!("{error:#}"), "cannot reach the component over wRPC; message dropped");
                         continue;
                     }
                 };
@@ -101,11 +65,11 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
 
 async fn deliver(
     target: &Target,
-    client: Arc<WrpcClient>,
+    client: Arc<HandlerClient>,
     msg: BrokerMessage,
     permit: OwnedSemaphorePermit,
 ) {
-    let result = handle_message(&*client, None, &msg).await;
+    let result = client.handle_message(&msg).await;
     drop(permit);
     match result {
         Ok(Ok(())) => stats::bump(&target.stats.delivered),

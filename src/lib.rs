@@ -7,6 +7,7 @@
 //! - [`envelope`]: the wire format (JSON envelope or raw) between messages and frames.
 //! - [`session`]: one WebSocket connection owned by one task: connect, reconnect, write, read.
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
+//! - `invoke`: the wRPC client that calls `handle-message` (one per component).
 //! - [`stats`]: per-session counters.
 //!
 //! Data flows one way per direction: component call -> lookup by (component, link name) ->
@@ -29,6 +30,7 @@ use wasmcloud_provider_sdk::{
 pub mod connection;
 pub mod delivery;
 pub mod envelope;
+mod invoke;
 pub mod session;
 pub mod stats;
 

@@ -224,7 +224,7 @@ async fn max_in_flight_one_delivers_one_at_a_time_in_order() {
     let server = WsServer::recorder().await;
     let component = rig.component("slow").await;
     component.set_behaviour(Behaviour {
-        delay: Duration::from_millis(30),
+        delay: Duration::from_millis(1),
         ..Default::default()
     });
     let link = rig.provider.handler_link(
@@ -234,16 +234,19 @@ async fn max_in_flight_one_delivers_one_at_a_time_in_order() {
     );
     rig.provider.put_link(&link).await;
     server.connected(WAIT).await;
-    for i in 0..15 {
+    // Many strictly sequential deliveries: a lost wRPC reply would stall the session for the
+    // invocation timeout (10 s) and fail this test.
+    const N: usize = 200;
+    for i in 0..N {
         server.push(Message::text(envelope(
             &format!("seq.{i}"),
             &[i as u8],
             None,
         )));
     }
-    let received = component.wait_received(15, WAIT).await;
+    let received = component.wait_received(N, WAIT).await;
     let subjects: Vec<_> = received.iter().map(|m| m.subject.clone()).collect();
-    let expected: Vec<_> = (0..15).map(|i| format!("seq.{i}")).collect();
+    let expected: Vec<_> = (0..N).map(|i| format!("seq.{i}")).collect();
     assert_eq!(subjects, expected, "delivered in arrival order");
     assert_eq!(component.max_concurrent(), 1);
 }

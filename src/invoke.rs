@@ -1,0 +1,157 @@
+//! Invoking a component's `handle-message` over wRPC.
+//!
+//! The SDK's wRPC client (wrpc-transport-nats 0.29) can lose the reply of an invocation: its
+//! demultiplexing task may route the reply before it has registered the call's subscription, and
+//! the call then hangs until its timeout although the component handled the message. With
+//! `max_in_flight = 1` that stalls a session for the whole timeout. wrpc-transport-nats 0.31 fixes
+//! the race and speaks the same wire protocol, so deliveries go through it, on a NATS connection of
+//! their own made from the HostData credentials, with the headers the SDK's client would add
+//! (`source-id` = the provider, `target-id` = the component).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use delivery_bindgen::wrpc_transport::InvokeExt as _;
+use tokio::sync::OnceCell;
+use wasmcloud_provider_sdk::load_host_data;
+
+use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+
+mod bindings {
+    delivery_bindgen::generate!({
+        world: "handler-client",
+        with: {
+            "wasmcloud:messaging/handler@0.2.0": generate,
+            "wasmcloud:messaging/types@0.2.0": generate,
+        },
+        anyhow_path: "::delivery_bindgen::anyhow",
+        bitflags_path: "::delivery_bindgen::bitflags",
+        bytes_path: "::delivery_bindgen::bytes",
+        futures_path: "::delivery_bindgen::futures",
+        tokio_path: "::delivery_bindgen::tokio",
+        tokio_util_path: "::delivery_bindgen::tokio_util",
+        tracing_path: "::delivery_bindgen::tracing",
+        wasm_tokio_path: "::delivery_bindgen::wasm_tokio",
+        wrpc_transport_path: "::delivery_bindgen::wrpc_transport",
+    });
+}
+
+/// How long one `handle-message` call may take, as with the SDK's client.
+pub const INVOCATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the provider needs to reach components on the lattice.
+#[derive(Clone)]
+struct Lattice {
+    nats: Arc<delivery_nats::Client>,
+    lattice: String,
+    provider_id: String,
+}
+
+type ClientCell = Arc<OnceCell<Arc<HandlerClient>>>;
+
+/// One wRPC client per target component, created on first use and reused by every session that
+/// delivers to that component (each client holds a NATS inbox subscription of its own).
+#[derive(Clone, Default)]
+pub struct HandlerClients {
+    lattice: Arc<OnceCell<Lattice>>,
+    clients: Arc<Mutex<HashMap<String, ClientCell>>>,
+}
+
+/// Calls `handle-message` on one component.
+pub struct HandlerClient {
+    client: delivery_wrpc::Client,
+    headers: delivery_nats::HeaderMap,
+}
+
+impl HandlerClient {
+    /// Delivers `msg`; the outer error is a transport failure or timeout, the inner one the
+    /// component's own error result.
+    pub async fn handle_message(&self, msg: &BrokerMessage) -> anyhow::Result<Result<(), String>> {
+        let msg = bindings::wasmcloud::messaging::types::BrokerMessage {
+            subject: msg.subject.clone(),
+            body: msg.body.clone(),
+            reply_to: msg.reply_to.clone(),
+        };
+        bindings::wasmcloud::messaging::handler::handle_message(
+            &self.client.timeout(INVOCATION_TIMEOUT),
+            Some(self.headers.clone()),
+            &msg,
+        )
+        .await
+    }
+}
+
+impl HandlerClients {
+    /// The client of `component`, connecting to the lattice first if needed.
+    pub async fn get(&self, component: &str) -> anyhow::Result<Arc<HandlerClient>> {
+        let lattice = self.lattice.get_or_try_init(connect).await?.clone();
+        let cell = {
+            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(clients.entry(component.to_string()).or_default())
+        };
+        cell.get_or_try_init(|| async {
+            let prefix = format!("{}.{component}", lattice.lattice);
+            let client = delivery_wrpc::Client::new(
+                Arc::clone(&lattice.nats),
+                prefix.clone(),
+                Some(prefix.into()),
+            )
+            .await
+            .with_context(|| {
+                format!("failed to create the wRPC client of component {component}")
+            })?;
+            let mut headers = delivery_nats::HeaderMap::new();
+            headers.insert("source-id", lattice.provider_id.as_str());
+            headers.insert("target-id", component);
+            Ok(Arc::new(HandlerClient { client, headers }))
+        })
+        .await
+        .cloned()
+    }
+
+    /// Forgets the client of a component that has no handler link left.
+    pub fn forget(&self, component: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(component);
+    }
+}
+
+/// Connects to the lattice's NATS the way the SDK does: HostData's URL and credentials.
+async fn connect() -> anyhow::Result<Lattice> {
+    let host_data = load_host_data().context("failed to load host data")?;
+    let url = if host_data.lattice_rpc_url.is_empty() {
+        "nats://127.0.0.1:4222"
+    } else {
+        host_data.lattice_rpc_url.as_str()
+    };
+    let options = match (
+        host_data.lattice_rpc_user_jwt.trim(),
+        host_data.lattice_rpc_user_seed.trim(),
+    ) {
+        ("", "") => delivery_nats::ConnectOptions::new(),
+        (jwt, seed) => {
+            let key_pair =
+                Arc::new(nkeys::KeyPair::from_seed(seed).context("invalid lattice_rpc_user_seed")?);
+            delivery_nats::ConnectOptions::with_jwt(jwt.to_string(), move |nonce| {
+                let key_pair = Arc::clone(&key_pair);
+                async move { key_pair.sign(&nonce).map_err(delivery_nats::AuthError::new) }
+            })
+        }
+    };
+    let nats = options
+        .name(format!("{}-delivery", crate::PROVIDER_NAME))
+        .connect(url)
+        .await
+        .with_context(|| {
+            format!("failed to connect to the lattice's NATS at {url} for deliveries")
+        })?;
+    Ok(Lattice {
+        nats: Arc::new(nats),
+        lattice: host_data.lattice_rpc_prefix.clone(),
+        provider_id: host_data.provider_key.clone(),
+    })
+}
