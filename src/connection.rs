@@ -735,4 +735,38 @@ mod tests {
             vec!["uri", "auth_token", "max_in_flight", "header.X", "header.Y"]
         );
     }
+
+    /// The README's configuration table lists exactly the keys the code knows, and every default
+    /// it shows in backticks is the code's default.
+    #[test]
+    fn readme_config_table_matches_the_code() {
+        let readme = include_str!("../README.md");
+        let section = readme
+            .split("\n## Configuration\n")
+            .nth(1)
+            .expect("README has a Configuration section");
+        let section = section.split("\n## ").next().unwrap();
+        let rows: Vec<Vec<&str>> = section
+            .lines()
+            .filter(|l| l.starts_with("| `"))
+            .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
+            .collect();
+        let keys: Vec<&str> = rows.iter().map(|r| r[0].trim_matches('`')).collect();
+        let mut expected: Vec<&str> = KNOWN_KEYS.to_vec();
+        expected.insert(2, "header.<Name>");
+        assert_eq!(keys, expected, "README keys, in the code's order");
+
+        let d = ProviderDefaults::default();
+        let base = link(&d, &[("uri", "ws://h")]).unwrap();
+        let mut checked = 0;
+        for row in &rows {
+            let (key, default) = (row[0].trim_matches('`'), row[2]);
+            if let Some(value) = default.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
+                let explicit = link(&d, &[("uri", "ws://h"), (key, value)]).unwrap();
+                assert_eq!(explicit, base, "README default of `{key}` is `{value}`");
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 7, "every default given as a value was checked");
+    }
 }

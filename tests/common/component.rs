@@ -72,6 +72,9 @@ impl PlayedComponent {
         .unwrap();
         let recorder = Recorder::default();
         let invocations = played::serve(&own, recorder.clone()).await.unwrap();
+        // The server has registered the subscriptions once it answered a ping after them: no
+        // delivery can arrive before the component is listening.
+        nats.flush().await.unwrap();
         let serving = tokio::spawn(async move {
             let _own = own;
             let mut all = futures::stream::select_all(invocations.into_iter().map(|(_, _, s)| s));
