@@ -279,6 +279,61 @@ async fn deliveries_run_concurrently_up_to_max_in_flight() {
 }
 
 #[tokio::test]
+async fn a_busy_handler_pushes_back_on_the_server() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("blocked").await;
+    component.set_behaviour(Behaviour {
+        gated: true,
+        ..Default::default()
+    });
+    let link = rig.provider.handler_link(
+        "blocked",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("max_in_flight", "1"),
+            ("max_message_bytes", "200000"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    server.connected(WAIT).await;
+    // 300 frames of 90 KB (27 MB) is far more than the kernel's socket buffers hold.
+    const N: usize = 300;
+    let frame = envelope("bulk", &[b'z'; 90_000], None);
+    for _ in 0..N {
+        server.push(Message::text(frame.clone()));
+    }
+    component.wait_received(1, WAIT).await;
+    // The handler holds the only in-flight slot, so the provider stops reading: the server's
+    // writes must stall well short of the total instead of the provider buffering it all.
+    let all_sent = tokio::time::timeout(
+        Duration::from_secs(2),
+        common::wait_until("the server wrote every frame", WAIT, || async {
+            server.sent() == N
+        }),
+    )
+    .await;
+    assert!(
+        all_sent.is_err(),
+        "the server wrote all {N} frames while the handler was blocked"
+    );
+    let stalled_at = server.sent();
+    assert!(stalled_at < N, "server wrote {stalled_at} of {N}");
+    assert_eq!(component.received().len(), 1);
+
+    component.release(N);
+    let received = component.wait_received(N, Duration::from_secs(60)).await;
+    assert_eq!(
+        received.len(),
+        N,
+        "nothing lost once the handler answers again"
+    );
+    assert_eq!(server.sent(), N);
+    eprintln!("server stalled after writing {stalled_at} of {N} frames");
+}
+
+#[tokio::test]
 async fn a_component_error_is_logged_with_the_subject() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;

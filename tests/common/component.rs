@@ -20,15 +20,31 @@ pub struct Behaviour {
     pub delay: Duration,
     /// Answer with this error instead of Ok.
     pub fail_with: Option<String>,
+    /// Wait for a permit of [`PlayedComponent::release`] before answering.
+    pub gated: bool,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Recorder {
     received: Arc<Mutex<Vec<BrokerMessage>>>,
     changed: Arc<Notify>,
     behaviour: Arc<Mutex<Behaviour>>,
     running: Arc<AtomicUsize>,
     max_running: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Recorder {
+    fn default() -> Self {
+        Recorder {
+            received: Arc::default(),
+            changed: Arc::default(),
+            behaviour: Arc::default(),
+            running: Arc::default(),
+            max_running: Arc::default(),
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
 }
 
 impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>>
@@ -46,6 +62,9 @@ impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::
         self.changed.notify_waiters();
         if !behaviour.delay.is_zero() {
             tokio::time::sleep(behaviour.delay).await;
+        }
+        if behaviour.gated {
+            self.gate.acquire().await.unwrap().forget();
         }
         self.running.fetch_sub(1, Ordering::SeqCst);
         Ok(behaviour.fail_with.map_or(Ok(()), Err))
@@ -103,6 +122,11 @@ impl PlayedComponent {
 
     pub fn set_behaviour(&self, behaviour: Behaviour) {
         *self.recorder.behaviour.lock().unwrap() = behaviour;
+    }
+
+    /// Lets `n` gated handler invocations answer.
+    pub fn release(&self, n: usize) {
+        self.recorder.gate.add_permits(n);
     }
 
     fn headers(&self, link_name: &str) -> async_nats::HeaderMap {

@@ -44,6 +44,7 @@ enum Mode {
 pub struct WsServer {
     pub addr: SocketAddr,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -66,9 +67,11 @@ impl WsServer {
         let (events_tx, events) = mpsc::unbounded_channel();
         let conns = Arc::new(Mutex::new(BTreeMap::new()));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let accept = tokio::spawn({
             let conns = Arc::clone(&conns);
             let accepted = Arc::clone(&accepted);
+            let sent = Arc::clone(&sent);
             async move {
                 let mut next = 0;
                 while let Ok((tcp, _)) = listener.accept().await {
@@ -76,13 +79,21 @@ impl WsServer {
                     accepted.store(next, std::sync::atomic::Ordering::SeqCst);
                     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                     conns.lock().unwrap().insert(next, cmd_tx);
-                    tokio::spawn(serve(next, tcp, mode, events_tx.clone(), cmd_rx));
+                    tokio::spawn(serve(
+                        next,
+                        tcp,
+                        mode,
+                        events_tx.clone(),
+                        cmd_rx,
+                        Arc::clone(&sent),
+                    ));
                 }
             }
         });
         WsServer {
             addr,
             accepted,
+            sent,
             events: tokio::sync::Mutex::new(events),
             conns,
             accept,
@@ -115,6 +126,11 @@ impl WsServer {
                 Err(_) => panic!("server saw no {what} within {limit:?}; it saw {skipped:?}"),
             }
         }
+    }
+
+    /// How many pushed frames the server has written to its sockets so far.
+    pub fn sent(&self) -> usize {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// How many TCP connections the server has accepted so far.
@@ -181,6 +197,7 @@ async fn serve(
     mode: Mode,
     events: mpsc::UnboundedSender<Event>,
     mut commands: mpsc::UnboundedReceiver<Command>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
 ) {
     let seen = Arc::new(Mutex::new(HeaderMap::new()));
     let callback = {
@@ -202,6 +219,7 @@ async fn serve(
                     if ws.send(message).await.is_err() {
                         break;
                     }
+                    sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 Some(Command::Drop) | None => break,
             },
