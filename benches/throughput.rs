@@ -89,19 +89,30 @@ async fn publish(size: usize, in_flight: usize, n: usize) -> Row {
     let calls = futures::stream::iter(0..n)
         .map(|_| component.publish("default", "bench.publish", body.clone(), None))
         .buffer_unordered(in_flight);
-    let failures = calls
-        .filter(|r| futures::future::ready(!matches!(r, Ok(Ok(())))))
-        .count()
+    let failures: Vec<String> = calls
+        .filter_map(|r| {
+            futures::future::ready(match r {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(e) => Some(format!("{e:#}")),
+            })
+        })
+        .collect()
         .await;
     let mut frames = 0;
     server
         .expect("every frame", WAIT, |e| {
             frames += usize::from(matches!(e, Event::Frame { .. }));
-            (frames == n - failures).then_some(())
+            (frames == n - failures.len()).then_some(())
         })
         .await;
     let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(failures, 0, "publish calls failed");
+    assert!(
+        failures.is_empty(),
+        "{} publish calls failed, first: {}",
+        failures.len(),
+        failures[0]
+    );
     Row {
         phase: "publish".into(),
         size,

@@ -261,8 +261,7 @@ async fn links_in_host_data_connect_at_start() {
         ..Default::default()
     };
     let provider = ProviderProcess::start(&nats, options).await;
-    let client = nats.client().await;
-    let component = common::component::PlayedComponent::start(&provider, &client, "comp").await;
+    let component = common::component::PlayedComponent::start(&provider, &nats.url, "comp").await;
     component
         .publish_when_ready("boot", "at.start", &b"hi"[..], WAIT)
         .await;

@@ -47,12 +47,12 @@ impl Default for Recorder {
     }
 }
 
-impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::HeaderMap>>
+impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::NatsContext>
     for Recorder
 {
     async fn handle_message(
         &self,
-        _cx: Option<async_nats::HeaderMap>,
+        _cx: delivery_wrpc::NatsContext,
         msg: BrokerMessage,
     ) -> anyhow::Result<Result<(), String>> {
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
@@ -73,16 +73,16 @@ impl played::exports::wasmcloud::messaging::handler::Handler<Option<async_nats::
 
 pub struct PlayedComponent {
     pub id: String,
-    provider: wrpc_transport_nats::Client,
+    provider: delivery_wrpc::Client,
     recorder: Recorder,
     serving: tokio::task::JoinHandle<()>,
 }
 
 impl PlayedComponent {
     /// Serves `handle-message` for component `id` on the provider's lattice.
-    pub async fn start(provider: &ProviderProcess, nats: &async_nats::Client, id: &str) -> Self {
-        let nats = Arc::new(nats.clone());
-        let own = wrpc_transport_nats::Client::new(
+    pub async fn start(provider: &ProviderProcess, nats_url: &str, id: &str) -> Self {
+        let nats = Arc::new(delivery_nats::connect(nats_url).await.unwrap());
+        let own = delivery_wrpc::Client::new(
             Arc::clone(&nats),
             format!("{}.{id}", provider.lattice),
             None,
@@ -105,7 +105,7 @@ impl PlayedComponent {
                 }
             }
         });
-        let provider_client = wrpc_transport_nats::Client::new(
+        let provider_client = delivery_wrpc::Client::new(
             nats,
             format!("{}.{}", provider.lattice, provider.provider_key),
             None,
@@ -129,8 +129,8 @@ impl PlayedComponent {
         self.recorder.gate.add_permits(n);
     }
 
-    fn headers(&self, link_name: &str) -> async_nats::HeaderMap {
-        let mut headers = async_nats::HeaderMap::new();
+    fn headers(&self, link_name: &str) -> delivery_nats::HeaderMap {
+        let mut headers = delivery_nats::HeaderMap::new();
         headers.insert("source-id", self.id.as_str());
         headers.insert("link-name", link_name);
         headers

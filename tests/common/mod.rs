@@ -14,10 +14,22 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// wRPC bindings of the played component's world (imports `consumer`, exports `handler`).
+///
+/// Built on the same fixed wRPC stack the provider delivers with (wrpc-transport-nats 0.31): the
+/// SDK's 0.29 client loses a reply now and then, which would make a test call hang.
 pub mod played {
-    wit_bindgen_wrpc::generate!({
+    delivery_bindgen::generate!({
         world: "test:played/component",
         path: ["wit/deps/messaging", "tests/wit"],
+        anyhow_path: "::delivery_bindgen::anyhow",
+        bitflags_path: "::delivery_bindgen::bitflags",
+        bytes_path: "::delivery_bindgen::bytes",
+        futures_path: "::delivery_bindgen::futures",
+        tokio_path: "::delivery_bindgen::tokio",
+        tokio_util_path: "::delivery_bindgen::tokio_util",
+        tracing_path: "::delivery_bindgen::tracing",
+        wasm_tokio_path: "::delivery_bindgen::wasm_tokio",
+        wrpc_transport_path: "::delivery_bindgen::wrpc_transport",
         with: {
             "wasmcloud:messaging/consumer@0.2.0": generate,
             "wasmcloud:messaging/handler@0.2.0": generate,
@@ -78,6 +90,6 @@ impl Rig {
     }
 
     pub async fn component(&self, id: &str) -> component::PlayedComponent {
-        component::PlayedComponent::start(&self.provider, &self.client, id).await
+        component::PlayedComponent::start(&self.provider, &self.nats.url, id).await
     }
 }
