@@ -7,11 +7,12 @@
 pub mod component;
 pub mod nats;
 pub mod provider;
+pub mod wait;
 pub mod ws;
 
-use std::future::Future;
+pub use wait::wait_until;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 /// wRPC bindings of the played component's world (imports `consumer`, exports `handler`).
 ///
@@ -46,24 +47,6 @@ pub fn unique(prefix: &str) -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-/// Polls `condition` until it holds; panics naming `what` after `limit`.
-pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        if condition().await {
-            return;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("timed out after {limit:?} waiting until {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// A nats-server, the provider on it, and a played component: what most tests start from.

@@ -11,6 +11,8 @@ use super::wait_until;
 pub struct NatsServer {
     pub url: String,
     child: Child,
+    /// JetStream's store, removed on drop.
+    store: Option<std::path::PathBuf>,
 }
 
 /// `$NATS_SERVER_BIN`, else `nats-server` on PATH, else Debian's `/usr/sbin/nats-server`.
@@ -37,9 +39,29 @@ pub fn free_port() -> u16 {
 
 impl NatsServer {
     pub async fn start() -> Self {
+        Self::launch(None).await
+    }
+
+    /// With JetStream, which a wasmCloud host needs (its config and data buckets).
+    pub async fn start_with_jetstream() -> Self {
+        let store =
+            std::env::temp_dir().join(format!("nats-js-{}-{}", std::process::id(), free_port()));
+        Self::launch(Some(store)).await
+    }
+
+    async fn launch(store: Option<std::path::PathBuf>) -> Self {
         let port = free_port();
+        let mut args = vec![
+            "-a".to_string(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+        ];
+        if let Some(store) = &store {
+            args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
+        }
         let child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(&args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -56,7 +78,7 @@ impl NatsServer {
             },
         )
         .await;
-        NatsServer { url, child }
+        NatsServer { url, child, store }
     }
 
     pub async fn client(&self) -> async_nats::Client {
@@ -69,5 +91,8 @@ impl NatsServer {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
+        if let Some(store) = &self.store {
+            let _ = std::fs::remove_dir_all(store);
+        }
     }
 }
