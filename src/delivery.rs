@@ -79,7 +79,7 @@ async fn deliver(
         }
         Err(error) => {
             stats::bump(&target.stats.delivery_errors);
-            warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, error = %format!("{error:#}"), "delivery to the component failed");
+            warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, error = %format!("{error:#}"), "delivery to the component failed (no result: the component is not running, trapped, or timed out; the host's log says more)");
         }
     }
 }
