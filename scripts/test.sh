@@ -1,28 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone on a fresh machine: installs what the tests need when it
-# is missing (nats-server from Debian's packages), then runs the format check, clippy and every test.
+# is missing, then runs the format check, clippy and every test of the provider, then the
+# end-to-end tests on a real wasmCloud host (a separate Cargo project, e2e/, so that the provider's
+# own build never compiles the host).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/setup.sh
 
-say() { printf '==> %s\n' "$*"; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-if [ -z "${NATS_SERVER_BIN:-}" ] && ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-    say "installing nats-server (Debian package)"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nats-server >/dev/null
-fi
-# The Debian package may start a system nats-server on 4222; the tests start their own on free ports.
-say "nats-server: $({ command -v nats-server || echo /usr/sbin/nats-server; } | head -n1)"
-
-say "cargo fmt --check"
+say "cargo fmt --check (provider, e2e, example component)"
 cargo fmt --check
+cargo fmt --check --manifest-path e2e/Cargo.toml
+cargo fmt --check --manifest-path examples/echo-component/Cargo.toml
 
-say "cargo clippy --all-targets -- -D warnings"
+say "provider: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
-say "cargo test"
+say "provider: cargo test"
 cargo test
+
+say "end to end (e2e/): cargo test; the first build compiles the wasmCloud host and takes minutes"
+cargo test --manifest-path e2e/Cargo.toml

@@ -1,0 +1,109 @@
+//! The provider on a real wasmCloud host, next to a real component: shared by the end-to-end test
+//! (`tests/e2e.rs`) and the demo (`src/main.rs`).
+//!
+//! - [`artifacts`]: builds the provider binary and the example component, packs the provider
+//!   archive.
+//! - [`deploy`]: reads `examples/wadm.yaml` with wadm's own types and applies it to a host through
+//!   the control interface, as wadm would.
+//! - [`Lattice`]: a nats-server with JetStream and an in-process wasmCloud host on it.
+//! - `nats`, `ws`: the same nats-server launcher and WebSocket servers the provider's own tests use.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+
+pub mod artifacts;
+pub mod deploy;
+
+#[path = "../../tests/common/nats.rs"]
+pub mod nats;
+#[path = "../../tests/common/wait.rs"]
+pub mod wait;
+#[path = "../../tests/common/ws.rs"]
+pub mod ws;
+
+pub use wait::wait_until;
+pub use wasmcloud_test_util::control_interface;
+
+/// Shows the host's own log on stderr, filtered by `RUST_LOG` (default: warnings).
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The repository's root directory (this project lives in `e2e/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e/ has a parent")
+        .to_path_buf()
+}
+
+/// A nats-server with JetStream and a wasmCloud host (the library the `wasmcloud` binary is built
+/// from) running in this process.
+pub struct Lattice {
+    pub nats: nats::NatsServer,
+    pub host: Option<wasmcloud_test_util::host::WasmCloudTestHost>,
+    pub ctl: control_interface::Client,
+    pub host_id: String,
+}
+
+impl Lattice {
+    pub async fn start(lattice: &str) -> anyhow::Result<Self> {
+        let nats = nats::NatsServer::start_with_jetstream().await;
+        let host = wasmcloud_test_util::host::WasmCloudTestHost::start(&nats.url, lattice)
+            .await
+            .context("failed to start the wasmCloud host")?;
+        // A short request timeout: a health request racing a provider's exit must not stall 10 s.
+        let client = async_nats::ConnectOptions::new()
+            .request_timeout(Some(std::time::Duration::from_secs(2)))
+            .connect(&nats.url)
+            .await
+            .context("failed to connect the control client")?;
+        let ctl = host.get_ctl_client(Some(client)).await?;
+        let host_id = host.host_id();
+        Ok(Lattice {
+            nats,
+            host: Some(host),
+            ctl,
+            host_id,
+        })
+    }
+
+    /// The directory the host copies provider binaries into; it never cleans it itself.
+    pub fn provider_cache(&self) -> PathBuf {
+        std::env::temp_dir()
+            .join("wasmcloudcache")
+            .join(&self.host_id)
+    }
+
+    /// Stops the host and removes its provider cache.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(host) = self.host.take() {
+            host.stop().await?;
+        }
+        let _ = std::fs::remove_dir_all(self.provider_cache());
+        Ok(())
+    }
+}
+
+/// The processes whose command line mentions `needle` (used to see that the provider is gone).
+pub fn processes_running(needle: &Path) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let needle = needle.to_string_lossy();
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle.as_ref()))
+                .unwrap_or(false)
+        })
+        .collect()
+}
