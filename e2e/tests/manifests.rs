@@ -107,3 +107,40 @@ async fn wadm_manifest_is_valid_and_shares_one_session() {
         "equal settings, or the provider refuses to share"
     );
 }
+
+#[tokio::test]
+async fn readme_manifest_snippet_is_valid() {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let snippet = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README has a yaml snippet");
+    let (manifest, failures) = wadm_types::validation::validate_manifest_bytes(snippet)
+        .await
+        .expect("the snippet parses as a wadm manifest");
+    let errors: Vec<_> = failures
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.level,
+                wadm_types::validation::ValidationFailureLevel::Error
+            )
+        })
+        .collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    let links: Vec<_> = manifest
+        .spec
+        .components
+        .iter()
+        .flat_map(|c| c.traits.iter().flatten())
+        .filter_map(|t| match &t.properties {
+            TraitProperty::Link(link) => Some(link.interfaces.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        links,
+        vec![vec!["consumer".to_string()], vec!["handler".to_string()]]
+    );
+}
