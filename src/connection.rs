@@ -30,6 +30,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "format",
     "raw_subject",
     "send_timeout_ms",
+    "request_timeout_ms",
+    "inbox_prefix",
     "max_pending",
     "max_in_flight",
     "max_message_bytes",
@@ -43,6 +45,10 @@ fn is_sensitive(key: &str) -> bool {
 fn is_known(key: &str) -> bool {
     KNOWN_KEYS.contains(&key) || key.starts_with(HEADER_PREFIX)
 }
+
+/// The longest `request` wait: the host cuts a component-to-provider call at 10 s, and the answer
+/// must be back before that.
+pub const MAX_REQUEST_TIMEOUT_MS: u64 = 9_500;
 
 /// Handshake headers the WebSocket client sets itself; a `header.<Name>` may not replace them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -118,6 +124,10 @@ pub struct ConnectionConfig {
     /// Subject of frames delivered in format `raw` (the link name unless set).
     pub raw_subject: String,
     pub send_timeout: Duration,
+    /// The wait of a `request` called with `timeout-ms = 0`.
+    pub request_timeout: Duration,
+    /// Prefix of request inboxes.
+    pub inbox_prefix: String,
     pub max_pending: usize,
     pub max_in_flight: usize,
     pub max_message_bytes: usize,
@@ -138,6 +148,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("format", &self.format)
             .field("raw_subject", &self.raw_subject)
             .field("send_timeout", &self.send_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("inbox_prefix", &self.inbox_prefix)
             .field("max_pending", &self.max_pending)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_message_bytes", &self.max_message_bytes)
@@ -312,10 +324,44 @@ impl Layers<'_> {
                 5000,
                 "whole milliseconds",
             )?),
+            request_timeout: self.request_timeout()?,
+            inbox_prefix: self.inbox_prefix()?,
             max_pending: self.count("max_pending", 1024)?,
             max_in_flight: self.count("max_in_flight", 64)?,
             max_message_bytes: self.count("max_message_bytes", 1 << 20)?,
         })
+    }
+
+    fn request_timeout(&self) -> Result<Duration, ConfigError> {
+        let ms = self.number("request_timeout_ms", 5000, "whole milliseconds")?;
+        if ms > MAX_REQUEST_TIMEOUT_MS {
+            return Err(invalid(
+                "request_timeout_ms",
+                &ms.to_string(),
+                format!("at most {MAX_REQUEST_TIMEOUT_MS}: the wasmCloud host cuts a component's call to a provider at 10 s"),
+            ));
+        }
+        Ok(Duration::from_millis(ms))
+    }
+
+    fn inbox_prefix(&self) -> Result<String, ConfigError> {
+        let Some(prefix) = self.plain("inbox_prefix") else {
+            return Ok("_INBOX".into());
+        };
+        if prefix.is_empty()
+            || prefix.starts_with('.')
+            || prefix.ends_with('.')
+            || prefix.contains("..")
+            || prefix.starts_with(crate::RESERVED_SUBJECT_PREFIX)
+            || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "inbox_prefix",
+                prefix,
+                "expected a subject prefix such as `_INBOX` (no whitespace, no empty tokens, not `$ws.`)",
+            ));
+        }
+        Ok(prefix.to_string())
     }
 
     /// A whole number of at least 1.
@@ -438,6 +484,11 @@ impl ConnectionConfig {
         check("format", self.format == other.format);
         check("raw_subject", self.raw_subject == other.raw_subject);
         check("send_timeout_ms", self.send_timeout == other.send_timeout);
+        check(
+            "request_timeout_ms",
+            self.request_timeout == other.request_timeout,
+        );
+        check("inbox_prefix", self.inbox_prefix == other.inbox_prefix);
         check("max_pending", self.max_pending == other.max_pending);
         check("max_in_flight", self.max_in_flight == other.max_in_flight);
         check(
@@ -502,6 +553,8 @@ mod tests {
         assert_eq!(cfg.format, Format::Json);
         assert_eq!(cfg.raw_subject, "default");
         assert_eq!(cfg.send_timeout, Duration::from_millis(5000));
+        assert_eq!(cfg.request_timeout, Duration::from_millis(5000));
+        assert_eq!(cfg.inbox_prefix, "_INBOX");
         assert_eq!(cfg.max_pending, 1024);
         assert_eq!(cfg.max_in_flight, 64);
         assert_eq!(cfg.max_message_bytes, 1_048_576);
@@ -520,6 +573,8 @@ mod tests {
                 ("format", "raw"),
                 ("raw_subject", "feed.prices"),
                 ("send_timeout_ms", "250"),
+                ("request_timeout_ms", "9500"),
+                ("inbox_prefix", "_R.app"),
                 ("max_pending", "8"),
                 ("max_in_flight", "1"),
                 ("max_message_bytes", "4096"),
@@ -536,6 +591,8 @@ mod tests {
         assert_eq!(cfg.format, Format::Raw);
         assert_eq!(cfg.raw_subject, "feed.prices");
         assert_eq!(cfg.send_timeout, Duration::from_millis(250));
+        assert_eq!(cfg.request_timeout, Duration::from_millis(9500));
+        assert_eq!(cfg.inbox_prefix, "_R.app");
         assert_eq!(
             (cfg.max_pending, cfg.max_in_flight, cfg.max_message_bytes),
             (8, 1, 4096)
@@ -767,6 +824,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 7, "every default given as a value was checked");
+        assert_eq!(checked, 9, "every default given as a value was checked");
     }
 }

@@ -6,9 +6,11 @@
 //! - [`connection`]: config keys, parsing, validation, merging provider defaults with link config.
 //! - [`envelope`]: the wire format (JSON envelope or raw) between messages and frames.
 //! - [`session`]: one WebSocket connection owned by one task: connect, reconnect, write, read.
+//! - [`requests`]: request-reply correlation (inboxes of waiting requests).
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
 //! - `invoke`: the wRPC client that calls `handle-message` (one per component).
 //! - [`stats`]: per-session counters.
+//! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session).
 //!
 //! Data flows one way per direction: component call -> lookup by (component, link name) ->
 //! session queue -> socket writer; socket reader -> decode -> delivery -> component handler.
@@ -31,10 +33,12 @@ pub mod connection;
 pub mod delivery;
 pub mod envelope;
 mod invoke;
+pub mod requests;
 pub mod session;
 pub mod stats;
+pub mod subjects;
 
-use crate::connection::{ConnectionConfig, ProviderDefaults};
+use crate::connection::{ConnectionConfig, ProviderDefaults, MAX_REQUEST_TIMEOUT_MS};
 use crate::delivery::HandlerClients;
 use crate::session::{Session, SessionKey};
 
@@ -247,22 +251,93 @@ impl WebSocketMessagingProvider {
         write(&self.session_storage).remove(&session.id);
     }
 
+    /// The sessions of `component`, whatever their link names, ordered by link name.
+    pub fn list_sessions(&self, component: &str) -> Vec<Arc<Session>> {
+        let mut mine: Vec<_> = read(&self.session_storage)
+            .values()
+            .filter(|s| s.key.component == component)
+            .cloned()
+            .collect();
+        mine.sort_by(|a, b| a.key.cmp(&b.key));
+        mine
+    }
+
+    /// Sends `msg` on session `id`, which must belong to `component`.
+    pub async fn send_to_session(
+        &self,
+        component: &str,
+        id: &str,
+        msg: &BrokerMessage,
+    ) -> Result<(), String> {
+        let session = read(&self.session_storage).get(id).cloned();
+        match session {
+            Some(session) if session.key.component == component => session.publish(msg).await,
+            _ => Err(format!("component {component} has no session {id}")),
+        }
+    }
+
     async fn publish_message(
         &self,
         ctx: Option<Context>,
         msg: BrokerMessage,
     ) -> Result<(), String> {
         let (component, link_name) = caller(&ctx);
-        if msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
-            return Err(format!(
-                "subject {} is reserved: subjects starting with `{RESERVED_SUBJECT_PREFIX}` are the provider's own",
-                msg.subject
-            ));
-        }
         let session = self
             .consumer_session(component, link_name)
             .ok_or_else(|| no_link(component, link_name))?;
-        session.publish(&msg).await
+        if !msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
+            return session.publish(&msg).await;
+        }
+        subjects::check_enabled(&session)?;
+        match subjects::parse(&msg.subject) {
+            subjects::Subject::Session { id, subject } => {
+                let forwarded = BrokerMessage {
+                    subject: subject.to_string(),
+                    body: msg.body.clone(),
+                    reply_to: msg.reply_to.clone(),
+                };
+                self.send_to_session(component, id, &forwarded).await
+            }
+            _ => Err(subjects::unknown(&msg.subject, "publish")),
+        }
+    }
+
+    async fn request_message(
+        &self,
+        ctx: Option<Context>,
+        subject: String,
+        body: Bytes,
+        timeout_ms: u32,
+    ) -> Result<BrokerMessage, String> {
+        let (component, link_name) = caller(&ctx);
+        let session = self
+            .consumer_session(component, link_name)
+            .ok_or_else(|| no_link(component, link_name))?;
+        if subject.starts_with(RESERVED_SUBJECT_PREFIX) {
+            subjects::check_enabled(&session)?;
+            let answer = match subjects::parse(&subject) {
+                subjects::Subject::Sessions => subjects::sessions(&self.list_sessions(component)),
+                subjects::Subject::Stats => {
+                    subjects::stats(&self.sessions(), &self.list_sessions(component))
+                }
+                _ => return Err(subjects::unknown(&subject, "request")),
+            };
+            return Ok(BrokerMessage {
+                subject,
+                body: answer,
+                reply_to: None,
+            });
+        }
+        let timeout = match timeout_ms {
+            0 => session.config.request_timeout,
+            ms if u64::from(ms) > MAX_REQUEST_TIMEOUT_MS => {
+                return Err(format!(
+                    "request to {subject}: timeout-ms {ms} is more than the {MAX_REQUEST_TIMEOUT_MS} ms a request can wait (the wasmCloud host cuts a component's call to a provider at 10 s)"
+                ))
+            }
+            ms => Duration::from_millis(u64::from(ms)),
+        };
+        session.request(&subject, body, timeout).await
     }
 }
 
@@ -388,15 +463,10 @@ impl bindings::exports::wasmcloud::messaging::consumer::Handler<Option<Context>>
         &self,
         ctx: Option<Context>,
         subject: String,
-        _body: Bytes,
-        _timeout_ms: u32,
+        body: Bytes,
+        timeout_ms: u32,
     ) -> anyhow::Result<Result<BrokerMessage, String>> {
-        let (component, link_name) = caller(&ctx);
-        if self.consumer_session(component, link_name).is_none() {
-            return Ok(Err(no_link(component, link_name)));
-        }
-        debug!(%subject, "request called; not implemented yet");
-        Ok(Err("request is not implemented yet".to_string()))
+        Ok(self.request_message(ctx, subject, body, timeout_ms).await)
     }
 }
 

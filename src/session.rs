@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::connection::ConnectionConfig;
+use crate::connection::{ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame};
+use crate::requests::{Pending, Routed};
 use crate::stats::{self, SessionStats};
 
 /// Most frames written before one flush.
@@ -101,6 +102,7 @@ pub struct Session {
     state: watch::Receiver<SessionState>,
     connected_at: Arc<Mutex<Option<SystemTime>>>,
     handler_linked: Arc<AtomicBool>,
+    pending: Pending,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -135,6 +137,7 @@ impl Session {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let (inbound_tx, inbound_rx) = mpsc::channel(config.max_in_flight);
         let connected_at = Arc::new(Mutex::new(None));
+        let pending = Pending::new(&config.inbox_prefix, &id);
 
         let delivery = tokio::spawn(delivery::run(
             delivery::Target {
@@ -159,6 +162,7 @@ impl Session {
                 cancel: cancel.clone(),
                 permits,
                 inbound: inbound_tx,
+                pending: pending.clone(),
             }
             .run(queue_rx),
         );
@@ -173,6 +177,7 @@ impl Session {
             state,
             connected_at,
             handler_linked,
+            pending,
             cancel,
             tasks: Mutex::new(vec![delivery, socket]),
         })
@@ -194,17 +199,10 @@ impl Session {
 
     /// Sends `msg` as one frame; Ok once the frame is written to the socket.
     pub async fn publish(&self, msg: &BrokerMessage) -> Result<(), String> {
-        let frame = self.codec.encode(msg);
-        let result = if frame.len() > self.config.max_message_bytes {
-            Err(format!(
-                "message to {} is {} bytes on the wire, more than max_message_bytes ({}) of session {}; nothing was sent",
-                msg.subject,
-                frame.len(),
-                self.config.max_message_bytes,
-                self.id
-            ))
-        } else {
-            self.send(frame).await
+        let deadline = Instant::now() + self.config.send_timeout;
+        let result = match self.encode(msg) {
+            Ok(frame) => self.send(frame, deadline).await,
+            Err(e) => Err(e),
         };
         match &result {
             Ok(()) => stats::bump(&self.stats.published),
@@ -213,9 +211,74 @@ impl Session {
         result
     }
 
-    /// Queues a frame and waits (at most `send_timeout_ms`) until it is written.
-    async fn send(&self, frame: Frame) -> Result<(), String> {
-        let deadline = Instant::now() + self.config.send_timeout;
+    /// Sends `subject`/`body` with a fresh inbox as `reply_to` and waits (at most `timeout`) for
+    /// the first envelope on this session addressed to that inbox.
+    pub async fn request(
+        &self,
+        subject: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<BrokerMessage, String> {
+        stats::bump(&self.stats.requests);
+        if self.config.format != Format::Json {
+            return Err(format!(
+                "request needs format json, but link {} uses format {} (a raw frame has no reply_to)",
+                self.key.link_name,
+                self.config.format.as_str()
+            ));
+        }
+        let started = Instant::now();
+        let deadline = started + timeout;
+        // Registered before the frame leaves: the reply may come back at once.
+        let ticket = self.pending.register();
+        let msg = BrokerMessage {
+            subject: subject.to_string(),
+            body,
+            reply_to: Some(ticket.inbox.clone()),
+        };
+        let frame = self.encode(&msg)?;
+        self.send(frame, deadline.min(started + self.config.send_timeout))
+            .await?;
+        let mut ticket = ticket;
+        match tokio::time::timeout_at(deadline, &mut ticket.reply).await {
+            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Err(reason))) => Err(format!("request to {subject} failed: {reason}")),
+            Ok(Err(_)) => Err(format!(
+                "request to {subject} failed: session {} closed",
+                self.id
+            )),
+            Err(_) => {
+                stats::bump(&self.stats.request_timeouts);
+                Err(format!(
+                    "request to {subject} timed out after {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        }
+    }
+
+    /// How many requests wait for their replies now.
+    pub fn pending_requests(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// The frame of `msg`, refused when it is larger than `max_message_bytes`.
+    fn encode(&self, msg: &BrokerMessage) -> Result<Frame, String> {
+        let frame = self.codec.encode(msg);
+        if frame.len() > self.config.max_message_bytes {
+            return Err(format!(
+                "message to {} is {} bytes on the wire, more than max_message_bytes ({}) of session {}; nothing was sent",
+                msg.subject,
+                frame.len(),
+                self.config.max_message_bytes,
+                self.id
+            ));
+        }
+        Ok(frame)
+    }
+
+    /// Queues a frame and waits (until `deadline`) until it is written.
+    async fn send(&self, frame: Frame, deadline: Instant) -> Result<(), String> {
         let (done, written) = oneshot::channel();
         let outgoing = Outgoing {
             frame,
@@ -320,6 +383,7 @@ struct SocketTask {
     cancel: CancellationToken,
     permits: Arc<Semaphore>,
     inbound: mpsc::Sender<Inbound>,
+    pending: Pending,
 }
 
 type Socket =
@@ -364,6 +428,10 @@ impl SocketTask {
                     match self.drive(socket, &mut queue).await {
                         End::Cancelled => break,
                         End::Lost(reason) => {
+                            self.pending.fail_all(&format!(
+                                "the connection to {} was lost before the reply came ({reason})",
+                                self.config.uri
+                            ));
                             if opened.elapsed() >= HEALTHY_AFTER {
                                 failures = 0;
                             }
@@ -394,6 +462,8 @@ impl SocketTask {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+        self.pending
+            .fail_all(&format!("session {} was closed", self.id));
         self.state.send_replace(SessionState::Closed);
         debug!(session = %self.id, "session task ended");
     }
@@ -424,7 +494,10 @@ impl SocketTask {
     /// Runs one open connection until it ends.
     async fn drive(&self, socket: Socket, queue: &mut mpsc::Receiver<Outgoing>) -> End {
         let (mut sink, mut stream) = socket.split();
-        let mut permit: Option<OwnedSemaphorePermit> = None;
+        // A message read while every in-flight slot is taken waits here, and reading stops until
+        // a slot frees up. Reading one message ahead keeps replies flowing: a handler that makes a
+        // request on its own session would otherwise wait for a reply nobody reads.
+        let mut held: Option<BrokerMessage> = None;
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         loop {
             tokio::select! {
@@ -442,14 +515,16 @@ impl SocketTask {
                         return End::Lost(reason);
                     }
                 }
-                p = Arc::clone(&self.permits).acquire_owned(), if permit.is_none() => {
+                p = Arc::clone(&self.permits).acquire_owned(), if held.is_some() => {
                     // The semaphore is never closed.
-                    permit = p.ok();
+                    if let (Ok(permit), Some(msg)) = (p, held.take()) {
+                        self.deliver(msg, permit);
+                    }
                 }
-                frame = stream.next(), if permit.is_some() => match frame {
+                frame = stream.next(), if held.is_none() => match frame {
                     None => return End::Lost("the server ended the stream".into()),
-                    Some(Ok(Message::Text(text))) => self.incoming(Bytes::from(text), &mut permit),
-                    Some(Ok(Message::Binary(bytes))) => self.incoming(bytes, &mut permit),
+                    Some(Ok(Message::Text(text))) => held = self.incoming(Bytes::from(text)),
+                    Some(Ok(Message::Binary(bytes))) => held = self.incoming(bytes),
                     Some(Ok(Message::Close(frame))) => {
                         // The library answers the Close; the stream ends right after.
                         debug!(session = %self.id, ?frame, "server sent Close");
@@ -538,22 +613,41 @@ impl SocketTask {
         Ok(())
     }
 
-    /// Decodes one data frame and hands it to delivery with its permit.
-    fn incoming(&self, payload: Bytes, permit: &mut Option<OwnedSemaphorePermit>) {
+    /// Decodes one data frame, answers a waiting request with it, or hands it to delivery. Returns
+    /// the message when it must wait for an in-flight slot.
+    fn incoming(&self, payload: Bytes) -> Option<BrokerMessage> {
         stats::bump(&self.stats.frames_in);
         stats::add(&self.stats.bytes_in, payload.len());
-        match self.codec.decode(payload) {
-            Ok(msg) => {
-                let Some(permit) = permit.take() else { return };
-                // Cannot be full: the channel holds as many messages as there are permits.
-                if self.inbound.try_send(Inbound { msg, permit }).is_err() {
-                    debug!(session = %self.id, "delivery task gone; message dropped at close");
-                }
-            }
+        let msg = match self.codec.decode(payload) {
+            Ok(msg) => msg,
             Err(error) => {
                 stats::bump(&self.stats.dropped_malformed);
                 warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
+                return None;
             }
+        };
+        let msg = match self.pending.route(msg) {
+            Routed::Deliver(msg) => msg,
+            Routed::Reply => return None,
+            Routed::Late => {
+                stats::bump(&self.stats.dropped_unmatched);
+                debug!(session = %self.id, "dropped a reply whose request no longer waits");
+                return None;
+            }
+        };
+        match Arc::clone(&self.permits).try_acquire_owned() {
+            Ok(permit) => {
+                self.deliver(msg, permit);
+                None
+            }
+            Err(_) => Some(msg),
+        }
+    }
+
+    fn deliver(&self, msg: BrokerMessage, permit: OwnedSemaphorePermit) {
+        // Cannot be full: the channel holds as many messages as there are permits.
+        if self.inbound.try_send(Inbound { msg, permit }).is_err() {
+            debug!(session = %self.id, "delivery task gone; message dropped at close");
         }
     }
 }

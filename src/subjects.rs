@@ -1,0 +1,161 @@
+//! The provider's own subjects, for components: everything that starts with `$ws.` is answered by
+//! the provider and never leaves as a frame.
+//!
+//! - `request("$ws.sessions")`: the caller's sessions as a JSON array.
+//! - `request("$ws.stats")`: counters, summed over the provider and per session of the caller.
+//! - `publish("$ws.session.<id>.<subject>")`: sends `<subject>` on session `<id>` of the caller.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use crate::session::Session;
+
+pub const SESSIONS: &str = "$ws.sessions";
+pub const STATS: &str = "$ws.stats";
+pub const SESSION_PREFIX: &str = "$ws.session.";
+
+/// What a provider subject is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Subject<'a> {
+    Sessions,
+    Stats,
+    /// `$ws.session.<id>.<subject>`
+    Session {
+        id: &'a str,
+        subject: &'a str,
+    },
+    Unknown,
+}
+
+pub fn parse(subject: &str) -> Subject<'_> {
+    match subject {
+        SESSIONS => Subject::Sessions,
+        STATS => Subject::Stats,
+        _ => match subject
+            .strip_prefix(SESSION_PREFIX)
+            .and_then(|rest| rest.split_once('.'))
+        {
+            Some((id, subject)) if !id.is_empty() && !subject.is_empty() => {
+                Subject::Session { id, subject }
+            }
+            _ => Subject::Unknown,
+        },
+    }
+}
+
+/// The error for a `$ws.` subject that means nothing.
+pub fn unknown(subject: &str, call: &str) -> String {
+    format!(
+        "unknown provider subject {subject}: `$ws.` subjects are the provider's own ({call} accepts {})",
+        match call {
+            "request" => "`$ws.sessions` and `$ws.stats`",
+            _ => "`$ws.session.<id>.<subject>`",
+        }
+    )
+}
+
+/// Refuses the subjects when the calling link turned session tracking off.
+pub fn check_enabled(calling: &Session) -> Result<(), String> {
+    if calling.config.enable_session_tracking {
+        Ok(())
+    } else {
+        Err(format!(
+            "the provider's `$ws.` subjects are turned off on link {} (enable_session_tracking = false)",
+            calling.key.link_name
+        ))
+    }
+}
+
+#[derive(Serialize)]
+struct SessionInfo<'a> {
+    id: &'a str,
+    link_name: &'a str,
+    uri: &'a str,
+    state: &'static str,
+    connected_at: Option<String>,
+    frames_in: u64,
+    frames_out: u64,
+}
+
+fn rfc3339(at: SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
+}
+
+/// The answer to `$ws.sessions`: the caller's sessions, ordered by link name.
+pub fn sessions(mine: &[Arc<Session>]) -> Bytes {
+    let infos: Vec<_> = mine
+        .iter()
+        .map(|s| SessionInfo {
+            id: &s.id,
+            link_name: &s.key.link_name,
+            uri: &s.config.uri,
+            state: s.state().as_str(),
+            connected_at: s.connected_at().map(rfc3339),
+            frames_in: s.stats.frames_in.load(Ordering::Relaxed),
+            frames_out: s.stats.frames_out.load(Ordering::Relaxed),
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&infos).expect("session info serializes"))
+}
+
+/// The answer to `$ws.stats`: the provider's counters summed over every session, and the caller's
+/// sessions one by one.
+pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
+    let mut provider = Map::new();
+    let open = all.iter().filter(|s| s.state().as_str() == "open").count();
+    provider.insert("sessions_open".into(), json!(open));
+    for session in all {
+        for (name, value) in session.stats.snapshot() {
+            let sum = provider.entry(name).or_insert(json!(0u64));
+            *sum = json!(sum.as_u64().unwrap_or_default() + value);
+        }
+    }
+    let sessions: Vec<Value> = mine
+        .iter()
+        .map(|s| {
+            let mut object = Map::new();
+            object.insert("id".into(), json!(s.id));
+            object.insert("link_name".into(), json!(s.key.link_name));
+            object.insert("state".into(), json!(s.state().as_str()));
+            object.insert("pending_requests".into(), json!(s.pending_requests()));
+            for (name, value) in s.stats.snapshot() {
+                object.insert(name.into(), json!(value));
+            }
+            Value::Object(object)
+        })
+        .collect();
+    let answer = json!({ "provider": provider, "sessions": sessions });
+    Bytes::from(serde_json::to_vec(&answer).expect("stats serialize"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_provider_subjects() {
+        assert_eq!(parse("$ws.sessions"), Subject::Sessions);
+        assert_eq!(parse("$ws.stats"), Subject::Stats);
+        assert_eq!(
+            parse("$ws.session.ws_a1.orders.new"),
+            Subject::Session {
+                id: "ws_a1",
+                subject: "orders.new"
+            }
+        );
+        for unknown in [
+            "$ws.session.ws_a1",
+            "$ws.session.ws_a1.",
+            "$ws.session..x",
+            "$ws.sessionsx",
+            "$ws.other",
+        ] {
+            assert_eq!(parse(unknown), Subject::Unknown, "{unknown}");
+        }
+    }
+}
