@@ -22,7 +22,12 @@ pub struct Behaviour {
     pub fail_with: Option<String>,
     /// Wait for a permit of [`PlayedComponent::release`] before answering.
     pub gated: bool,
+    /// Answer a message that has a `reply_to`: publish `answer: <body>` to it through this link.
+    pub answer_through: Option<String>,
 }
+
+/// The provider's client and the component's id.
+type Caller = (Arc<delivery_wrpc::Client>, String);
 
 #[derive(Clone)]
 struct Recorder {
@@ -32,6 +37,8 @@ struct Recorder {
     running: Arc<AtomicUsize>,
     max_running: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
+    /// What the handler needs to call the provider back.
+    caller: Arc<Mutex<Option<Caller>>>,
 }
 
 impl Default for Recorder {
@@ -43,6 +50,7 @@ impl Default for Recorder {
             running: Arc::default(),
             max_running: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            caller: Arc::default(),
         }
     }
 }
@@ -58,8 +66,31 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         let behaviour = self.behaviour.lock().unwrap().clone();
+        let reply_to = msg.reply_to.clone();
+        let mut answer = b"answer: ".to_vec();
+        answer.extend_from_slice(&msg.body);
         self.received.lock().unwrap().push(msg);
         self.changed.notify_waiters();
+        let caller = self.caller.lock().unwrap().clone();
+        if let (Some(link), Some(reply_to), Some((provider, id))) =
+            (&behaviour.answer_through, reply_to, caller)
+        {
+            let reply = BrokerMessage {
+                subject: reply_to,
+                body: answer.into(),
+                reply_to: None,
+            };
+            let result = played::wasmcloud::messaging::consumer::publish(
+                &*provider,
+                Some(headers(&id, link)),
+                &reply,
+            )
+            .await;
+            if !matches!(result, Ok(Ok(()))) {
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                return Ok(Err(format!("answering failed: {result:?}")));
+            }
+        }
         if !behaviour.delay.is_zero() {
             tokio::time::sleep(behaviour.delay).await;
         }
@@ -73,7 +104,7 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
 
 pub struct PlayedComponent {
     pub id: String,
-    provider: delivery_wrpc::Client,
+    provider: Arc<delivery_wrpc::Client>,
     recorder: Recorder,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -112,6 +143,8 @@ impl PlayedComponent {
         )
         .await
         .unwrap();
+        let provider_client = Arc::new(provider_client);
+        *recorder.caller.lock().unwrap() = Some((Arc::clone(&provider_client), id.to_string()));
         PlayedComponent {
             id: id.into(),
             provider: provider_client,
@@ -130,10 +163,7 @@ impl PlayedComponent {
     }
 
     fn headers(&self, link_name: &str) -> delivery_nats::HeaderMap {
-        let mut headers = delivery_nats::HeaderMap::new();
-        headers.insert("source-id", self.id.as_str());
-        headers.insert("link-name", link_name);
-        headers
+        headers(&self.id, link_name)
     }
 
     /// `consumer.publish` through `link_name`; the outer error is a wRPC failure.
@@ -150,7 +180,7 @@ impl PlayedComponent {
             reply_to: reply_to.map(Into::into),
         };
         let call = played::wasmcloud::messaging::consumer::publish(
-            &self.provider,
+            &*self.provider,
             Some(self.headers(link_name)),
             &msg,
         );
@@ -193,7 +223,7 @@ impl PlayedComponent {
     ) -> anyhow::Result<Result<BrokerMessage, String>> {
         let body: Bytes = body.into();
         let call = played::wasmcloud::messaging::consumer::request(
-            &self.provider,
+            &*self.provider,
             Some(self.headers(link_name)),
             subject,
             &body,
@@ -238,4 +268,12 @@ impl Drop for PlayedComponent {
     fn drop(&mut self) {
         self.serving.abort();
     }
+}
+
+/// The headers the host sets on a component's call to a provider.
+fn headers(component: &str, link_name: &str) -> delivery_nats::HeaderMap {
+    let mut headers = delivery_nats::HeaderMap::new();
+    headers.insert("source-id", component);
+    headers.insert("link-name", link_name);
+    headers
 }

@@ -39,6 +39,7 @@ enum Command {
 enum Mode {
     Echo,
     Record,
+    Respond,
 }
 
 pub struct WsServer {
@@ -54,6 +55,12 @@ impl WsServer {
     /// Echoes every data frame back on the same connection.
     pub async fn echo() -> Self {
         Self::start(Mode::Echo).await
+    }
+
+    /// Answers every envelope that has a `reply_to` with `{subject: reply_to, body}` (the same
+    /// body), like a service behind the socket would.
+    pub async fn responder() -> Self {
+        Self::start(Mode::Respond).await
     }
 
     /// Records frames and answers nothing; frames are pushed with [`WsServer::push`].
@@ -229,8 +236,15 @@ async fn serve(
                 }
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
                     let _ = events.send(Event::Frame { conn, message: message.clone() });
-                    if mode == Mode::Echo && ws.send(message).await.is_err() {
-                        break;
+                    let answer = match mode {
+                        Mode::Echo => Some(message),
+                        Mode::Respond => respond(&message),
+                        Mode::Record => None,
+                    };
+                    if let Some(answer) = answer {
+                        if ws.send(answer).await.is_err() {
+                            break;
+                        }
                     }
                 }
                 Some(Ok(_)) => {}
@@ -239,4 +253,12 @@ async fn serve(
         }
     }
     let _ = events.send(Event::Ended { conn });
+}
+
+/// The responder's answer to an envelope with a `reply_to`.
+fn respond(message: &Message) -> Option<Message> {
+    let request: serde_json::Value = serde_json::from_slice(&message.clone().into_data()).ok()?;
+    let reply_to = request.get("reply_to")?.as_str()?;
+    let answer = serde_json::json!({ "subject": reply_to, "body": request.get("body")? });
+    Some(Message::text(answer.to_string()))
 }
