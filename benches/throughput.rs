@@ -49,6 +49,17 @@ async fn main() {
             rows.push(delivery(size, in_flight, n).await);
         }
     }
+    let mut latencies = Vec::new();
+    for in_flight in [1, 64] {
+        let n = if in_flight == 1 {
+            messages / 4
+        } else {
+            messages
+        };
+        let (row, p50, p99) = request(16, in_flight, n).await;
+        rows.push(row);
+        latencies.push((in_flight, p50, p99));
+    }
     println!(
         "\n{:<10} {:>6} {:>10} {:>9} {:>9} {:>12}",
         "phase", "bytes", "in flight", "messages", "seconds", "msgs/s"
@@ -64,6 +75,51 @@ async fn main() {
             r.messages as f64 / r.seconds
         );
     }
+    println!();
+    for (in_flight, p50, p99) in latencies {
+        println!("request round trip, {in_flight} in flight: p50 {p50:?}, p99 {p99:?}");
+    }
+}
+
+/// `request` calls answered by a responder server: throughput and round-trip percentiles.
+async fn request(size: usize, in_flight: usize, n: usize) -> (Row, Duration, Duration) {
+    let rig = Rig::start().await;
+    let server = WsServer::responder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("bench", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    let component = rig.component("bench").await;
+    component
+        .publish_when_ready("default", "warm", &b""[..], WAIT)
+        .await;
+    let body = vec![b'x'; size];
+    let started = Instant::now();
+    let mut took: Vec<Duration> = futures::stream::iter(0..n)
+        .map(|_| async {
+            let t = Instant::now();
+            let answer = component
+                .request("default", "bench.request", body.clone(), 5000)
+                .await;
+            assert!(matches!(answer, Ok(Ok(_))), "request failed: {answer:?}");
+            t.elapsed()
+        })
+        .buffer_unordered(in_flight)
+        .collect()
+        .await;
+    let seconds = started.elapsed().as_secs_f64();
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
+    let row = Row {
+        phase: "request".into(),
+        size,
+        in_flight,
+        messages: n,
+        seconds,
+    };
+    (row, pct(0.50), pct(0.99))
 }
 
 /// `publish` calls from the component until the server has received every frame.
