@@ -44,12 +44,14 @@ async fn send_until_answered(server: &WsServer, frame: &str) -> (usize, Message)
 #[tokio::test(flavor = "multi_thread")]
 async fn echo_round_trip_through_a_real_host() {
     wasmcloud_provider_messaging_websocket_e2e::init_logging();
-    let say = |s: &str| eprintln!("[e2e] {s}");
+    let started = std::time::Instant::now();
+    let say = |s: &str| eprintln!("[e2e {:>6.1}s] {s}", started.elapsed().as_secs_f64());
     let artifacts = artifacts::build(&say).await.expect("artifacts build");
     let manifest = deploy::read_manifest(&repo_root().join("examples/wadm.yaml"))
         .await
         .unwrap();
 
+    say("built");
     let server = WsServer::recorder().await;
     let lattice = Lattice::start(&format!("e2e-{}", std::process::id()))
         .await
@@ -68,6 +70,7 @@ async fn echo_round_trip_through_a_real_host() {
     );
     assert!(artifacts.provider_archive.is_file());
 
+    say("deployed");
     let (first_conn, _) = server.connected(WAIT).await;
     // Without reply_to: the component answers to `<subject>.reply`.
     let frame = format!(
@@ -119,6 +122,7 @@ async fn echo_round_trip_through_a_real_host() {
         1,
         "consumer and handler link share one session"
     );
+    say("both round trips done");
 
     say("deleting the links");
     deploy::delete_links(&lattice.ctl, &deployed).await.unwrap();
