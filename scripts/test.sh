@@ -12,6 +12,12 @@ cargo fmt --check
 cargo fmt --check --manifest-path e2e/Cargo.toml
 cargo fmt --check --manifest-path examples/echo-component/Cargo.toml
 
+say "provider: the build compiles no wasmCloud host and no wasm compiler (those live in e2e/)"
+if cargo tree -e normal,build,dev --prefix none 2>/dev/null | grep -qE '^(wasmcloud-host|cranelift-codegen|wasmtime-internal-cranelift) '; then
+    echo "the provider's dependency tree pulls in the wasmCloud host or cranelift" >&2
+    exit 1
+fi
+
 say "provider: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
