@@ -204,7 +204,12 @@ impl WebSocketMessagingProvider {
                 session
             }
             None => {
-                let session = Session::start(key.clone(), cfg, self.handler_clients.clone());
+                let session = Session::start(
+                    key.clone(),
+                    cfg,
+                    self.handler_clients.clone(),
+                    role == Role::Handler,
+                );
                 write(&self.session_storage).insert(session.id.clone(), Arc::clone(&session));
                 session
             }

@@ -124,13 +124,15 @@ impl Session {
         key: SessionKey,
         config: ConnectionConfig,
         clients: delivery::HandlerClients,
+        handler_linked: bool,
     ) -> Arc<Self> {
         let id = new_session_id();
         let stats = Arc::new(SessionStats::default());
         let codec = Codec::new(config.format, config.raw_subject.clone());
         let (queue, queue_rx) = mpsc::channel(config.max_pending);
         let (state_tx, state) = watch::channel(SessionState::Connecting);
-        let handler_linked = Arc::new(AtomicBool::new(false));
+        // Set before the tasks start: a frame may arrive the moment the connection is up.
+        let handler_linked = Arc::new(AtomicBool::new(handler_linked));
         let cancel = CancellationToken::new();
         // Every delivery holds one permit, and the reader needs one to read a frame, so the
         // channel to the delivery task can never hold more than `max_in_flight` messages.
