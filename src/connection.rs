@@ -35,6 +35,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "max_pending",
     "max_in_flight",
     "max_message_bytes",
+    "reconnect_initial_delay_ms",
+    "reconnect_max_delay_ms",
+    "reconnect_max_attempts",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
@@ -131,6 +134,11 @@ pub struct ConnectionConfig {
     pub max_pending: usize,
     pub max_in_flight: usize,
     pub max_message_bytes: usize,
+    /// Backoff before reconnect attempt n: d = min(initial * 2^(n-1), max), drawn from [d/2, d].
+    pub reconnect_initial_delay: Duration,
+    pub reconnect_max_delay: Duration,
+    /// Consecutive failed attempts after which the session gives up; 0 = never.
+    pub reconnect_max_attempts: u32,
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -153,6 +161,9 @@ impl fmt::Debug for ConnectionConfig {
             .field("max_pending", &self.max_pending)
             .field("max_in_flight", &self.max_in_flight)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("reconnect_initial_delay", &self.reconnect_initial_delay)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("reconnect_max_attempts", &self.reconnect_max_attempts)
             .finish()
     }
 }
@@ -303,6 +314,26 @@ impl Layers<'_> {
             }
             None => link_name.to_string(),
         };
+        let reconnect_initial_delay = Duration::from_millis(self.number(
+            "reconnect_initial_delay_ms",
+            250,
+            "whole milliseconds",
+        )?);
+        let reconnect_max_delay = Duration::from_millis(self.number(
+            "reconnect_max_delay_ms",
+            30_000,
+            "whole milliseconds",
+        )?);
+        if reconnect_max_delay < reconnect_initial_delay {
+            return Err(invalid(
+                "reconnect_max_delay_ms",
+                &reconnect_max_delay.as_millis().to_string(),
+                format!(
+                    "must not be less than reconnect_initial_delay_ms ({})",
+                    reconnect_initial_delay.as_millis()
+                ),
+            ));
+        }
         Ok(ConnectionConfig {
             uri,
             auth_token,
@@ -329,6 +360,9 @@ impl Layers<'_> {
             max_pending: self.count("max_pending", 1024)?,
             max_in_flight: self.count("max_in_flight", 64)?,
             max_message_bytes: self.count("max_message_bytes", 1 << 20)?,
+            reconnect_initial_delay,
+            reconnect_max_delay,
+            reconnect_max_attempts: self.attempts()?,
         })
     }
 
@@ -379,6 +413,21 @@ impl Layers<'_> {
     fn count(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
         let n = self.number(key, default as u64, "a whole number")?;
         usize::try_from(n).map_err(|_| invalid(key, &n.to_string(), "too large"))
+    }
+
+    /// `reconnect_max_attempts`: a whole number, 0 meaning forever.
+    fn attempts(&self) -> Result<u32, ConfigError> {
+        const KEY: &str = "reconnect_max_attempts";
+        match self.plain(KEY) {
+            None => Ok(0),
+            Some(value) => value.trim().parse::<u32>().map_err(|_| {
+                invalid(
+                    KEY,
+                    value,
+                    "expected a whole number of attempts (0 = retry forever)",
+                )
+            }),
+        }
     }
 
     fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -494,6 +543,18 @@ impl ConnectionConfig {
         check(
             "max_message_bytes",
             self.max_message_bytes == other.max_message_bytes,
+        );
+        check(
+            "reconnect_initial_delay_ms",
+            self.reconnect_initial_delay == other.reconnect_initial_delay,
+        );
+        check(
+            "reconnect_max_delay_ms",
+            self.reconnect_max_delay == other.reconnect_max_delay,
+        );
+        check(
+            "reconnect_max_attempts",
+            self.reconnect_max_attempts == other.reconnect_max_attempts,
         );
         let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
         for name in names {
@@ -824,6 +885,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 9, "every default given as a value was checked");
+        assert_eq!(checked, 12, "every default given as a value was checked");
     }
 }

@@ -12,7 +12,7 @@
 //! This is the only module that touches the WebSocket library's types.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,9 +45,6 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
 /// The reason of the Close frame sent when a link goes or the provider stops.
 const GOODBYE: &str = "link deleted or provider stopped";
-/// Backoff before reconnect attempt n is drawn from [d/2, d], d = min(INITIAL * 2^(n-1), MAX).
-const RECONNECT_INITIAL_DELAY: Duration = Duration::from_millis(250);
-const RECONNECT_MAX_DELAY: Duration = Duration::from_secs(30);
 /// A connection that stayed open this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
@@ -103,6 +100,8 @@ pub struct Session {
     connected_at: Arc<Mutex<Option<SystemTime>>>,
     handler_linked: Arc<AtomicBool>,
     pending: Pending,
+    /// The failed attempts after which the session gave up; 0 while it has not.
+    gave_up: Arc<AtomicU32>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -140,6 +139,7 @@ impl Session {
         let (inbound_tx, inbound_rx) = mpsc::channel(config.max_in_flight);
         let connected_at = Arc::new(Mutex::new(None));
         let pending = Pending::new(&config.inbox_prefix, &id);
+        let gave_up = Arc::new(AtomicU32::new(0));
 
         let delivery = tokio::spawn(delivery::run(
             delivery::Target {
@@ -165,6 +165,7 @@ impl Session {
                 permits,
                 inbound: inbound_tx,
                 pending: pending.clone(),
+                gave_up: Arc::clone(&gave_up),
             }
             .run(queue_rx),
         );
@@ -180,6 +181,7 @@ impl Session {
             connected_at,
             handler_linked,
             pending,
+            gave_up,
             cancel,
             tasks: Mutex::new(vec![delivery, socket]),
         })
@@ -281,6 +283,13 @@ impl Session {
 
     /// Queues a frame and waits (until `deadline`) until it is written.
     async fn send(&self, frame: Frame, deadline: Instant) -> Result<(), String> {
+        let attempts = self.gave_up.load(Ordering::Relaxed);
+        if attempts > 0 {
+            return Err(format!(
+                "session {} gave up after {attempts} attempts",
+                self.id
+            ));
+        }
         let (done, written) = oneshot::channel();
         let outgoing = Outgoing {
             frame,
@@ -355,12 +364,11 @@ fn new_session_id() -> String {
     format!("ws_{suffix}")
 }
 
-/// The backoff before reconnect attempt `attempt` (1-based), with jitter.
-fn backoff(attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(20);
-    let d = RECONNECT_INITIAL_DELAY
-        .saturating_mul(1 << exp)
-        .min(RECONNECT_MAX_DELAY);
+/// The backoff before reconnect attempt `attempt` (1-based): d = min(initial x 2^(n-1), max),
+/// drawn uniformly from [d/2, d] so that many sessions do not retry in step.
+fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let d = initial.saturating_mul(1 << exp).min(max);
     let half = d / 2;
     half + rand::rng().random_range(Duration::ZERO..=d - half)
 }
@@ -386,6 +394,7 @@ struct SocketTask {
     permits: Arc<Semaphore>,
     inbound: mpsc::Sender<Inbound>,
     pending: Pending,
+    gave_up: Arc<AtomicU32>,
 }
 
 type Socket =
@@ -393,7 +402,10 @@ type Socket =
 
 impl SocketTask {
     async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
-        let mut failures: u32 = 0;
+        // Retries since the last healthy connection (the backoff's n), and failed connection
+        // attempts among them (what `reconnect_max_attempts` counts).
+        let mut retries: u32 = 0;
+        let mut failed_attempts: u32 = 0;
         let mut ever_connected = false;
         loop {
             self.state.send_replace(if ever_connected {
@@ -435,10 +447,10 @@ impl SocketTask {
                                 self.config.uri
                             ));
                             if opened.elapsed() >= HEALTHY_AFTER {
-                                failures = 0;
+                                retries = 0;
+                                failed_attempts = 0;
                             }
                             warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %reason, "disconnected; reconnecting");
-                            failures += 1;
                             None
                         }
                     }
@@ -450,22 +462,37 @@ impl SocketTask {
                 )),
             };
             if let Some(error) = error {
-                failures += 1;
+                failed_attempts += 1;
+                let max = self.config.reconnect_max_attempts;
+                if max > 0 && failed_attempts >= max {
+                    self.gave_up.store(failed_attempts, Ordering::Relaxed);
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, attempts = failed_attempts, "gave up connecting (reconnect_max_attempts); the session is closed");
+                    break;
+                }
                 // Logged once per run of failures, not on every retry.
-                if failures == 1 {
+                if failed_attempts == 1 {
                     warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, "connection attempt failed; retrying with backoff");
                 } else {
-                    debug!(session = %self.id, attempt = failures, %error, "connection attempt failed");
+                    debug!(session = %self.id, attempt = failed_attempts, %error, "connection attempt failed");
                 }
             }
-            let delay = backoff(failures);
+            retries += 1;
+            let delay = backoff(
+                retries,
+                self.config.reconnect_initial_delay,
+                self.config.reconnect_max_delay,
+            );
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
             }
         }
-        self.pending
-            .fail_all(&format!("session {} was closed", self.id));
+        let attempts = self.gave_up.load(Ordering::Relaxed);
+        self.pending.fail_all(&if attempts > 0 {
+            format!("session {} gave up after {attempts} attempts", self.id)
+        } else {
+            format!("session {} was closed", self.id)
+        });
         self.state.send_replace(SessionState::Closed);
         debug!(session = %self.id, "session task ended");
     }
@@ -690,12 +717,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_with_jitter_and_caps() {
-        for attempt in 1..=12 {
-            let d = RECONNECT_INITIAL_DELAY
-                .saturating_mul(1 << (attempt - 1))
-                .min(RECONNECT_MAX_DELAY);
+        let (initial, max) = (Duration::from_millis(250), Duration::from_secs(30));
+        for attempt in 1..=40 {
+            let d = initial.saturating_mul(1 << (attempt - 1).min(30)).min(max);
             for _ in 0..20 {
-                let b = backoff(attempt);
+                let b = backoff(attempt, initial, max);
                 assert!(
                     b >= d / 2 && b <= d,
                     "attempt {attempt}: {b:?} not in [{:?}, {d:?}]",

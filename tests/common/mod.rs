@@ -7,6 +7,7 @@
 pub mod component;
 pub mod nats;
 pub mod provider;
+pub mod tcp;
 pub mod wait;
 pub mod ws;
 

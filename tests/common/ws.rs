@@ -68,8 +68,17 @@ impl WsServer {
         Self::start(Mode::Record).await
     }
 
+    /// A recorder on a given port: a server that comes back after a restart.
+    pub async fn recorder_on(port: u16) -> Self {
+        Self::start_on(Mode::Record, port).await
+    }
+
     async fn start(mode: Mode) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(mode, 0).await
+    }
+
+    async fn start_on(mode: Mode, port: u16) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let conns = Arc::new(Mutex::new(BTreeMap::new()));

@@ -1,0 +1,175 @@
+//! Reconnecting: backoff, giving up, connect timeouts and server restarts, with the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::tcp::TcpServer;
+use common::ws::{Message, WsServer};
+use common::{wait_until, Rig};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+#[tokio::test]
+async fn reconnect_attempts_follow_the_configured_backoff() {
+    let rig = Rig::start().await;
+    let server = TcpServer::dropping().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("reconnect_initial_delay_ms", "100"),
+            ("reconnect_max_delay_ms", "400"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    wait_until("seven connection attempts", WAIT, || async {
+        server.accepted().len() >= 7
+    })
+    .await;
+    let at = server.accepted();
+    for n in 1..=6u32 {
+        let d = Duration::from_millis((100u64 << (n - 1)).min(400));
+        let gap = at[n as usize] - at[n as usize - 1];
+        // The lower bound is exact (d/2); the upper bound allows for scheduling on a busy machine.
+        assert!(
+            gap >= d / 2 - Duration::from_millis(5) && gap <= d + Duration::from_millis(250),
+            "wait before attempt {n}: {gap:?}, expected within [{:?}, {d:?}]",
+            d / 2
+        );
+    }
+    let warnings = rig
+        .provider
+        .logs
+        .all()
+        .matches("connection attempt failed; retrying with backoff")
+        .count();
+    assert_eq!(warnings, 1, "a run of failures is logged once at warn");
+}
+
+#[tokio::test]
+async fn reconnect_max_attempts_gives_up_and_says_so() {
+    let rig = Rig::start().await;
+    let server = TcpServer::dropping().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("reconnect_initial_delay_ms", "20"),
+            ("reconnect_max_delay_ms", "40"),
+            ("reconnect_max_attempts", "3"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    rig.provider
+        .logs
+        .wait_for(&["gave up connecting", "attempts=3"], WAIT)
+        .await;
+    let component = rig.component("comp").await;
+    let sessions = component
+        .request("default", "$ws.sessions", &b""[..], 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let sessions: serde_json::Value = serde_json::from_slice(&sessions.body).unwrap();
+    assert_eq!(sessions[0]["state"], "closed");
+    let id = sessions[0]["id"].as_str().unwrap();
+    let err = component
+        .publish("default", "x", &b""[..], None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, format!("session {id} gave up after 3 attempts"));
+    let err = component
+        .request("default", "svc", &b""[..], 1000)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(err, format!("session {id} gave up after 3 attempts"));
+    assert_eq!(server.accepted().len(), 3, "the first attempt included");
+}
+
+#[tokio::test]
+async fn a_handshake_that_never_comes_times_out_and_is_retried() {
+    let rig = Rig::start().await;
+    let server = TcpServer::silent().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("connect_timeout_sec", "1"),
+            ("reconnect_initial_delay_ms", "50"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    rig.provider
+        .logs
+        .wait_for(
+            &[
+                "connection attempt failed",
+                "no handshake within 1 s (connect_timeout_sec)",
+            ],
+            WAIT,
+        )
+        .await;
+    wait_until("a second attempt", WAIT, || async {
+        server.accepted().len() >= 2
+    })
+    .await;
+    let at = server.accepted();
+    assert!(
+        at[1] - at[0] >= Duration::from_secs(1),
+        "the first attempt waited its timeout"
+    );
+}
+
+#[tokio::test]
+async fn after_a_server_restart_publishing_and_delivery_resume() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let port = server.addr.port();
+    let component = rig.component("comp").await;
+    let config = [
+        ("uri", server.uri()),
+        ("reconnect_initial_delay_ms", "50".to_string()),
+        ("reconnect_max_delay_ms", "200".to_string()),
+    ];
+    let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    rig.provider
+        .put_link(&rig.provider.consumer_link("comp", "default", &config))
+        .await;
+    rig.provider
+        .put_link(&rig.provider.handler_link("comp", "default", &config))
+        .await;
+    rig.provider
+        .logs
+        .wait_for(&["link joins the existing session"], WAIT)
+        .await;
+    component
+        .publish_when_ready("default", "before", &b"1"[..], WAIT)
+        .await;
+    server.frame(WAIT).await;
+
+    drop(server);
+    rig.provider
+        .logs
+        .wait_for(&["disconnected; reconnecting"], WAIT)
+        .await;
+    let restarted = Instant::now();
+    let server = WsServer::recorder_on(port).await;
+    server.connected(WAIT).await;
+    eprintln!("reconnected {:?} after the restart", restarted.elapsed());
+    component
+        .publish_when_ready("default", "after", &b"2"[..], WAIT)
+        .await;
+    assert_eq!(
+        server.frame(WAIT).await.to_text().unwrap(),
+        r#"{"subject":"after","body":"Mg=="}"#
+    );
+    server.push(Message::text(r#"{"subject":"pushed.after","body":""}"#));
+    let received = component.wait_received(1, WAIT).await;
+    assert_eq!(received[0].subject, "pushed.after");
+}
