@@ -38,6 +38,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "reconnect_initial_delay_ms",
     "reconnect_max_delay_ms",
     "reconnect_max_attempts",
+    "ping_interval_sec",
+    "pong_timeout_sec",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
@@ -139,6 +141,10 @@ pub struct ConnectionConfig {
     pub reconnect_max_delay: Duration,
     /// Consecutive failed attempts after which the session gives up; 0 = never.
     pub reconnect_max_attempts: u32,
+    /// Keepalive: a ping every `ping_interval`; a connection from which nothing (no pong, no
+    /// frame) arrived for `ping_interval + pong_timeout` is dead.
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -164,6 +170,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("reconnect_initial_delay", &self.reconnect_initial_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
+            .field("ping_interval", &self.ping_interval)
+            .field("pong_timeout", &self.pong_timeout)
             .finish()
     }
 }
@@ -363,6 +371,16 @@ impl Layers<'_> {
             reconnect_initial_delay,
             reconnect_max_delay,
             reconnect_max_attempts: self.attempts()?,
+            ping_interval: Duration::from_secs(self.number(
+                "ping_interval_sec",
+                20,
+                "whole seconds",
+            )?),
+            pong_timeout: Duration::from_secs(self.number(
+                "pong_timeout_sec",
+                10,
+                "whole seconds",
+            )?),
         })
     }
 
@@ -556,6 +574,11 @@ impl ConnectionConfig {
             "reconnect_max_attempts",
             self.reconnect_max_attempts == other.reconnect_max_attempts,
         );
+        check(
+            "ping_interval_sec",
+            self.ping_interval == other.ping_interval,
+        );
+        check("pong_timeout_sec", self.pong_timeout == other.pong_timeout);
         let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
         for name in names {
             if self.headers.get(name) != other.headers.get(name) {
@@ -885,6 +908,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 12, "every default given as a value was checked");
+        assert_eq!(checked, 14, "every default given as a value was checked");
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use futures::stream::SplitSink;
+use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -373,6 +373,12 @@ fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=d - half)
 }
 
+/// How the futures of one connection ended: with a Close frame to send first, or not.
+enum Outcome {
+    Goodbye(CloseCode, &'static str, End),
+    Done(End),
+}
+
 /// Why one connection ended.
 enum End {
     /// The session was closed on purpose.
@@ -520,53 +526,123 @@ impl SocketTask {
         Ok(socket)
     }
 
-    /// Runs one open connection until it ends.
+    /// Runs one open connection until it ends. Reading, writing and the keepalive watchdog are
+    /// three futures polled side by side, so a write stuck on a server that stopped reading
+    /// neither stops frames from being read nor hides a dead connection.
     async fn drive(&self, socket: Socket, queue: &mut mpsc::Receiver<Outgoing>) -> End {
         let (mut sink, mut stream) = socket.split();
-        // A message read while every in-flight slot is taken waits here, and reading stops until
-        // a slot frees up. Reading one message ahead keeps replies flowing: a handler that makes a
-        // request on its own session would otherwise wait for a reply nobody reads.
-        let mut held: Option<BrokerMessage> = None;
+        let last_seen = Mutex::new(Instant::now());
+        let paused = AtomicBool::new(false);
+        let outcome = tokio::select! {
+            () = self.cancel.cancelled() => Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled),
+            outcome = self.read_loop(&mut stream, &last_seen, &paused) => outcome,
+            outcome = self.write_loop(&mut sink, queue) => outcome,
+            outcome = self.watchdog(&last_seen, &paused) => outcome,
+        };
+        match outcome {
+            Outcome::Goodbye(code, reason, end) => {
+                self.say_goodbye(&mut sink, code, reason).await;
+                end
+            }
+            Outcome::Done(end) => end,
+        }
+    }
+
+    /// Reads frames until the connection ends. A message that finds every in-flight slot taken is
+    /// held, and reading pauses until a slot frees up: one message ahead keeps replies flowing
+    /// (a handler that makes a request on its own session would otherwise wait for a reply
+    /// nobody reads), and no more is buffered.
+    async fn read_loop(
+        &self,
+        stream: &mut SplitStream<Socket>,
+        last_seen: &Mutex<Instant>,
+        paused: &AtomicBool,
+    ) -> Outcome {
+        loop {
+            let frame = stream.next().await;
+            *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            let held = match frame {
+                None => return Outcome::Done(End::Lost("the server ended the stream".into())),
+                Some(Ok(Message::Text(text))) => self.incoming(Bytes::from(text)),
+                Some(Ok(Message::Binary(bytes))) => self.incoming(bytes),
+                Some(Ok(Message::Close(frame))) => {
+                    // The library answers the Close; the stream ends right after.
+                    debug!(session = %self.id, ?frame, "server sent Close");
+                    None
+                }
+                Some(Ok(_)) => None, // ping, pong: the library answers pings itself
+                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                    stats::bump(&self.stats.dropped_oversized);
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, size, max_size, "refused an incoming message larger than max_message_bytes; closing with 1009 and reconnecting");
+                    return Outcome::Goodbye(
+                        CloseCode::Size,
+                        "message larger than max_message_bytes",
+                        End::Lost(format!("incoming message of {size} bytes exceeds max_message_bytes ({max_size})")),
+                    );
+                }
+                Some(Err(e)) => return Outcome::Done(End::Lost(describe(&e))),
+            };
+            if let Some(msg) = held {
+                paused.store(true, Ordering::Relaxed);
+                // The semaphore is never closed.
+                let permit = Arc::clone(&self.permits).acquire_owned().await;
+                paused.store(false, Ordering::Relaxed);
+                // Nothing could be read while paused: the keepalive starts afresh.
+                *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+                if let Ok(permit) = permit {
+                    self.deliver(msg, permit);
+                }
+            }
+        }
+    }
+
+    /// Writes queued frames in batches, and a keepalive ping every `ping_interval_sec`.
+    async fn write_loop(
+        &self,
+        sink: &mut SplitSink<Socket, Message>,
+        queue: &mut mpsc::Receiver<Outgoing>,
+    ) -> Outcome {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let period = self.config.ping_interval;
+        let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = self.cancel.cancelled() => {
-                    self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
-                    return End::Cancelled;
-                }
                 n = queue.recv_many(&mut batch, WRITE_BATCH) => {
                     if n == 0 {
                         // Every handle is gone (the session was dropped as it was closed).
-                        self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
-                        return End::Cancelled;
+                        return Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled);
                     }
-                    if let Err(reason) = self.write_batch(&mut sink, &mut batch).await {
-                        return End::Lost(reason);
-                    }
-                }
-                p = Arc::clone(&self.permits).acquire_owned(), if held.is_some() => {
-                    // The semaphore is never closed.
-                    if let (Ok(permit), Some(msg)) = (p, held.take()) {
-                        self.deliver(msg, permit);
+                    if let Err(reason) = self.write_batch(sink, &mut batch).await {
+                        return Outcome::Done(End::Lost(reason));
                     }
                 }
-                frame = stream.next(), if held.is_none() => match frame {
-                    None => return End::Lost("the server ended the stream".into()),
-                    Some(Ok(Message::Text(text))) => held = self.incoming(Bytes::from(text)),
-                    Some(Ok(Message::Binary(bytes))) => held = self.incoming(bytes),
-                    Some(Ok(Message::Close(frame))) => {
-                        // The library answers the Close; the stream ends right after.
-                        debug!(session = %self.id, ?frame, "server sent Close");
+                _ = ping.tick() => {
+                    if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                        return Outcome::Done(End::Lost(format!("keepalive ping failed: {}", describe(&e))));
                     }
-                    Some(Ok(_)) => {} // ping, pong: the library answers pings itself
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
-                        stats::bump(&self.stats.dropped_oversized);
-                        warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, size, max_size, "refused an incoming message larger than max_message_bytes; closing with 1009 and reconnecting");
-                        self.say_goodbye(&mut sink, CloseCode::Size, "message larger than max_message_bytes").await;
-                        return End::Lost(format!("incoming message of {size} bytes exceeds max_message_bytes ({max_size})"));
-                    }
-                    Some(Err(e)) => return End::Lost(describe(&e)),
-                },
+                }
+            }
+        }
+    }
+
+    /// Declares the connection dead when nothing arrived for `ping_interval + pong_timeout`
+    /// (a ping went out in that time and got no pong), unless reading is paused on purpose.
+    async fn watchdog(&self, last_seen: &Mutex<Instant>, paused: &AtomicBool) -> Outcome {
+        let limit = self.config.ping_interval + self.config.pong_timeout;
+        let check =
+            (self.config.pong_timeout / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(check).await;
+            let silent = last_seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .elapsed();
+            if !paused.load(Ordering::Relaxed) && silent > limit {
+                return Outcome::Done(End::Lost(format!(
+                    "no pong or other frame for {} s (ping_interval_sec + pong_timeout_sec): the connection is dead",
+                    limit.as_secs()
+                )));
             }
         }
     }

@@ -173,3 +173,115 @@ async fn after_a_server_restart_publishing_and_delivery_resume() {
     let received = component.wait_received(1, WAIT).await;
     assert_eq!(received[0].subject, "pushed.after");
 }
+
+#[tokio::test]
+async fn a_peer_that_stops_answering_pings_is_declared_dead() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("ping_interval_sec", "1"),
+            ("pong_timeout_sec", "1"),
+            ("reconnect_initial_delay_ms", "50"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    server.connected(WAIT).await;
+    // A peer that answers pings keeps the connection: 3 s is more than ping + pong timeout.
+    let still = tokio::time::timeout(Duration::from_secs(3), server.connected(WAIT)).await;
+    assert!(still.is_err(), "a responsive peer was dropped");
+    assert_eq!(server.accepted(), 1);
+
+    server.stall();
+    let stalled = Instant::now();
+    rig.provider
+        .logs
+        .wait_for(
+            &[
+                "disconnected; reconnecting",
+                "no pong or other frame for 2 s",
+            ],
+            WAIT,
+        )
+        .await;
+    server.connected(WAIT).await;
+    let took = stalled.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "declared dead after {took:?}"
+    );
+    assert_eq!(server.accepted(), 2);
+}
+
+#[tokio::test]
+async fn a_server_that_stops_reading_fails_publishes_with_memory_bounded() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let link = rig.provider.consumer_link(
+        "comp",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("send_timeout_ms", "300"),
+            ("max_pending", "16"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "warm", &b""[..], WAIT)
+        .await;
+    server.stall();
+
+    // Offer 2,000 messages of 64 KiB (about 170 MB as envelopes), 32 at a time.
+    use futures::StreamExt as _;
+    let body = vec![b'm'; 64 * 1024];
+    let mut before = None;
+    let mut errors = Vec::new();
+    let mut results = futures::stream::iter(0..2000)
+        .map(|_| component.publish("default", "bulk", body.clone(), None))
+        .buffer_unordered(32);
+    let mut n = 0;
+    while let Some(result) = results.next().await {
+        n += 1;
+        if n == 200 {
+            before = Some(rig.provider.rss_kib());
+        }
+        if let Err(e) = result.unwrap() {
+            errors.push(e);
+        }
+    }
+    let after = rig.provider.rss_kib();
+    let before = before.unwrap();
+    eprintln!(
+        "provider RSS {before} KiB after 200 publishes, {after} KiB after 2000; {} failed",
+        errors.len()
+    );
+    assert!(
+        after < before + 40 * 1024,
+        "memory grew from {before} KiB to {after} KiB"
+    );
+    assert!(
+        errors.len() > 1900,
+        "only {} of 2000 publishes failed",
+        errors.len()
+    );
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("did not complete within 300 ms (send_timeout_ms)")),
+        "a write that never completes fails after send_timeout_ms"
+    );
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("send_timeout_ms") || e.contains("is full (max_pending = 16)")),
+        "unexpected errors: {:?}",
+        errors
+            .iter()
+            .find(|e| !(e.contains("send_timeout_ms") || e.contains("max_pending")))
+    );
+}

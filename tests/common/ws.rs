@@ -33,6 +33,7 @@ pub enum Event {
 enum Command {
     Send(Message),
     Drop,
+    Stall,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -190,6 +191,14 @@ impl WsServer {
         conn.send(Command::Send(message)).expect("connection alive");
     }
 
+    /// Makes every connection go silent: nothing is read (no pong, no frame) or written any more,
+    /// but the sockets stay open, like a hung peer.
+    pub fn stall(&self) {
+        for conn in self.conns.lock().unwrap().values() {
+            let _ = conn.send(Command::Stall);
+        }
+    }
+
     /// Drops every connection without a Close frame.
     pub fn drop_connections(&self) {
         for (_, conn) in std::mem::take(&mut *self.conns.lock().unwrap()) {
@@ -238,6 +247,15 @@ async fn serve(
                     sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
                 Some(Command::Drop) | None => break,
+                Some(Command::Stall) => {
+                    // Hold the socket without touching it until told to drop it.
+                    while let Some(command) = commands.recv().await {
+                        if matches!(command, Command::Drop) {
+                            break;
+                        }
+                    }
+                    break;
+                }
             },
             incoming = ws.next() => match incoming {
                 Some(Ok(Message::Close(frame))) => {
