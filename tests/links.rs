@@ -338,3 +338,65 @@ async fn bad_provider_config_stops_start_up_with_a_clear_message() {
         )
         .await;
 }
+
+#[tokio::test]
+async fn link_churn_leaves_nothing_behind() {
+    let rig = Rig::start().await;
+    let server = WsServer::echo().await;
+    let uri = server.uri();
+    let component = rig.component("churn").await;
+    // The first cycle makes what is made once (the delivery connection, the component's client);
+    // every later cycle must leave the process as it found it.
+    let mut baseline = None;
+    for n in 0..41 {
+        let link = format!("l{n}");
+        let consumer = rig.provider.consumer_link("churn", &link, &[("uri", &uri)]);
+        let handler = rig.provider.handler_link("churn", &link, &[("uri", &uri)]);
+        rig.provider.put_link(&consumer).await;
+        rig.provider.put_link(&handler).await;
+        // Publish only once the handler link has joined, or the echo may come back before it.
+        rig.provider
+            .logs
+            .wait_count(&["link joins the existing session"], n + 1, WAIT)
+            .await;
+        component
+            .publish_when_ready(&link, "churn", &b"x"[..], WAIT)
+            .await;
+        component.wait_received(n + 1, WAIT).await;
+        rig.provider.delete_link(&consumer).await;
+        rig.provider.delete_link(&handler).await;
+        server
+            .expect("Close frame", WAIT, |e| {
+                matches!(e, Event::Closed { .. }).then_some(())
+            })
+            .await;
+        // The provider has closed its socket once the server sees the connection end.
+        server
+            .expect("connection end", WAIT, |e| {
+                matches!(e, Event::Ended { .. }).then_some(())
+            })
+            .await;
+        if n == 0 {
+            baseline = Some((rig.provider.fds_and_threads(), rig.provider.rss_kib()));
+        }
+    }
+    let ((fds, threads), rss) = baseline.unwrap();
+    common::wait_until("file descriptors back to the baseline", WAIT, || async {
+        rig.provider.fds_and_threads().0 <= fds
+    })
+    .await;
+    let (fds_after, threads_after) = rig.provider.fds_and_threads();
+    let rss_after = rig.provider.rss_kib();
+    eprintln!(
+        "after 1 cycle: {fds} fds, {threads} threads, {rss} KiB; after 41: {fds_after} fds, {threads_after} threads, {rss_after} KiB"
+    );
+    assert!(
+        threads_after <= threads,
+        "threads grew from {threads} to {threads_after}"
+    );
+    assert!(
+        rss_after < rss + 8 * 1024,
+        "memory grew from {rss} KiB to {rss_after} KiB"
+    );
+    assert_eq!(server.accepted(), 41, "one connection per cycle");
+}

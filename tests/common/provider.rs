@@ -320,6 +320,18 @@ impl ProviderProcess {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// How many file descriptors (sockets included) and threads the provider has open.
+    pub fn fds_and_threads(&self) -> (usize, usize) {
+        let pid = self.child.id().expect("the provider runs");
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count();
+        let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count();
+        (fds, threads)
+    }
+
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
