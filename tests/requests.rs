@@ -37,6 +37,18 @@ async fn linked(
     played
 }
 
+/// Adds the handler link that shares `component`'s session, and waits until it has joined.
+async fn join_handler(rig: &Rig, component: &str, server: &WsServer) {
+    let link = rig
+        .provider
+        .handler_link(component, "default", &[("uri", &server.uri())]);
+    rig.provider.put_link(&link).await;
+    rig.provider
+        .logs
+        .wait_for(&["link joins the existing session"], WAIT)
+        .await;
+}
+
 async fn sessions(component: &PlayedComponent, link: &str) -> Vec<Value> {
     match component.request(link, "$ws.sessions", &b""[..], 0).await {
         Ok(Ok(answer)) => serde_json::from_slice(&answer.body).expect("$ws.sessions answers JSON"),
@@ -121,16 +133,7 @@ async fn a_request_times_out_cleanly_and_a_late_reply_is_dropped() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
     let component = linked(&rig, "asker", "default", &server, &[]).await;
-    rig.provider
-        .put_link(
-            &rig.provider
-                .handler_link("asker", "default", &[("uri", &server.uri())]),
-        )
-        .await;
-    rig.provider
-        .logs
-        .wait_for(&["link joins the existing session"], WAIT)
-        .await;
+    join_handler(&rig, "asker", &server).await;
 
     let started = Instant::now();
     let result = component
@@ -236,16 +239,7 @@ async fn a_component_answers_its_own_request_through_the_echo_server() {
         answer_through: Some("default".into()),
         ..Default::default()
     });
-    rig.provider
-        .put_link(
-            &rig.provider
-                .handler_link("loop", "default", &[("uri", &server.uri())]),
-        )
-        .await;
-    rig.provider
-        .logs
-        .wait_for(&["link joins the existing session"], WAIT)
-        .await;
+    join_handler(&rig, "loop", &server).await;
 
     // request -> echo -> handler (has reply_to) publishes to reply_to -> echo -> request completes
     let answer = component
@@ -276,16 +270,7 @@ async fn a_server_request_is_answered_on_the_same_session() {
         answer_through: Some("default".into()),
         ..Default::default()
     });
-    rig.provider
-        .put_link(
-            &rig.provider
-                .handler_link("svc", "default", &[("uri", &server.uri())]),
-        )
-        .await;
-    rig.provider
-        .logs
-        .wait_for(&["link joins the existing session"], WAIT)
-        .await;
+    join_handler(&rig, "svc", &server).await;
     server.push(Message::text(
         r#"{"subject":"job","body":"d29yaw==","reply_to":"server.replies.7"}"#,
     ));
