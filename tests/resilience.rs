@@ -209,9 +209,10 @@ async fn a_peer_that_stops_answering_pings_is_declared_dead() {
         .await;
     server.connected(WAIT).await;
     let took = stalled.elapsed();
+    // The last pong came at most one ping interval before the stall, and the limit counts from it.
     assert!(
-        took >= Duration::from_secs(2),
-        "declared dead after {took:?}"
+        took >= Duration::from_secs(1) && took < Duration::from_secs(5),
+        "declared dead {took:?} after the peer went silent"
     );
     assert_eq!(server.accepted(), 2);
 }
