@@ -40,6 +40,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "reconnect_max_attempts",
     "ping_interval_sec",
     "pong_timeout_sec",
+    "ack",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
@@ -145,6 +146,8 @@ pub struct ConnectionConfig {
     /// frame) arrived for `ping_interval + pong_timeout` is dead.
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// Acknowledged delivery (format `json` only).
+    pub ack: bool,
 }
 
 impl fmt::Debug for ConnectionConfig {
@@ -172,6 +175,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
+            .field("ack", &self.ack)
             .finish()
     }
 }
@@ -342,6 +346,19 @@ impl Layers<'_> {
                 ),
             ));
         }
+        let format = match self.plain("format") {
+            None | Some("json") => Format::Json,
+            Some("raw") => Format::Raw,
+            Some(other) => return Err(invalid("format", other, "expected `json` or `raw`")),
+        };
+        let ack = self.boolean("ack", false)?;
+        if ack && format == Format::Raw {
+            return Err(invalid(
+                "ack",
+                "true",
+                "acknowledged delivery needs format json (a raw frame carries no id)",
+            ));
+        }
         Ok(ConnectionConfig {
             uri,
             auth_token,
@@ -352,11 +369,7 @@ impl Layers<'_> {
                 "whole seconds",
             )?),
             enable_session_tracking: self.boolean("enable_session_tracking", true)?,
-            format: match self.plain("format") {
-                None | Some("json") => Format::Json,
-                Some("raw") => Format::Raw,
-                Some(other) => return Err(invalid("format", other, "expected `json` or `raw`")),
-            },
+            format,
             raw_subject,
             send_timeout: Duration::from_millis(self.number(
                 "send_timeout_ms",
@@ -381,6 +394,8 @@ impl Layers<'_> {
                 10,
                 "whole seconds",
             )?),
+
+            ack,
         })
     }
 
@@ -579,6 +594,7 @@ impl ConnectionConfig {
             self.ping_interval == other.ping_interval,
         );
         check("pong_timeout_sec", self.pong_timeout == other.pong_timeout);
+        check("ack", self.ack == other.ack);
         let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
         for name in names {
             if self.headers.get(name) != other.headers.get(name) {
@@ -908,6 +924,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 14, "every default given as a value was checked");
+        assert_eq!(checked, 15, "every default given as a value was checked");
     }
 }

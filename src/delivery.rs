@@ -17,13 +17,15 @@ use tracing::{debug, warn};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::invoke::HandlerClient;
 pub use crate::invoke::HandlerClients;
-use crate::session::SessionKey;
+use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
 
-/// A decoded message on its way to the handler, holding its in-flight permit.
+/// A decoded message on its way to the handler, holding its in-flight permit (taken before it
+/// is handed over), and the id to acknowledge once the handler accepted it (`ack = true`).
 pub struct Inbound {
     pub msg: BrokerMessage,
-    pub permit: OwnedSemaphorePermit,
+    pub ack_id: Option<String>,
+    pub permit: Option<OwnedSemaphorePermit>,
 }
 
 /// Where a session's messages go.
@@ -31,6 +33,8 @@ pub struct Target {
     pub session_id: String,
     pub key: SessionKey,
     pub handler_linked: Arc<AtomicBool>,
+    /// Sends acknowledgements, with `ack = true`.
+    pub acker: Option<Acker>,
     pub stats: Arc<SessionStats>,
     pub clients: HandlerClients,
 }
@@ -43,7 +47,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
             () = cancel.cancelled() => break,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             next = inbound.recv() => {
-                let Some(Inbound { msg, permit }) = next else { break };
+                let Some(Inbound { msg, ack_id, permit }) = next else { break };
                 if !target.handler_linked.load(Ordering::Relaxed) {
                     stats::bump(&target.stats.dropped_no_handler);
                     debug!(session = %target.session_id, subject = %msg.subject, "no handler link on this session; message dropped");
@@ -57,7 +61,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
                         continue;
                     }
                 };
-                in_flight.push(deliver(&target, client, msg, permit));
+                in_flight.push(deliver(&target, client, msg, ack_id, permit));
             }
         }
     }
@@ -67,12 +71,20 @@ async fn deliver(
     target: &Target,
     client: Arc<HandlerClient>,
     msg: BrokerMessage,
-    permit: OwnedSemaphorePermit,
+    ack_id: Option<String>,
+    permit: Option<OwnedSemaphorePermit>,
 ) {
     let result = client.handle_message(&msg).await;
     drop(permit);
     match result {
-        Ok(Ok(())) => stats::bump(&target.stats.delivered),
+        Ok(Ok(())) => {
+            stats::bump(&target.stats.delivered);
+            // Only now: a handler error or a crash leaves the message unacknowledged, and the
+            // server may send it again.
+            if let (Some(acker), Some(id)) = (&target.acker, ack_id) {
+                acker.ack(&id);
+            }
+        }
         Ok(Err(error)) => {
             stats::bump(&target.stats.delivery_errors);
             warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, %error, "component's handle-message returned an error");

@@ -81,49 +81,86 @@ struct OutEnvelope<'a> {
     body: Base64Body<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reply_to: Option<&'a str>,
+    /// With `ack = true`: the id the server acknowledges with `{"ack": "<id>"}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
 }
 
+/// An incoming frame: an envelope, or an acknowledgement `{"ack": "<id>"}`.
 #[derive(Deserialize)]
-struct InEnvelope<'a> {
-    subject: String,
+struct InFrame<'a> {
+    #[serde(default)]
+    subject: Option<String>,
     // Borrowed where the JSON string has no escapes, so the base64 text is not copied.
     #[serde(borrow, default)]
     body: Option<Cow<'a, str>>,
     #[serde(default)]
     reply_to: Option<String>,
+    #[serde(default)]
+    id: Option<serde_json::Value>,
+    #[serde(default)]
+    ack: Option<serde_json::Value>,
 }
 
-/// Encodes `msg` as a JSON envelope.
-pub fn encode_json(msg: &BrokerMessage) -> Bytes {
+/// What an incoming data frame carries.
+#[derive(Debug)]
+pub enum Incoming {
+    /// A message, with the string `id` the server wants acknowledged, if any.
+    Message {
+        msg: BrokerMessage,
+        id: Option<String>,
+    },
+    /// The server acknowledges the outgoing envelope with this id.
+    Ack(String),
+}
+
+/// Encodes `msg` as a JSON envelope, with an `id` when acknowledged delivery is on.
+pub fn encode_json(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
     let envelope = OutEnvelope {
         subject: &msg.subject,
         body: Base64Body(&msg.body),
         reply_to: msg.reply_to.as_deref(),
+        id,
     };
     // Serializing a struct of strings into a Vec cannot fail.
     let json = serde_json::to_vec(&envelope).expect("envelope serializes");
     Bytes::from(json)
 }
 
-/// Decodes a JSON envelope. Unknown fields are ignored; a missing `body` is an empty body.
-pub fn decode_json(payload: &[u8]) -> Result<BrokerMessage, DecodeError> {
-    let envelope: InEnvelope<'_> = serde_json::from_slice(payload).map_err(|e| {
+/// The acknowledgement of an incoming envelope: `{"ack": "<id>"}`.
+pub fn encode_ack(id: &str) -> Frame {
+    Frame::Text(Bytes::from(serde_json::json!({ "ack": id }).to_string()))
+}
+
+/// Decodes a JSON frame. Unknown fields are ignored; a missing `body` is an empty body; an `id`
+/// that is not a string is ignored.
+pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
+    let frame: InFrame<'_> = serde_json::from_slice(payload).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             DecodeError::NotJson(e.to_string())
         } else {
             DecodeError::NotEnvelope(e.to_string())
         }
     })?;
-    let body = match envelope.body {
+    let Some(subject) = frame.subject else {
+        return match frame.ack {
+            Some(serde_json::Value::String(id)) => Ok(Incoming::Ack(id)),
+            _ => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
+        };
+    };
+    let body = match frame.body {
         Some(text) => STANDARD
             .decode(text.as_bytes())
             .map_err(|e| DecodeError::BadBase64(e.to_string()))?,
         None => Vec::new(),
     };
-    Ok(BrokerMessage {
-        subject: envelope.subject,
-        body: Bytes::from(body),
-        reply_to: envelope.reply_to,
+    Ok(Incoming::Message {
+        msg: BrokerMessage {
+            subject,
+            body: Bytes::from(body),
+            reply_to: frame.reply_to,
+        },
+        id: frame.id.and_then(|v| v.as_str().map(str::to_string)),
     })
 }
 
@@ -146,23 +183,26 @@ impl Codec {
         self.format
     }
 
-    /// The frame `publish` sends for `msg`.
-    pub fn encode(&self, msg: &BrokerMessage) -> Frame {
+    /// The frame `publish` sends for `msg` (with `id` when acknowledged delivery is on).
+    pub fn encode(&self, msg: &BrokerMessage, id: Option<&str>) -> Frame {
         match self.format {
-            Format::Json => Frame::Text(encode_json(msg)),
+            Format::Json => Frame::Text(encode_json(msg, id)),
             Format::Raw if std::str::from_utf8(&msg.body).is_ok() => Frame::Text(msg.body.clone()),
             Format::Raw => Frame::Binary(msg.body.clone()),
         }
     }
 
     /// The message an incoming data frame carries (text and binary frames alike).
-    pub fn decode(&self, payload: Bytes) -> Result<BrokerMessage, DecodeError> {
+    pub fn decode(&self, payload: Bytes) -> Result<Incoming, DecodeError> {
         match self.format {
             Format::Json => decode_json(&payload),
-            Format::Raw => Ok(BrokerMessage {
-                subject: self.raw_subject.clone(),
-                body: payload,
-                reply_to: None,
+            Format::Raw => Ok(Incoming::Message {
+                msg: BrokerMessage {
+                    subject: self.raw_subject.clone(),
+                    body: payload,
+                    reply_to: None,
+                },
+                id: None,
             }),
         }
     }
@@ -181,30 +221,39 @@ mod tests {
         }
     }
 
+    fn message(incoming: Incoming) -> BrokerMessage {
+        match incoming {
+            Incoming::Message { msg, .. } => msg,
+            Incoming::Ack(id) => panic!("an ack {id}, not a message"),
+        }
+    }
+
     fn same(a: &BrokerMessage, b: &BrokerMessage) -> bool {
         a.subject == b.subject && a.body == b.body && a.reply_to == b.reply_to
     }
 
     #[test]
     fn encodes_exactly_the_contract_envelope() {
-        let json = encode_json(&msg("orders.created", b"hello", Some("_INBOX.3vX9")));
+        let json = encode_json(&msg("orders.created", b"hello", Some("_INBOX.3vX9")), None);
         assert_eq!(
             &json[..],
             br#"{"subject":"orders.created","body":"aGVsbG8=","reply_to":"_INBOX.3vX9"}"#
         );
-        let json = encode_json(&msg("a", b"", None));
+        let json = encode_json(&msg("a", b"", None), None);
         assert_eq!(&json[..], br#"{"subject":"a","body":""}"#);
     }
 
     #[test]
     fn decodes_with_unknown_fields_and_null_reply_to() {
-        let m = decode_json(br#"{"id":"7","subject":"s","body":"AAE=","reply_to":null,"x":[1]}"#)
-            .unwrap();
+        let m = message(
+            decode_json(br#"{"id":7,"subject":"s","body":"AAE=","reply_to":null,"x":[1]}"#)
+                .unwrap(),
+        );
         assert!(same(&m, &msg("s", &[0, 1], None)));
-        let m = decode_json(br#"{"subject":"s"}"#).unwrap();
+        let m = message(decode_json(br#"{"subject":"s"}"#).unwrap());
         assert!(m.body.is_empty());
         // JSON may escape the base64 alphabet's '/'.
-        let m = decode_json(br#"{"subject":"s","body":"\/w=="}"#).unwrap();
+        let m = message(decode_json(br#"{"subject":"s","body":"\/w=="}"#).unwrap());
         assert_eq!(&m.body[..], &[0xff]);
     }
 
@@ -237,17 +286,37 @@ mod tests {
     }
 
     #[test]
+    fn ids_and_acks() {
+        let json = encode_json(&msg("s", b"", None), Some("m-1"));
+        assert_eq!(&json[..], br#"{"subject":"s","body":"","id":"m-1"}"#);
+        match decode_json(br#"{"subject":"s","body":"","id":"m-1"}"#).unwrap() {
+            Incoming::Message { id, .. } => assert_eq!(id.as_deref(), Some("m-1")),
+            other => panic!("{other:?}"),
+        }
+        match decode_json(br#"{"ack":"m-1"}"#).unwrap() {
+            Incoming::Ack(id) => assert_eq!(id, "m-1"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            encode_ack("m-1"),
+            Frame::Text(Bytes::from_static(br#"{"ack":"m-1"}"#))
+        );
+        let err = decode_json(br#"{"ack":5}"#).unwrap_err().to_string();
+        assert!(err.contains("missing field `subject`"), "{err}");
+    }
+
+    #[test]
     fn raw_format_passes_bytes_through() {
         let codec = Codec::new(Format::Raw, "feed");
         assert_eq!(
-            codec.encode(&msg("ignored", b"text", None)),
+            codec.encode(&msg("ignored", b"text", None), None),
             Frame::Text(Bytes::from_static(b"text"))
         );
         assert_eq!(
-            codec.encode(&msg("x", &[0xff, 0], None)),
+            codec.encode(&msg("x", &[0xff, 0], None), None),
             Frame::Binary(Bytes::from_static(&[0xff, 0]))
         );
-        let m = codec.decode(Bytes::from_static(&[1, 2, 3])).unwrap();
+        let m = message(codec.decode(Bytes::from_static(&[1, 2, 3])).unwrap());
         assert!(same(&m, &msg("feed", &[1, 2, 3], None)));
     }
 
@@ -260,18 +329,18 @@ mod tests {
         ) {
             let original = msg(&subject, &body, reply_to.as_deref());
             let codec = Codec::new(Format::Json, "unused");
-            let frame = codec.encode(&original);
+            let frame = codec.encode(&original, None);
             prop_assert!(matches!(frame, Frame::Text(_)));
-            let back = codec.decode(frame.payload().clone()).unwrap();
+            let back = message(codec.decode(frame.payload().clone()).unwrap());
             prop_assert!(same(&original, &back));
         }
 
         #[test]
         fn raw_round_trip_is_byte_exact(body in proptest::collection::vec(any::<u8>(), 0..600)) {
             let codec = Codec::new(Format::Raw, "s");
-            let frame = codec.encode(&msg("s", &body, None));
+            let frame = codec.encode(&msg("s", &body, None), None);
             prop_assert_eq!(&frame.payload()[..], &body[..]);
-            prop_assert_eq!(&codec.decode(frame.payload().clone()).unwrap().body[..], &body[..]);
+            prop_assert_eq!(&message(codec.decode(frame.payload().clone()).unwrap()).body[..], &body[..]);
         }
     }
 }

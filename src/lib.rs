@@ -29,6 +29,7 @@ use wasmcloud_provider_sdk::{
     ProviderConfigUpdate,
 };
 
+pub mod acks;
 pub mod connection;
 pub mod delivery;
 pub mod envelope;

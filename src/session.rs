@@ -32,10 +32,11 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::acks::Acks;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::connection::{ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
-use crate::envelope::{Codec, Frame};
+use crate::envelope::{Codec, Frame, Incoming};
 use crate::requests::{Pending, Routed};
 use crate::stats::{self, SessionStats};
 
@@ -84,7 +85,34 @@ impl SessionState {
 struct Outgoing {
     frame: Frame,
     deadline: Instant,
-    done: oneshot::Sender<Result<(), String>>,
+    /// The caller waiting for the write; `None` when nobody waits (an acknowledgement).
+    done: Option<oneshot::Sender<Result<(), String>>>,
+    /// With `ack = true`: the envelope's id, marked written once flushed.
+    ack_id: Option<String>,
+}
+
+/// Sends `{"ack": "<id>"}` for incoming envelopes the handler accepted (`ack = true`).
+#[derive(Clone)]
+pub struct Acker {
+    session_id: String,
+    queue: mpsc::Sender<Outgoing>,
+    send_timeout: Duration,
+}
+
+impl Acker {
+    /// Queues the acknowledgement without waiting; when it cannot be sent the server resends the
+    /// envelope, which at-least-once delivery allows.
+    pub fn ack(&self, id: &str) {
+        let outgoing = Outgoing {
+            frame: crate::envelope::encode_ack(id),
+            deadline: Instant::now() + self.send_timeout,
+            done: None,
+            ack_id: None,
+        };
+        if self.queue.try_send(outgoing).is_err() {
+            warn!(session = %self.session_id, id, "could not queue the ack (send queue full or closed); the server may send the message again");
+        }
+    }
 }
 
 /// The handle to a session shared by its links and the provider. Cheap to look up; the socket
@@ -100,6 +128,7 @@ pub struct Session {
     connected_at: Arc<Mutex<Option<SystemTime>>>,
     handler_linked: Arc<AtomicBool>,
     pending: Pending,
+    acks: Acks,
     /// The failed attempts after which the session gave up; 0 while it has not.
     gave_up: Arc<AtomicU32>,
     cancel: CancellationToken,
@@ -140,12 +169,19 @@ impl Session {
         let connected_at = Arc::new(Mutex::new(None));
         let pending = Pending::new(&config.inbox_prefix, &id);
         let gave_up = Arc::new(AtomicU32::new(0));
+        let acks = Acks::default();
+        let acker = config.ack.then(|| Acker {
+            session_id: id.clone(),
+            queue: queue.clone(),
+            send_timeout: config.send_timeout,
+        });
 
         let delivery = tokio::spawn(delivery::run(
             delivery::Target {
                 session_id: id.clone(),
                 key: key.clone(),
                 handler_linked: Arc::clone(&handler_linked),
+                acker,
                 stats: Arc::clone(&stats),
                 clients,
             },
@@ -166,6 +202,7 @@ impl Session {
                 inbound: inbound_tx,
                 pending: pending.clone(),
                 gave_up: Arc::clone(&gave_up),
+                acks: acks.clone(),
             }
             .run(queue_rx),
         );
@@ -181,6 +218,7 @@ impl Session {
             connected_at,
             handler_linked,
             pending,
+            acks,
             gave_up,
             cancel,
             tasks: Mutex::new(vec![delivery, socket]),
@@ -204,15 +242,47 @@ impl Session {
     /// Sends `msg` as one frame; Ok once the frame is written to the socket.
     pub async fn publish(&self, msg: &BrokerMessage) -> Result<(), String> {
         let deadline = Instant::now() + self.config.send_timeout;
-        let result = match self.encode(msg) {
-            Ok(frame) => self.send(frame, deadline).await,
-            Err(e) => Err(e),
+        let result = if self.config.ack {
+            self.publish_acknowledged(msg, deadline).await
+        } else {
+            match self.encode(msg, None) {
+                Ok(frame) => self.send(frame, deadline, None).await,
+                Err(e) => Err(e),
+            }
         };
         match &result {
             Ok(()) => stats::bump(&self.stats.published),
             Err(_) => stats::bump(&self.stats.publish_errors),
         }
         result
+    }
+
+    /// `publish` with `ack = true`: Ok once the server acknowledged the envelope's id. The wait
+    /// for the connection, the write and the ack share `send_timeout_ms`; a connection lost
+    /// meanwhile makes the envelope go out again after the reconnect.
+    async fn publish_acknowledged(
+        &self,
+        msg: &BrokerMessage,
+        deadline: Instant,
+    ) -> Result<(), String> {
+        let id = Acks::new_id(&self.id);
+        let frame = self.encode(msg, Some(&id))?;
+        let mut ticket = self.acks.register(id.clone(), frame.clone());
+        let no_ack = || {
+            format!(
+                "no ack for {id} within {} ms (send_timeout_ms); the message is not sent again",
+                self.config.send_timeout.as_millis()
+            )
+        };
+        match self.send(frame, deadline, Some(id.clone())).await {
+            Ok(()) => {}
+            Err(_) if Instant::now() >= deadline => return Err(no_ack()),
+            Err(e) => return Err(e),
+        }
+        match tokio::time::timeout_at(deadline, &mut ticket.acked).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(no_ack()),
+        }
     }
 
     /// Sends `subject`/`body` with a fresh inbox as `reply_to` and waits (at most `timeout`) for
@@ -240,9 +310,13 @@ impl Session {
             body,
             reply_to: Some(ticket.inbox.clone()),
         };
-        let frame = self.encode(&msg)?;
-        self.send(frame, deadline.min(started + self.config.send_timeout))
-            .await?;
+        let frame = self.encode(&msg, None)?;
+        self.send(
+            frame,
+            deadline.min(started + self.config.send_timeout),
+            None,
+        )
+        .await?;
         let mut ticket = ticket;
         match tokio::time::timeout_at(deadline, &mut ticket.reply).await {
             Ok(Ok(Ok(reply))) => Ok(reply),
@@ -267,8 +341,8 @@ impl Session {
     }
 
     /// The frame of `msg`, refused when it is larger than `max_message_bytes`.
-    fn encode(&self, msg: &BrokerMessage) -> Result<Frame, String> {
-        let frame = self.codec.encode(msg);
+    fn encode(&self, msg: &BrokerMessage, id: Option<&str>) -> Result<Frame, String> {
+        let frame = self.codec.encode(msg, id);
         if frame.len() > self.config.max_message_bytes {
             return Err(format!(
                 "message to {} is {} bytes on the wire, more than max_message_bytes ({}) of session {}; nothing was sent",
@@ -282,7 +356,12 @@ impl Session {
     }
 
     /// Queues a frame and waits (until `deadline`) until it is written.
-    async fn send(&self, frame: Frame, deadline: Instant) -> Result<(), String> {
+    async fn send(
+        &self,
+        frame: Frame,
+        deadline: Instant,
+        ack_id: Option<String>,
+    ) -> Result<(), String> {
         let attempts = self.gave_up.load(Ordering::Relaxed);
         if attempts > 0 {
             return Err(format!(
@@ -294,7 +373,8 @@ impl Session {
         let outgoing = Outgoing {
             frame,
             deadline,
-            done,
+            done: Some(done),
+            ack_id,
         };
         if let Err(e) = self.queue.try_send(outgoing) {
             return Err(match e {
@@ -401,6 +481,7 @@ struct SocketTask {
     inbound: mpsc::Sender<Inbound>,
     pending: Pending,
     gave_up: Arc<AtomicU32>,
+    acks: Acks,
 }
 
 type Socket =
@@ -582,7 +663,7 @@ impl SocketTask {
                 }
                 Some(Err(e)) => return Outcome::Done(End::Lost(describe(&e))),
             };
-            if let Some(msg) = held {
+            if let Some(inbound) = held {
                 paused.store(true, Ordering::Relaxed);
                 // The semaphore is never closed.
                 let permit = Arc::clone(&self.permits).acquire_owned().await;
@@ -590,7 +671,7 @@ impl SocketTask {
                 // Nothing could be read while paused: the keepalive starts afresh.
                 *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
                 if let Ok(permit) = permit {
-                    self.deliver(msg, permit);
+                    self.deliver(inbound, permit);
                 }
             }
         }
@@ -606,6 +687,9 @@ impl SocketTask {
         let period = self.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        if let Err(reason) = self.resend_unacknowledged(sink).await {
+            return Outcome::Done(End::Lost(reason));
+        }
         loop {
             tokio::select! {
                 n = queue.recv_many(&mut batch, WRITE_BATCH) => {
@@ -665,6 +749,33 @@ impl SocketTask {
         }
     }
 
+    /// After a reconnect: sends again the envelopes written on the lost connection and never
+    /// acknowledged, whose publish still waits.
+    async fn resend_unacknowledged(
+        &self,
+        sink: &mut SplitSink<Socket, Message>,
+    ) -> Result<(), String> {
+        let frames = self.acks.unacknowledged();
+        if frames.is_empty() {
+            return Ok(());
+        }
+        info!(session = %self.id, frames = frames.len(), "sending unacknowledged messages again after the reconnect");
+        for (_, frame) in &frames {
+            let message = to_message(frame.clone()).map_err(str::to_string)?;
+            sink.feed(message)
+                .await
+                .map_err(|e| format!("write failed: {}", describe(&e)))?;
+        }
+        sink.flush()
+            .await
+            .map_err(|e| format!("write failed: {}", describe(&e)))?;
+        for (_, frame) in frames {
+            stats::bump(&self.stats.frames_out);
+            stats::add(&self.stats.bytes_out, frame.len());
+        }
+        Ok(())
+    }
+
     /// Writes a batch with one flush, then tells each caller. Frames whose caller stopped waiting
     /// (timed out) are not sent: the caller already got an error.
     async fn write_batch(
@@ -675,56 +786,80 @@ impl SocketTask {
         let now = Instant::now();
         let mut written = Vec::with_capacity(batch.len());
         for out in batch.drain(..) {
-            if out.done.is_closed() || out.deadline <= now {
+            if out.done.as_ref().is_some_and(|d| d.is_closed()) || out.deadline <= now {
                 debug!(session = %self.id, "dropping a queued frame whose publish already timed out");
                 continue;
             }
             let len = out.frame.len();
-            let message = match out.frame {
-                Frame::Text(bytes) => match bytes.try_into() {
-                    Ok(text) => Message::Text(text),
-                    Err(_) => {
-                        let _ = out
-                            .done
-                            .send(Err("internal error: text frame is not UTF-8".into()));
-                        continue;
+            let message = match to_message(out.frame) {
+                Ok(message) => message,
+                Err(e) => {
+                    if let Some(done) = out.done {
+                        let _ = done.send(Err(e.into()));
                     }
-                },
-                Frame::Binary(bytes) => Message::Binary(bytes),
+                    continue;
+                }
             };
             if let Err(e) = sink.feed(message).await {
                 let reason = format!("write failed: {}", describe(&e));
-                let _ = out
-                    .done
-                    .send(Err(format!("{reason} on session {}", self.id)));
-                fail_all(written, &reason, &self.id);
+                written.push((out.done, len, out.ack_id));
+                self.fail_all(written, &reason);
                 return Err(reason);
             }
-            written.push((out.done, len));
+            written.push((out.done, len, out.ack_id));
         }
         if written.is_empty() {
             return Ok(());
         }
         if let Err(e) = sink.flush().await {
             let reason = format!("write failed: {}", describe(&e));
-            fail_all(written, &reason, &self.id);
+            self.fail_all(written, &reason);
             return Err(reason);
         }
-        for (done, len) in written {
+        for (done, len, ack_id) in written {
             stats::bump(&self.stats.frames_out);
             stats::add(&self.stats.bytes_out, len);
-            let _ = done.send(Ok(()));
+            if let Some(id) = ack_id {
+                self.acks.written(&id);
+            }
+            if let Some(done) = done {
+                let _ = done.send(Ok(()));
+            }
         }
         Ok(())
     }
 
+    /// Tells the callers of a batch whose write failed. Acknowledged envelopes are not failed:
+    /// they count as written and go out again after the reconnect while their publish waits.
+    fn fail_all(&self, written: Vec<Written>, reason: &str) {
+        for (done, _, ack_id) in written {
+            let result = match ack_id {
+                Some(id) => {
+                    self.acks.written(&id);
+                    Ok(())
+                }
+                None => Err(format!("{reason} on session {}", self.id)),
+            };
+            if let Some(done) = done {
+                let _ = done.send(result);
+            }
+        }
+    }
+
     /// Decodes one data frame, answers a waiting request with it, or hands it to delivery. Returns
     /// the message when it must wait for an in-flight slot.
-    fn incoming(&self, payload: Bytes) -> Option<BrokerMessage> {
+    fn incoming(&self, payload: Bytes) -> Option<Inbound> {
         stats::bump(&self.stats.frames_in);
         stats::add(&self.stats.bytes_in, payload.len());
-        let msg = match self.codec.decode(payload) {
-            Ok(msg) => msg,
+        let (msg, ack_id) = match self.codec.decode(payload) {
+            Ok(Incoming::Message { msg, id }) => (msg, id.filter(|_| self.config.ack)),
+            Ok(Incoming::Ack(id)) => {
+                if !self.acks.acked(&id) {
+                    stats::bump(&self.stats.dropped_unmatched);
+                    debug!(session = %self.id, id, "dropped an ack nobody waits for");
+                }
+                return None;
+            }
             Err(error) => {
                 stats::bump(&self.stats.dropped_malformed);
                 warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
@@ -740,27 +875,46 @@ impl SocketTask {
                 return None;
             }
         };
+        let held = Inbound {
+            msg,
+            ack_id,
+            permit: None,
+        };
         match Arc::clone(&self.permits).try_acquire_owned() {
             Ok(permit) => {
-                self.deliver(msg, permit);
+                self.deliver(held, permit);
                 None
             }
-            Err(_) => Some(msg),
+            Err(_) => Some(held),
         }
     }
 
-    fn deliver(&self, msg: BrokerMessage, permit: OwnedSemaphorePermit) {
+    fn deliver(&self, mut inbound: Inbound, permit: OwnedSemaphorePermit) {
+        inbound.permit = Some(permit);
         // Cannot be full: the channel holds as many messages as there are permits.
-        if self.inbound.try_send(Inbound { msg, permit }).is_err() {
+        if self.inbound.try_send(inbound).is_err() {
             debug!(session = %self.id, "delivery task gone; message dropped at close");
         }
     }
 }
 
-fn fail_all(written: Vec<(oneshot::Sender<Result<(), String>>, usize)>, reason: &str, id: &str) {
-    for (done, _) in written {
-        let _ = done.send(Err(format!("{reason} on session {id}")));
-    }
+/// A frame handed to the socket: its caller, its length and its ack id.
+type Written = (
+    Option<oneshot::Sender<Result<(), String>>>,
+    usize,
+    Option<String>,
+);
+
+/// The WebSocket library's message for a frame.
+fn to_message(frame: Frame) -> Result<Message, &'static str> {
+    Ok(match frame {
+        Frame::Text(bytes) => Message::Text(
+            bytes
+                .try_into()
+                .map_err(|_| "internal error: text frame is not UTF-8")?,
+        ),
+        Frame::Binary(bytes) => Message::Binary(bytes),
+    })
 }
 
 /// A WebSocket error in words a user can act on.
