@@ -41,6 +41,7 @@ enum Mode {
     Echo,
     Record,
     Respond,
+    Ack,
 }
 
 pub struct WsServer {
@@ -64,6 +65,16 @@ impl WsServer {
         Self::start(Mode::Respond).await
     }
 
+    /// Acknowledges every envelope that carries a string `id` with `{"ack": "<id>"}`.
+    pub async fn acking() -> Self {
+        Self::start(Mode::Ack).await
+    }
+
+    /// An acknowledging server on a given port (to restart one).
+    pub async fn acking_on(port: u16) -> Self {
+        Self::start_on(Mode::Ack, port).await
+    }
+
     /// Records frames and answers nothing; frames are pushed with [`WsServer::push`].
     pub async fn recorder() -> Self {
         Self::start(Mode::Record).await
@@ -79,7 +90,19 @@ impl WsServer {
     }
 
     async fn start_on(mode: Mode, port: u16) -> Self {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        // A server restarted on its port may find the old listener not yet closed (its task is
+        // aborted, which takes effect at its next poll): retry for a while.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match TcpListener::bind(("127.0.0.1", port)).await {
+                Ok(listener) => break listener,
+                Err(e) if port != 0 && tokio::time::Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => panic!("cannot listen on 127.0.0.1:{port}: {e}"),
+            }
+        };
         let addr = listener.local_addr().unwrap();
         let (events_tx, events) = mpsc::unbounded_channel();
         let conns = Arc::new(Mutex::new(BTreeMap::new()));
@@ -266,6 +289,7 @@ async fn serve(
                     let answer = match mode {
                         Mode::Echo => Some(message),
                         Mode::Respond => respond(&message),
+                        Mode::Ack => acknowledge(&message),
                         Mode::Record => None,
                     };
                     if let Some(answer) = answer {
@@ -288,4 +312,11 @@ fn respond(message: &Message) -> Option<Message> {
     let reply_to = request.get("reply_to")?.as_str()?;
     let answer = serde_json::json!({ "subject": reply_to, "body": request.get("body")? });
     Some(Message::text(answer.to_string()))
+}
+
+/// The acknowledging server's answer to an envelope with a string `id`.
+fn acknowledge(message: &Message) -> Option<Message> {
+    let envelope: serde_json::Value = serde_json::from_slice(&message.clone().into_data()).ok()?;
+    let id = envelope.get("id")?.as_str()?;
+    Some(Message::text(serde_json::json!({ "ack": id }).to_string()))
 }
