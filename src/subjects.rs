@@ -109,6 +109,14 @@ pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
     let mut provider = Map::new();
     let open = all.iter().filter(|s| s.state().as_str() == "open").count();
     provider.insert("sessions_open".into(), json!(open));
+    provider.insert("sessions".into(), json!(all.len()));
+    // Every task of the process (sessions, deliveries, the SDK's): a leak shows up here.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        provider.insert(
+            "tasks_alive".into(),
+            json!(runtime.metrics().num_alive_tasks()),
+        );
+    }
     for session in all {
         for (name, value) in session.stats.snapshot() {
             let sum = provider.entry(name).or_insert(json!(0u64));
