@@ -343,4 +343,69 @@ mod tests {
             prop_assert_eq!(&message(codec.decode(frame.payload().clone()).unwrap()).body[..], &body[..]);
         }
     }
+
+    /// Hostile input: whatever arrives, the decoder answers Ok or a reason, and never panics.
+    fn hostile() -> impl Strategy<Value = Vec<u8>> {
+        let valid = encode_json(
+            &msg("orders.created", b"some body bytes", Some("_INBOX.x")),
+            Some("id-1"),
+        )
+        .to_vec();
+        let valid_len = valid.len();
+        prop_oneof![
+            // Random bytes.
+            proptest::collection::vec(any::<u8>(), 0..300),
+            // A valid envelope, truncated.
+            (0..valid_len).prop_map({
+                let valid = valid.clone();
+                move |n| valid[..n].to_vec()
+            }),
+            // A valid envelope with bytes overwritten.
+            proptest::collection::vec((0..valid_len, any::<u8>()), 1..8).prop_map({
+                let valid = valid.clone();
+                move |edits| {
+                    let mut v = valid.clone();
+                    for (i, b) in edits {
+                        v[i] = b;
+                    }
+                    v
+                }
+            }),
+            // Deeply nested JSON, in and around the fields.
+            (1usize..20_000, 0usize..3).prop_map(|(depth, place)| {
+                let nest = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+                match place {
+                    0 => nest,
+                    1 => format!(r#"{{"subject":{nest},"body":""}}"#),
+                    _ => format!(r#"{{"subject":"s","body":"","x":{nest}}}"#),
+                }
+                .into_bytes()
+            }),
+            // Huge and odd numbers where strings belong, and as ids and acks.
+            prop_oneof![
+                Just("1e999999999".to_string()),
+                Just("-0".to_string()),
+                Just("123456789012345678901234567890123456789".to_string()),
+                Just("NaN".to_string()),
+                any::<f64>().prop_map(|f| f.to_string()),
+            ]
+            .prop_flat_map(|n| prop_oneof![
+                Just(format!(r#"{{"subject":{n},"body":""}}"#)),
+                Just(format!(r#"{{"subject":"s","body":"","id":{n}}}"#)),
+                Just(format!(r#"{{"ack":{n}}}"#)),
+                Just(n),
+            ])
+            .prop_map(String::into_bytes),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(100_000))]
+
+        #[test]
+        fn hostile_frames_never_panic_the_decoder(input in hostile()) {
+            let codec = Codec::new(Format::Json, "unused");
+            let _ = codec.decode(Bytes::from(input));
+        }
+    }
 }
