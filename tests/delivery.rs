@@ -397,3 +397,58 @@ async fn a_consumer_only_session_drops_incoming_frames() {
         .await;
     assert!(component.received().is_empty());
 }
+
+#[tokio::test]
+async fn a_burst_of_garbage_does_not_stop_the_valid_frames_mixed_in() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("receiver").await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .handler_link("receiver", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    server.connected(WAIT).await;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // xorshift: reproducible garbage without another dependency
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let mut valid = 0;
+    for i in 0..1000 {
+        if i % 50 == 0 {
+            server.push(Message::text(envelope(
+                &format!("valid.{valid}"),
+                b"ok",
+                None,
+            )));
+            valid += 1;
+            continue;
+        }
+        let len = (next() % 200) as usize;
+        let bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        match i % 4 {
+            0 => server.push(Message::binary(bytes)),
+            1 => server.push(Message::text(String::from_utf8_lossy(&bytes).into_owned())),
+            2 => server.push(Message::text(format!(
+                "{}{}",
+                "[".repeat(len * 50),
+                "]".repeat(len * 50)
+            ))),
+            _ => server.push(Message::text(format!(
+                r#"{{"subject":{},"body":"{}"}}"#,
+                next(),
+                "%".repeat(len)
+            ))),
+        }
+    }
+    let received = component.wait_received(valid, WAIT).await;
+    let subjects: Vec<_> = received.iter().map(|m| m.subject.clone()).collect();
+    let expected: Vec<_> = (0..valid).map(|i| format!("valid.{i}")).collect();
+    assert_eq!(subjects, expected);
+    assert_eq!(server.accepted(), 1, "the session never dropped");
+}

@@ -339,16 +339,40 @@ async fn bad_provider_config_stops_start_up_with_a_clear_message() {
         .await;
 }
 
+/// The provider's own count of live tasks, through `$ws.stats`.
+async fn tasks_alive(component: &common::component::PlayedComponent) -> u64 {
+    let stats = component
+        .request("probe", "$ws.stats", &b""[..], 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
+    stats["provider"]["tasks_alive"]
+        .as_u64()
+        .expect("tasks_alive")
+}
+
 #[tokio::test]
 async fn link_churn_leaves_nothing_behind() {
+    const CYCLES: usize = 300;
     let rig = Rig::start().await;
     let server = WsServer::echo().await;
     let uri = server.uri();
     let component = rig.component("churn").await;
+    // A link that stays, to read the provider's task count through `$ws.stats`.
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("churn", "probe", &[("uri", &uri)]),
+        )
+        .await;
+    component
+        .publish_when_ready("probe", "probe", &b""[..], WAIT)
+        .await;
     // The first cycle makes what is made once (the delivery connection, the component's client);
     // every later cycle must leave the process as it found it.
     let mut baseline = None;
-    for n in 0..41 {
+    for n in 0..CYCLES {
         let link = format!("l{n}");
         let consumer = rig.provider.consumer_link("churn", &link, &[("uri", &uri)]);
         let handler = rig.provider.handler_link("churn", &link, &[("uri", &uri)]);
@@ -377,18 +401,33 @@ async fn link_churn_leaves_nothing_behind() {
             })
             .await;
         if n == 0 {
-            baseline = Some((rig.provider.fds_and_threads(), rig.provider.rss_kib()));
+            common::wait_until("the first cycle's tasks are gone", WAIT, || async {
+                let (fds, _) = rig.provider.fds_and_threads();
+                let (fds_later, _) = rig.provider.fds_and_threads();
+                fds == fds_later
+            })
+            .await;
+            baseline = Some((
+                rig.provider.fds_and_threads(),
+                tasks_alive(&component).await,
+                rig.provider.rss_kib(),
+            ));
         }
     }
-    let ((fds, threads), rss) = baseline.unwrap();
-    common::wait_until("file descriptors back to the baseline", WAIT, || async {
-        rig.provider.fds_and_threads().0 <= fds
-    })
+    let ((fds, threads), tasks, rss) = baseline.unwrap();
+    common::wait_until(
+        "file descriptors and tasks back to the baseline",
+        WAIT,
+        || async {
+            rig.provider.fds_and_threads().0 <= fds && tasks_alive(&component).await <= tasks
+        },
+    )
     .await;
     let (fds_after, threads_after) = rig.provider.fds_and_threads();
+    let tasks_after = tasks_alive(&component).await;
     let rss_after = rig.provider.rss_kib();
     eprintln!(
-        "after 1 cycle: {fds} fds, {threads} threads, {rss} KiB; after 41: {fds_after} fds, {threads_after} threads, {rss_after} KiB"
+        "after 1 cycle: {fds} fds, {tasks} tasks, {threads} threads, {rss} KiB; after {CYCLES}: {fds_after} fds, {tasks_after} tasks, {threads_after} threads, {rss_after} KiB"
     );
     assert!(
         threads_after <= threads,
@@ -398,5 +437,9 @@ async fn link_churn_leaves_nothing_behind() {
         rss_after < rss + 8 * 1024,
         "memory grew from {rss} KiB to {rss_after} KiB"
     );
-    assert_eq!(server.accepted(), 41, "one connection per cycle");
+    assert_eq!(
+        server.accepted(),
+        CYCLES + 1,
+        "one connection per cycle, and the probe's"
+    );
 }
