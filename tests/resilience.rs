@@ -286,3 +286,23 @@ async fn a_server_that_stops_reading_fails_publishes_with_memory_bounded() {
             .find(|e| !(e.contains("send_timeout_ms") || e.contains("max_pending")))
     );
 }
+
+#[tokio::test]
+async fn the_servers_pings_are_answered() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("comp", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    server.connected(WAIT).await;
+    // The provider's own pings come every 20 s by default: a pong within WAIT answers ours.
+    server.push(Message::Ping(bytes::Bytes::from_static(b"are you there")));
+    server
+        .expect("pong", WAIT, |e| {
+            matches!(e, common::ws::Event::Pong { .. }).then_some(())
+        })
+        .await;
+}

@@ -26,6 +26,8 @@ pub enum Event {
         conn: usize,
         frame: Option<CloseFrame>,
     },
+    /// The client answered a ping.
+    Pong { conn: usize },
     /// The connection is gone (after a Close, an error or a drop).
     Ended { conn: usize },
 }
@@ -297,6 +299,9 @@ async fn serve(
                             break;
                         }
                     }
+                }
+                Some(Ok(Message::Pong(_))) => {
+                    let _ = events.send(Event::Pong { conn });
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => break,
