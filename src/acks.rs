@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rand::Rng as _;
 use tokio::sync::oneshot;
 
 use crate::envelope::Frame;
@@ -47,12 +46,7 @@ impl Acks {
 
     /// A fresh id: the session id keeps it unique across sessions, the token across restarts.
     pub fn new_id(session_id: &str) -> String {
-        let token: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(16)
-            .map(char::from)
-            .collect();
-        format!("{session_id}.{token}")
+        format!("{session_id}.{}", crate::session::token(16))
     }
 
     pub fn register(&self, id: String, frame: Frame) -> AckTicket {

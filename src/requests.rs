@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use rand::Rng as _;
 use tokio::sync::oneshot;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
@@ -64,12 +63,7 @@ impl Pending {
 
     /// Registers a request under a fresh inbox, before its frame is sent (the reply may come fast).
     pub fn register(&self) -> Ticket {
-        let token: String = rand::rng()
-            .sample_iter(rand::distr::Alphanumeric)
-            .take(22)
-            .map(char::from)
-            .collect();
-        let inbox = format!("{}{token}", self.inbox_base);
+        let inbox = format!("{}{}", self.inbox_base, crate::session::token(22));
         let (tx, reply) = oneshot::channel();
         self.lock().insert(inbox.clone(), tx);
         Ticket {

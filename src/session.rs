@@ -436,12 +436,17 @@ impl Drop for Session {
 
 /// A session id: unique, `[A-Za-z0-9_-]` only (so it never contains a `.`).
 fn new_session_id() -> String {
-    let suffix: String = rand::rng()
+    format!("ws_{}", token(16))
+}
+
+/// `len` random characters of `[A-Za-z0-9]`: the unguessable part of session ids, request
+/// inboxes and ack ids.
+pub(crate) fn token(len: usize) -> String {
+    rand::rng()
         .sample_iter(rand::distr::Alphanumeric)
-        .take(16)
+        .take(len)
         .map(char::from)
-        .collect();
-    format!("ws_{suffix}")
+        .collect()
 }
 
 /// The backoff before reconnect attempt `attempt` (1-based): d = min(initial x 2^(n-1), max),
