@@ -10,7 +10,8 @@
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
 //! - `invoke`: the wRPC client that calls `handle-message` (one per component).
 //! - [`stats`]: per-session counters.
-//! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session).
+//! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session),
+//!   and the rules every subject a component gives must follow.
 //!
 //! Data flows one way per direction: component call -> lookup by (component, link name) ->
 //! session queue -> socket writer; socket reader -> decode -> delivery -> component handler.
@@ -291,6 +292,10 @@ impl WebSocketMessagingProvider {
         let session = self
             .consumer_session(component, link_name)
             .ok_or_else(|| no_link(component, link_name))?;
+        subjects::check("subject", &msg.subject)?;
+        if let Some(reply_to) = &msg.reply_to {
+            subjects::check("reply_to", reply_to)?;
+        }
         if !msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
             return session.publish(&msg).await;
         }
@@ -319,6 +324,7 @@ impl WebSocketMessagingProvider {
         let session = self
             .consumer_session(component, link_name)
             .ok_or_else(|| no_link(component, link_name))?;
+        subjects::check("subject", &subject)?;
         if subject.starts_with(RESERVED_SUBJECT_PREFIX) {
             subjects::check_enabled(&session)?;
             let answer = match subjects::parse(&subject) {

@@ -4,6 +4,8 @@
 //! - `request("$ws.sessions")`: the caller's sessions as a JSON array.
 //! - `request("$ws.stats")`: counters, summed over the provider and per session of the caller.
 //! - `publish("$ws.session.<id>.<subject>")`: sends `<subject>` on session `<id>` of the caller.
+//!
+//! [`check`] holds the rules for every subject a component gives (and for `reply_to`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,6 +20,39 @@ use crate::session::Session;
 pub const SESSIONS: &str = "$ws.sessions";
 pub const STATS: &str = "$ws.stats";
 pub const SESSION_PREFIX: &str = "$ws.session.";
+
+/// The longest subject (or `reply_to`) a component may give, in bytes.
+pub const MAX_SUBJECT_BYTES: usize = 1024;
+
+/// Checks a subject or `reply_to` (`what` says which) a component gave: not empty, at most
+/// [`MAX_SUBJECT_BYTES`], no whitespace and no control characters. The error quotes the start of
+/// the value, escaped, so a log line stays one short line.
+pub fn check(what: &str, subject: &str) -> Result<(), String> {
+    let reason = if subject.is_empty() {
+        "it is empty".to_string()
+    } else if subject.len() > MAX_SUBJECT_BYTES {
+        format!(
+            "it is {} bytes long, more than {MAX_SUBJECT_BYTES}",
+            subject.len()
+        )
+    } else if let Some((at, c)) = subject
+        .char_indices()
+        .find(|(_, c)| c.is_whitespace() || c.is_control())
+    {
+        format!("it contains {c:?} at byte {at} (no whitespace or control characters)")
+    } else {
+        return Ok(());
+    };
+    let shown: String = subject.chars().take(64).collect();
+    let more = if shown.len() < subject.len() {
+        "..."
+    } else {
+        ""
+    };
+    Err(format!(
+        "invalid {what} {shown:?}{more}: {reason}; nothing was sent"
+    ))
+}
 
 /// What a provider subject is.
 #[derive(Debug, PartialEq, Eq)]
@@ -144,6 +179,41 @@ pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_follow_the_rules() {
+        for ok in [
+            "a",
+            "orders.created",
+            "_INBOX.x.y",
+            "$ws.stats",
+            "ü.日本",
+            &"s".repeat(1024),
+        ] {
+            assert_eq!(check("subject", ok), Ok(()), "{ok}");
+        }
+        let cases = [
+            ("", "invalid subject \"\": it is empty; nothing was sent"),
+            ("a b", "invalid subject \"a b\": it contains ' ' at byte 1 (no whitespace or control characters); nothing was sent"),
+            ("a\tb", "it contains '\\t' at byte 1"),
+            ("x\u{7f}", "it contains '\\u{7f}' at byte 1"),
+            ("new\nline", "it contains '\\n' at byte 3"),
+            ("nb\u{a0}sp", "it contains '\\u{a0}' at byte 2"),
+        ];
+        for (subject, expected) in cases {
+            let err = check("subject", subject).unwrap_err();
+            assert!(err.contains(expected), "{subject:?}: {err}");
+        }
+        let long = "s".repeat(1025);
+        let err = check("reply_to", &long).unwrap_err();
+        assert_eq!(
+            err,
+            format!(
+                "invalid reply_to \"{}\"...: it is 1025 bytes long, more than 1024; nothing was sent",
+                "s".repeat(64)
+            )
+        );
+    }
 
     #[test]
     fn parses_provider_subjects() {

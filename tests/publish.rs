@@ -281,6 +281,70 @@ async fn reserved_subjects_never_leave_as_frames() {
 }
 
 #[tokio::test]
+async fn invalid_subjects_are_refused_on_publish_and_request() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    rig.provider
+        .put_link(
+            &rig.provider
+                .consumer_link("comp", "default", &[("uri", &server.uri())]),
+        )
+        .await;
+    let component = rig.component("comp").await;
+    component
+        .publish_when_ready("default", "ok", &b""[..], WAIT)
+        .await;
+    let _ = server.frame(WAIT).await;
+
+    let too_long = "s".repeat(1025);
+    let cases: [(&str, &str); 6] = [
+        ("", "invalid subject \"\": it is empty; nothing was sent"),
+        (
+            "orders created",
+            "invalid subject \"orders created\": it contains ' ' at byte 6 (no whitespace or control characters); nothing was sent",
+        ),
+        ("tab\there", "it contains '\\t' at byte 3"),
+        ("nul\u{0}", "it contains '\\0' at byte 3"),
+        ("$ws. stats", "it contains ' ' at byte 4"),
+        (&too_long, "it is 1025 bytes long, more than 1024; nothing was sent"),
+    ];
+    for (subject, expected) in cases {
+        let err = component
+            .publish("default", subject, &b"x"[..], None)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains(expected), "publish {subject:?}: {err}");
+        let err = component
+            .request("default", subject, &b"x"[..], 1000)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(err.contains(expected), "request {subject:?}: {err}");
+    }
+    let err = component
+        .publish("default", "fine", &b"x"[..], Some("reply here"))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.starts_with("invalid reply_to \"reply here\": it contains ' '"),
+        "{err}"
+    );
+    // 1024 bytes is allowed; and it is the next frame: nothing before it was sent.
+    let longest = "s".repeat(1024);
+    assert_eq!(
+        component
+            .publish("default", &longest, &b""[..], None)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    let frame = server.frame(WAIT).await;
+    assert_eq!(json_of(&frame)["subject"], json!(longest));
+}
+
+#[tokio::test]
 async fn raw_format_sends_the_body_alone() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
