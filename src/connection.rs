@@ -2,9 +2,10 @@
 //!
 //! The effective settings of a link are the provider's config (the defaults, from wadm's
 //! `capability.properties.config`) overlaid key by key by the link's own config. Sensitive keys
-//! (`auth_token`, `header.<Name>`) are looked up in the link's secrets first, then in the
-//! provider's secrets, and only then in plain config (with a warning, since plain config is stored
-//! and shown in clear by the lattice).
+//! (`auth_token`, `header.<Name>`, `tls_client_key`) are looked up in the link's secrets first,
+//! then in the provider's secrets, and only then in plain config (with a warning, since plain
+//! config is stored and shown in clear by the lattice). The PEM certificates `tls_ca` and
+//! `tls_client_cert` may come from secrets or config alike.
 //!
 //! Errors name the key and the bad value, except for sensitive keys, whose values never appear in
 //! an error, a log line or `Debug` output.
@@ -15,6 +16,8 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
+
+use crate::tls::{Tls, TlsKeys};
 
 /// The handshake header carrying `auth_token`.
 pub const AUTHORIZATION: &str = "authorization";
@@ -40,12 +43,16 @@ pub const KNOWN_KEYS: &[&str] = &[
     "reconnect_max_attempts",
     "ping_interval_sec",
     "pong_timeout_sec",
+    "tls_ca",
+    "tls_ca_file",
+    "tls_client_cert",
+    "tls_client_key",
     "ack",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
 fn is_sensitive(key: &str) -> bool {
-    key == "auth_token" || key.starts_with(HEADER_PREFIX)
+    key == "auth_token" || key == "tls_client_key" || key.starts_with(HEADER_PREFIX)
 }
 
 fn is_known(key: &str) -> bool {
@@ -146,6 +153,8 @@ pub struct ConnectionConfig {
     /// frame) arrived for `ping_interval + pong_timeout` is dead.
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
+    /// Trust roots and client certificate for `wss://`.
+    pub tls: Tls,
     /// Acknowledged delivery (format `json` only).
     pub ack: bool,
 }
@@ -175,6 +184,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("reconnect_max_attempts", &self.reconnect_max_attempts)
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
+            .field("tls", &self.tls)
             .field("ack", &self.ack)
             .finish()
     }
@@ -245,17 +255,30 @@ impl Layers<'_> {
             .map(String::as_str)
     }
 
-    /// A sensitive key: link secret, provider secret, then plain config with a warning.
-    fn sensitive(&self, key: &str) -> Result<Option<String>, ConfigError> {
+    /// A key from the secrets only: the link's, then the provider's.
+    fn secret(&self, key: &str) -> Result<Option<String>, ConfigError> {
         for secrets in [self.link_secrets, &self.defaults.secrets] {
             if let Some(secret) = secrets.get(key) {
                 let value = match secret {
                     SecretValue::String(s) => s.clone(),
-                    SecretValue::Bytes(b) => String::from_utf8(b.clone())
-                        .map_err(|_| invalid(key, "", "the secret's bytes are not valid UTF-8"))?,
+                    SecretValue::Bytes(b) => {
+                        String::from_utf8(b.clone()).map_err(|_| ConfigError {
+                            key: key.to_string(),
+                            value: None,
+                            reason: "the secret's bytes are not valid UTF-8".into(),
+                        })?
+                    }
                 };
                 return Ok(Some(value));
             }
+        }
+        Ok(None)
+    }
+
+    /// A sensitive key: link secret, provider secret, then plain config with a warning.
+    fn sensitive(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        if let Some(value) = self.secret(key)? {
+            return Ok(Some(value));
         }
         Ok(self.plain(key).map(|value| {
             warn!(
@@ -264,6 +287,13 @@ impl Layers<'_> {
             );
             value.to_string()
         }))
+    }
+
+    /// A key that may live in a secret or in plain config (a public certificate): secrets first.
+    fn secret_or_plain(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        Ok(self
+            .secret(key)?
+            .or_else(|| self.plain(key).map(str::to_string)))
     }
 
     /// Names of all `header.<Name>` keys found in any layer.
@@ -351,6 +381,18 @@ impl Layers<'_> {
             Some("raw") => Format::Raw,
             Some(other) => return Err(invalid("format", other, "expected `json` or `raw`")),
         };
+        let tls = Tls::new(TlsKeys {
+            ca: self.secret_or_plain("tls_ca")?,
+            ca_file: self.plain("tls_ca_file").map(str::to_string),
+            client_cert: self.secret_or_plain("tls_client_cert")?,
+            client_key: self.sensitive("tls_client_key")?,
+        })?;
+        if tls.is_set() && uri.get(..3).is_some_and(|s| s.eq_ignore_ascii_case("ws:")) {
+            warn!(
+                uri,
+                "the `tls_*` settings are ignored: `uri` is ws:// (plain, no TLS); use wss:// to encrypt"
+            );
+        }
         let ack = self.boolean("ack", false)?;
         if ack && format == Format::Raw {
             return Err(invalid(
@@ -394,7 +436,7 @@ impl Layers<'_> {
                 10,
                 "whole seconds",
             )?),
-
+            tls,
             ack,
         })
     }
@@ -595,6 +637,12 @@ impl ConnectionConfig {
         );
         check("pong_timeout_sec", self.pong_timeout == other.pong_timeout);
         check("ack", self.ack == other.ack);
+        keys.extend(
+            self.tls
+                .differing_keys(&other.tls)
+                .into_iter()
+                .map(String::from),
+        );
         let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
         for name in names {
             if self.headers.get(name) != other.headers.get(name) {
@@ -764,6 +812,54 @@ mod tests {
         )
         .unwrap();
         assert_eq!(plain_only.auth_token.as_deref(), Some("p"));
+    }
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    #[test]
+    fn tls_settings_come_from_secrets_first_and_are_compared_by_key() {
+        let pem = ca_pem();
+        // A secret wins over plain config for the certificates too (no warning for them).
+        let cfg = ConnectionConfig::from_link(
+            &ProviderDefaults::default(),
+            "c",
+            "default",
+            &map(&[("uri", "wss://h"), ("tls_ca", "not pem")]),
+            &secrets(&[("tls_ca", &pem)]),
+        )
+        .unwrap();
+        assert!(cfg.tls.is_set());
+        let plain = link(&ProviderDefaults::default(), &[("uri", "wss://h")]).unwrap();
+        assert_eq!(cfg.differing_keys(&plain), vec!["tls_ca"]);
+        let err = link(
+            &ProviderDefaults::default(),
+            &[("uri", "wss://h"), ("tls_client_key", "zq-secret-zq")],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `tls_client_cert`: not set, but `tls_client_key` is: mutual TLS needs both"
+        );
+        let err = link(
+            &ProviderDefaults::default(),
+            &[
+                ("uri", "wss://h"),
+                ("tls_client_cert", &pem),
+                ("tls_client_key", "zq-secret-zq"),
+            ],
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("invalid `tls_client_key` (value hidden): not a PEM private key"),
+            "{err}"
+        );
+        assert!(!err.to_string().contains("zq-secret-zq"));
     }
 
     #[test]

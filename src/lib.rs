@@ -12,6 +12,7 @@
 //! - [`stats`]: per-session counters.
 //! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session),
 //!   and the rules every subject a component gives must follow.
+//! - [`tls`]: trust roots, client certificates and TLS failures in plain words for `wss://`.
 //!
 //! Data flows one way per direction: component call -> lookup by (component, link name) ->
 //! session queue -> socket writer; socket reader -> decode -> delivery -> component handler.
@@ -39,6 +40,7 @@ pub mod requests;
 pub mod session;
 pub mod stats;
 pub mod subjects;
+pub mod tls;
 
 use crate::connection::{ConnectionConfig, ProviderDefaults, MAX_REQUEST_TIMEOUT_MS};
 use crate::delivery::HandlerClients;

@@ -24,11 +24,12 @@ use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, TlsError};
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -605,11 +606,39 @@ impl SocketTask {
         let limits = WebSocketConfig::default()
             .max_message_size(Some(self.config.max_message_bytes))
             .max_frame_size(Some(self.config.max_message_bytes));
-        let (socket, _response) =
-            tokio_tungstenite::connect_async_tls_with_config(request, Some(limits), true, None)
-                .await
-                .map_err(|e| describe(&e))?;
+        // Always our own rustls config (it ignores it for ws://): the trust roots and the client
+        // certificate are the session's, never the library's defaults.
+        let connector = Connector::Rustls(self.config.tls.client_config());
+        let (socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
+            request,
+            Some(limits),
+            true,
+            Some(connector),
+        )
+        .await
+        .map_err(|e| self.explain_connect_error(&e))?;
         Ok(socket)
+    }
+
+    /// Why a connection attempt failed, with TLS failures in the words of [`crate::tls`].
+    fn explain_connect_error(&self, e: &WsError) -> String {
+        let host = url::Url::parse(&self.config.uri)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_string))
+            .unwrap_or_default();
+        match e {
+            WsError::Io(io) => match io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                Some(tls) => crate::tls::explain(tls, &host, self.config.tls.has_client_cert()),
+                None => describe(e),
+            },
+            WsError::Tls(TlsError::InvalidDnsName) => {
+                format!("TLS: {host} is not a valid server name for a certificate")
+            }
+            _ => describe(e),
+        }
     }
 
     /// Runs one open connection until it ends. Reading, writing and the keepalive watchdog are
@@ -932,6 +961,8 @@ fn describe(e: &WsError) -> String {
         WsError::Io(io) => format!("I/O error: {io}"),
         WsError::Tls(tls) => format!("TLS error: {tls}"),
         WsError::ConnectionClosed | WsError::AlreadyClosed => "the connection was closed".into(),
+        WsError::AttackAttempt => "the server's handshake response is larger than the WebSocket library allows (64 KiB in at most 512 reads); refused".into(),
+        WsError::Capacity(CapacityError::TooManyHeaders) => "the server's handshake response has more headers than the WebSocket library allows (124); refused".into(),
         other => other.to_string(),
     }
 }

@@ -27,6 +27,8 @@ pub struct ProviderOptions {
     pub links: Vec<InterfaceLinkDefinition>,
     /// The provider's id; a unique one when unset.
     pub provider_key: Option<String>,
+    /// The log level the host asks for; debug (or `TEST_PROVIDER_LOG_LEVEL`) when unset.
+    pub log_level: Option<Level>,
 }
 
 /// Every line the provider wrote to stdout or stderr, and a way to wait for one.
@@ -135,11 +137,13 @@ impl ProviderProcess {
         let host_xkey = XKey::new();
         let provider_xkey = XKey::new();
         let provider_xkey_public = XKey::from_public_key(&provider_xkey.public_key()).unwrap();
-        let level = match std::env::var("TEST_PROVIDER_LOG_LEVEL").as_deref() {
-            Ok("trace") => Level::Trace,
-            Ok("info") => Level::Info,
-            _ => Level::Debug,
-        };
+        let level = options.log_level.unwrap_or_else(|| {
+            match std::env::var("TEST_PROVIDER_LOG_LEVEL").as_deref() {
+                Ok("trace") => Level::Trace,
+                Ok("info") => Level::Info,
+                _ => Level::Debug,
+            }
+        });
         let host_data = HostData {
             host_id: host_id.clone(),
             lattice_rpc_prefix: lattice.clone(),

@@ -1,5 +1,6 @@
 //! Real WebSocket servers on 127.0.0.1: an echo server, and a recorder that records frames and
-//! handshake headers and can push frames or drop the connection.
+//! handshake headers and can push frames or drop the connection; each also over TLS (`wss://`,
+//! tokio-rustls with a config from `certs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub enum Event {
     Pong { conn: usize },
     /// The connection is gone (after a Close, an error or a drop).
     Ended { conn: usize },
+    /// The TLS handshake failed on the server's side.
+    TlsFailed { conn: usize, error: String },
 }
 
 enum Command {
@@ -48,6 +51,7 @@ enum Mode {
 
 pub struct WsServer {
     pub addr: SocketAddr,
+    tls: bool,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
@@ -87,11 +91,25 @@ impl WsServer {
         Self::start_on(Mode::Record, port).await
     }
 
+    /// A recorder behind TLS with `config` (see `certs::server_config`).
+    pub async fn recorder_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::listen(Mode::Record, 0, Some(config)).await
+    }
+
+    /// An echo server behind TLS with `config`.
+    pub async fn echo_tls(config: Arc<rustls::ServerConfig>) -> Self {
+        Self::listen(Mode::Echo, 0, Some(config)).await
+    }
+
     async fn start(mode: Mode) -> Self {
         Self::start_on(mode, 0).await
     }
 
     async fn start_on(mode: Mode, port: u16) -> Self {
+        Self::listen(mode, port, None).await
+    }
+
+    async fn listen(mode: Mode, port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         // A server restarted on its port may find the old listener not yet closed (its task is
         // aborted, which takes effect at its next poll): retry for a while.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -110,6 +128,8 @@ impl WsServer {
         let conns = Arc::new(Mutex::new(BTreeMap::new()));
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let is_tls = tls.is_some();
+        let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn({
             let conns = Arc::clone(&conns);
             let accepted = Arc::clone(&accepted);
@@ -121,19 +141,29 @@ impl WsServer {
                     accepted.store(next, std::sync::atomic::Ordering::SeqCst);
                     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                     conns.lock().unwrap().insert(next, cmd_tx);
-                    tokio::spawn(serve(
-                        next,
-                        tcp,
-                        mode,
-                        events_tx.clone(),
-                        cmd_rx,
-                        Arc::clone(&sent),
-                    ));
+                    let (events, sent) = (events_tx.clone(), Arc::clone(&sent));
+                    match acceptor.clone() {
+                        None => {
+                            tokio::spawn(serve(next, tcp, mode, events, cmd_rx, sent));
+                        }
+                        Some(acceptor) => {
+                            tokio::spawn(async move {
+                                match acceptor.accept(tcp).await {
+                                    Ok(tls) => serve(next, tls, mode, events, cmd_rx, sent).await,
+                                    Err(e) => {
+                                        let error = e.to_string();
+                                        let _ = events.send(Event::TlsFailed { conn: next, error });
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
             }
         });
         WsServer {
             addr,
+            tls: is_tls,
             accepted,
             sent,
             events: tokio::sync::Mutex::new(events),
@@ -143,7 +173,8 @@ impl WsServer {
     }
 
     pub fn uri(&self) -> String {
-        format!("ws://{}/socket", self.addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/socket", self.addr)
     }
 
     /// Waits for the first event `pick` accepts, skipping others; panics after `limit`.
@@ -184,6 +215,16 @@ impl WsServer {
     pub async fn connected(&self, limit: Duration) -> (usize, HeaderMap) {
         self.expect("connection", limit, |e| match e {
             Event::Connected { conn, headers } => Some((*conn, headers.clone())),
+            _ => None,
+        })
+        .await
+    }
+
+    /// Waits for a failed TLS handshake and returns the server's error.
+    pub async fn tls_failed(&self, limit: Duration) -> String {
+        self.expect("failed TLS handshake", limit, |e| match e {
+            Event::TlsFailed { error, .. } => Some(error.clone()),
+            Event::Connected { .. } => panic!("a client connected where TLS should have failed"),
             _ => None,
         })
         .await
@@ -241,14 +282,16 @@ impl Drop for WsServer {
 
 // The handshake callback's error type is the library's, large as it is.
 #[allow(clippy::result_large_err)]
-async fn serve(
+async fn serve<S>(
     conn: usize,
-    tcp: tokio::net::TcpStream,
+    tcp: S,
     mode: Mode,
     events: mpsc::UnboundedSender<Event>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let seen = Arc::new(Mutex::new(HeaderMap::new()));
     let callback = {
         let seen = Arc::clone(&seen);
