@@ -108,14 +108,14 @@ async fn wadm_manifest_is_valid_and_shares_one_session() {
     );
 }
 
-#[tokio::test]
-async fn readme_manifest_snippet_is_valid() {
+/// The `n`th yaml block of README.md (0-based), checked by wadm's own validation.
+async fn readme_manifest(n: usize) -> wadm_types::Manifest {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let snippet = readme
         .split("```yaml\n")
-        .nth(1)
+        .nth(n + 1)
         .and_then(|rest| rest.split("```").next())
-        .expect("README has a yaml snippet");
+        .unwrap_or_else(|| panic!("README has a yaml snippet number {}", n + 1));
     let (manifest, failures) = wadm_types::validation::validate_manifest_bytes(snippet)
         .await
         .expect("the snippet parses as a wadm manifest");
@@ -129,18 +129,55 @@ async fn readme_manifest_snippet_is_valid() {
         })
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
-    let links: Vec<_> = manifest
+    manifest
+}
+
+/// The link traits of a manifest, in order.
+fn links(manifest: &wadm_types::Manifest) -> Vec<&wadm_types::LinkProperty> {
+    manifest
         .spec
         .components
         .iter()
         .flat_map(|c| c.traits.iter().flatten())
         .filter_map(|t| match &t.properties {
-            TraitProperty::Link(link) => Some(link.interfaces.clone()),
+            TraitProperty::Link(link) => Some(link),
             _ => None,
         })
+        .collect()
+}
+
+#[tokio::test]
+async fn readme_manifest_snippet_is_valid() {
+    let manifest = readme_manifest(0).await;
+    let interfaces: Vec<_> = links(&manifest)
+        .iter()
+        .map(|l| l.interfaces.clone())
         .collect();
     assert_eq!(
-        links,
+        interfaces,
         vec![vec!["consumer".to_string()], vec!["handler".to_string()]]
     );
+}
+
+#[tokio::test]
+async fn readme_security_snippet_is_valid() {
+    let manifest = readme_manifest(1).await;
+    let links = links(&manifest);
+    assert_eq!(links.len(), 1);
+    let target = &links[0].target;
+    let secrets: Vec<_> = target.secrets.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(
+        secrets,
+        ["tls_client_key", "auth_token"],
+        "secrets are named after the provider's keys"
+    );
+    let policies: Vec<_> = manifest.spec.policies.iter().map(|p| &p.name).collect();
+    for secret in &target.secrets {
+        assert!(policies.contains(&&secret.properties.policy));
+    }
+    let config = target.config[0].properties.as_ref().unwrap();
+    assert!(config["uri"].starts_with("wss://"));
+    let mut keys: Vec<_> = config.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["tls_ca_file", "tls_client_cert", "uri"]);
 }
