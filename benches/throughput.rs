@@ -1,214 +1,958 @@
-//! Quick throughput figures through the real provider binary, driven exactly as the tests drive
-//! it: a real nats-server, HostData on stdin, a played component over wRPC and a WebSocket server
-//! on 127.0.0.1.
+//! The benchmark: our provider and wasmCloud's NATS messaging provider through the same phases,
+//! on one nats-server, next to the lattice's own ceiling.
 //!
-//! `cargo bench --bench throughput` (release build). `BENCH_MESSAGES` sets the messages per phase.
+//! Everything is driven exactly as the tests drive it: the real provider binaries (ours, and
+//! `benches/nats-peer`, the crates.io NATS provider run by its own `run()`), HostData on stdin, a
+//! played component over wRPC, a Rust WebSocket server on 127.0.0.1 (ours) or NATS clients (the
+//! peer's). Each phase gets a fresh provider process, so its CPU time and peak memory are its own.
+//!
+//! Phases, for bodies of 16 B, 1 KiB and 64 KiB:
+//! - publish: component calls, 1 and 64 in flight, until the sink has every message;
+//! - delivery: messages pushed by the server (ours) or published on NATS (peer) until the handler
+//!   got them, `max_in_flight` 1 and 64 (the peer has no such bound: one row);
+//! - request: round trips, sequential and 64 in flight, against a responder;
+//! - ceiling: what one wRPC call costs on this lattice, with the same process layout as the
+//!   provider phases: the played component calling a trivial `consumer` (publish returns Ok,
+//!   request echoes) served by a child process (this benchmark re-executed), and a child process
+//!   calling the played component's `handle-message` (the delivery shape).
+//!
+//! Then a soak: publish 1 KiB with 64 in flight for `BENCH_SOAK_SECS` (60), resident memory read
+//! at 10 s and at the end.
+//!
+//! `./scripts/bench.sh` builds the peer and runs this (`cargo bench --bench throughput`).
+//! Environment: `BENCH_MESSAGES` (20000: messages of a 64-in-flight phase at 16 B and 1 KiB; a
+//! quarter for one-at-a-time phases and for 64 KiB), `BENCH_SIZES` (`16,1024,65536`),
+//! `BENCH_SOAK_SECS` (60, 0 = none), `BENCH_NATS_PEER` (the peer binary; without it the peer
+//! rows are skipped), `BENCH_JSON` (`target/bench/throughput.json`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::ws::{Event, Message, WsServer};
-use common::Rig;
+use bytes::Bytes;
+use common::component::{Behaviour, PlayedComponent};
+use common::nats::NatsServer;
+use common::provider::{ProviderOptions, ProviderProcess};
+use common::ws::{Message, WsServer};
 use futures::StreamExt as _;
+use serde::Serialize;
 
 const WAIT: Duration = Duration::from_secs(120);
 
+/// The trivial `consumer` of the ceiling: the provider's own world, served on the test transport.
+#[allow(dead_code)]
+mod trivial {
+    delivery_bindgen::generate!({
+        world: "interfaces",
+        path: "wit",
+        anyhow_path: "::delivery_bindgen::anyhow",
+        bitflags_path: "::delivery_bindgen::bitflags",
+        bytes_path: "::delivery_bindgen::bytes",
+        futures_path: "::delivery_bindgen::futures",
+        tokio_path: "::delivery_bindgen::tokio",
+        tokio_util_path: "::delivery_bindgen::tokio_util",
+        tracing_path: "::delivery_bindgen::tracing",
+        wasm_tokio_path: "::delivery_bindgen::wasm_tokio",
+        wrpc_transport_path: "::delivery_bindgen::wrpc_transport",
+        with: {
+            "wasmcloud:messaging/consumer@0.2.0": generate,
+            "wasmcloud:messaging/handler@0.2.0": generate,
+            "wasmcloud:messaging/types@0.2.0": generate,
+        }
+    });
+}
+
+use trivial::wasmcloud::messaging::types::BrokerMessage as TrivialMessage;
+
+#[derive(Clone)]
+struct Trivial;
+
+impl trivial::exports::wasmcloud::messaging::consumer::Handler<delivery_wrpc::NatsContext>
+    for Trivial
+{
+    async fn publish(
+        &self,
+        _: delivery_wrpc::NatsContext,
+        _msg: TrivialMessage,
+    ) -> anyhow::Result<Result<(), String>> {
+        Ok(Ok(()))
+    }
+
+    async fn request(
+        &self,
+        _: delivery_wrpc::NatsContext,
+        subject: String,
+        body: Bytes,
+        _timeout_ms: u32,
+    ) -> anyhow::Result<Result<TrivialMessage, String>> {
+        Ok(Ok(TrivialMessage {
+            subject,
+            body,
+            reply_to: None,
+        }))
+    }
+}
+
+/// Which system a row measures.
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum System {
+    Websocket,
+    Nats,
+    Ceiling,
+}
+
+impl System {
+    fn name(self) -> &'static str {
+        match self {
+            System::Websocket => "websocket",
+            System::Nats => "nats",
+            System::Ceiling => "ceiling",
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Phase {
+    Publish,
+    Delivery,
+    Request,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Publish => "publish",
+            Phase::Delivery => "delivery",
+            Phase::Request => "request",
+        }
+    }
+}
+
+#[derive(Clone, Serialize)]
 struct Row {
-    phase: String,
+    system: System,
+    phase: Phase,
     size: usize,
+    /// Calls in flight, or `max_in_flight` for delivery; 0 = unbounded (the peer's delivery).
     in_flight: usize,
     messages: usize,
-    seconds: f64,
+    /// Calls (publish, request) or handler invocations (delivery) per second.
+    rate: f64,
+    /// Messages per second arriving at the sink (the WebSocket server or the NATS subscriber).
+    sink_rate: Option<f64>,
+    p50_us: Option<f64>,
+    p99_us: Option<f64>,
+    /// Messages that never arrived.
+    lost: usize,
+    /// The provider's CPU seconds in the phase, and its peak resident memory.
+    cpu_seconds: Option<f64>,
+    peak_rss_kib: Option<u64>,
+    /// `rate` over the ceiling's (same size and calls in flight) and over the peer's.
+    vs_ceiling: Option<f64>,
+    vs_nats: Option<f64>,
 }
 
-#[tokio::main]
-async fn main() {
-    let messages: usize = std::env::var("BENCH_MESSAGES")
+impl Row {
+    fn new(system: System, phase: Phase, size: usize, in_flight: usize, messages: usize) -> Self {
+        Row {
+            system,
+            phase,
+            size,
+            in_flight,
+            messages,
+            rate: 0.0,
+            sink_rate: None,
+            p50_us: None,
+            p99_us: None,
+            lost: 0,
+            cpu_seconds: None,
+            peak_rss_kib: None,
+            vs_ceiling: None,
+            vs_nats: None,
+        }
+    }
+
+    fn latencies(&mut self, mut took: Vec<Duration>) {
+        if took.is_empty() {
+            return;
+        }
+        took.sort_unstable();
+        let pct = |p: f64| {
+            took[((took.len() as f64 * p) as usize).min(took.len() - 1)].as_secs_f64() * 1e6
+        };
+        self.p50_us = Some(pct(0.50));
+        self.p99_us = Some(pct(0.99));
+    }
+}
+
+#[derive(Serialize)]
+struct Soak {
+    seconds: u64,
+    rss_kib_at_10_s: u64,
+    rss_kib_at_end: u64,
+    publishes: usize,
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    messages: usize,
+    rows: Vec<Row>,
+    soak: Option<Soak>,
+}
+
+struct Bench {
+    nats: NatsServer,
+    client: async_nats::Client,
+    peer: Option<PathBuf>,
+    messages: usize,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
-    let mut rows = Vec::new();
-    for size in [16, 1024] {
-        for in_flight in [1, 64] {
-            let n = if in_flight == 1 {
-                messages / 4
-            } else {
-                messages
-            };
-            rows.push(publish(size, in_flight, n).await);
-        }
-        for in_flight in [1, 64] {
-            let n = if in_flight == 1 {
-                messages / 4
-            } else {
-                messages
-            };
-            rows.push(delivery(size, in_flight, n).await);
-        }
-    }
-    let mut latencies = Vec::new();
-    for in_flight in [1, 64] {
-        let n = if in_flight == 1 {
-            messages / 4
-        } else {
-            messages
-        };
-        let (row, p50, p99) = request(16, in_flight, n).await;
-        rows.push(row);
-        latencies.push((in_flight, p50, p99));
-    }
-    println!(
-        "\n{:<10} {:>6} {:>10} {:>9} {:>9} {:>12}",
-        "phase", "bytes", "in flight", "messages", "seconds", "msgs/s"
-    );
-    for r in &rows {
-        println!(
-            "{:<10} {:>6} {:>10} {:>9} {:>9.3} {:>12.0}",
-            r.phase,
-            r.size,
-            r.in_flight,
-            r.messages,
-            r.seconds,
-            r.messages as f64 / r.seconds
-        );
-    }
-    println!();
-    for (in_flight, p50, p99) in latencies {
-        println!("request round trip, {in_flight} in flight: p50 {p50:?}, p99 {p99:?}");
-    }
+        .unwrap_or(default)
 }
 
-/// `request` calls answered by a responder server: throughput and round-trip percentiles.
-async fn request(size: usize, in_flight: usize, n: usize) -> (Row, Duration, Duration) {
-    let rig = Rig::start().await;
-    let server = WsServer::responder().await;
-    rig.provider
-        .put_link(
-            &rig.provider
-                .consumer_link("bench", "default", &[("uri", &server.uri())]),
-        )
-        .await;
-    let component = rig.component("bench").await;
-    component
-        .publish_when_ready("default", "warm", &b""[..], WAIT)
-        .await;
-    let body = vec![b'x'; size];
+fn body(size: usize) -> Bytes {
+    Bytes::from(vec![b'x'; size])
+}
+
+/// Runs `n` calls of `call` with `in_flight` at once; returns each call's time and the wall time.
+async fn drive<F, Fut>(n: usize, in_flight: usize, call: F) -> (Vec<Duration>, f64)
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
     let started = Instant::now();
-    let mut took: Vec<Duration> = futures::stream::iter(0..n)
-        .map(|_| async {
-            let t = Instant::now();
-            let answer = component
-                .request("default", "bench.request", body.clone(), 5000)
-                .await;
-            assert!(matches!(answer, Ok(Ok(_))), "request failed: {answer:?}");
-            t.elapsed()
+    let failures = AtomicUsize::new(0);
+    let first_failure = std::sync::Mutex::new(None);
+    let took: Vec<Duration> = futures::stream::iter(0..n)
+        .map(|i| {
+            let call = &call;
+            let failures = &failures;
+            let first_failure = &first_failure;
+            async move {
+                let t = Instant::now();
+                if let Err(e) = call(i).await {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                    first_failure.lock().unwrap().get_or_insert(e);
+                }
+                t.elapsed()
+            }
         })
         .buffer_unordered(in_flight)
         .collect()
         .await;
     let seconds = started.elapsed().as_secs_f64();
-    took.sort();
-    let pct = |p: f64| took[((took.len() as f64 * p) as usize).min(took.len() - 1)];
-    let row = Row {
-        phase: "request".into(),
-        size,
-        in_flight,
-        messages: n,
-        seconds,
-    };
-    (row, pct(0.50), pct(0.99))
-}
-
-/// `publish` calls from the component until the server has received every frame.
-async fn publish(size: usize, in_flight: usize, n: usize) -> Row {
-    let rig = Rig::start().await;
-    let server = WsServer::recorder().await;
-    let max_pending = (in_flight * 2).to_string();
-    rig.provider
-        .put_link(&rig.provider.consumer_link(
-            "bench",
-            "default",
-            &[("uri", &server.uri()), ("max_pending", &max_pending)],
-        ))
-        .await;
-    let component = rig.component("bench").await;
-    component
-        .publish_when_ready("default", "warm", &b""[..], WAIT)
-        .await;
-    server.frame(WAIT).await;
-    let body = vec![b'x'; size];
-
-    let started = Instant::now();
-    let calls = futures::stream::iter(0..n)
-        .map(|_| component.publish("default", "bench.publish", body.clone(), None))
-        .buffer_unordered(in_flight);
-    let failures: Vec<String> = calls
-        .filter_map(|r| {
-            futures::future::ready(match r {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e),
-                Err(e) => Some(format!("{e:#}")),
-            })
-        })
-        .collect()
-        .await;
-    let mut frames = 0;
-    server
-        .expect("every frame", WAIT, |e| {
-            frames += usize::from(matches!(e, Event::Frame { .. }));
-            (frames == n - failures.len()).then_some(())
-        })
-        .await;
-    let seconds = started.elapsed().as_secs_f64();
-    assert!(
-        failures.is_empty(),
-        "{} publish calls failed, first: {}",
-        failures.len(),
-        failures[0]
+    let failed = failures.load(Ordering::Relaxed);
+    assert_eq!(
+        failed,
+        0,
+        "{failed} of {n} calls failed, first: {:?}",
+        first_failure.lock().unwrap()
     );
-    Row {
-        phase: "publish".into(),
-        size,
-        in_flight,
-        messages: n,
-        seconds,
+    (took, seconds)
+}
+
+fn flatten<T>(r: anyhow::Result<Result<T, String>>) -> Result<(), String> {
+    match r {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(format!("{e:#}")),
     }
 }
 
-/// Frames pushed by the server until the component's handler got every one.
-async fn delivery(size: usize, max_in_flight: usize, n: usize) -> Row {
-    let rig = Rig::start().await;
-    let server = WsServer::recorder().await;
-    let component = rig.component("bench").await;
-    let limit = max_in_flight.to_string();
-    rig.provider
-        .put_link(&rig.provider.handler_link(
-            "bench",
-            "default",
-            &[("uri", &server.uri()), ("max_in_flight", &limit)],
-        ))
+impl Bench {
+    fn count(&self, size: usize, in_flight: usize) -> usize {
+        let n = if in_flight == 1 || size > 4096 {
+            self.messages / 4
+        } else {
+            self.messages
+        };
+        n.max(100)
+    }
+
+    async fn provider(&self, system: System) -> ProviderProcess {
+        let binary = match system {
+            System::Nats => self.peer.clone(),
+            _ => None,
+        };
+        ProviderProcess::start(
+            &self.nats,
+            ProviderOptions {
+                binary,
+                log_level: Some(wasmcloud_provider_sdk::core::logging::Level::Warn),
+                ..Default::default()
+            },
+        )
+        .await
+    }
+
+    /// `cluster_uris` on every link of the peer: without it, it connects to 0.0.0.0:4222.
+    fn link_config<'a>(
+        &'a self,
+        system: System,
+        extra: &[(&'a str, &'a str)],
+    ) -> Vec<(&'a str, &'a str)> {
+        let mut config = extra.to_vec();
+        if system == System::Nats {
+            config.push(("cluster_uris", &self.nats.url));
+        }
+        config
+    }
+
+    fn measured(row: &mut Row, provider: &ProviderProcess, cpu_before: f64) {
+        row.cpu_seconds = Some(provider.cpu_seconds() - cpu_before);
+        row.peak_rss_kib = Some(provider.peak_rss_kib());
+    }
+
+    async fn publish(&self, system: System, size: usize, in_flight: usize) -> Row {
+        let n = self.count(size, in_flight);
+        let mut row = Row::new(system, Phase::Publish, size, in_flight, n);
+        let provider = self.provider(system).await;
+        let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
+        let body = body(size);
+        let max_pending = (in_flight * 2).max(1024).to_string();
+        let (took, seconds, sink_seconds, received) = match system {
+            System::Websocket => {
+                let server = WsServer::counter().await;
+                let uri = server.uri();
+                let config = [("uri", uri.as_str()), ("max_pending", &max_pending)];
+                provider
+                    .put_link(&provider.consumer_link("bench", "default", &config))
+                    .await;
+                component
+                    .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
+                    .await;
+                server.wait_frames(1, WAIT).await;
+                let cpu = provider.cpu_seconds();
+                let started = Instant::now();
+                let (took, seconds) = drive(n, in_flight, |_| {
+                    let call = component.publish("default", "bench.publish", body.clone(), None);
+                    async move { flatten(call.await) }
+                })
+                .await;
+                let received = server.wait_frames(n + 1, WAIT).await - 1;
+                let sink_seconds = started.elapsed().as_secs_f64();
+                Self::measured(&mut row, &provider, cpu);
+                (took, seconds, sink_seconds, received)
+            }
+            System::Nats => {
+                let sink = self.client.subscribe("bench.publish").await.unwrap();
+                let sink = counting(sink);
+                self.client.flush().await.unwrap();
+                let config = self.link_config(system, &[]);
+                provider
+                    .put_link(&provider.consumer_link("bench", "default", &config))
+                    .await;
+                component
+                    .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
+                    .await;
+                let cpu = provider.cpu_seconds();
+                let started = Instant::now();
+                let (took, seconds) = drive(n, in_flight, |_| {
+                    let call = component.publish("default", "bench.publish", body.clone(), None);
+                    async move { flatten(call.await) }
+                })
+                .await;
+                let received = sink.wait(n, WAIT).await;
+                let sink_seconds = started.elapsed().as_secs_f64();
+                Self::measured(&mut row, &provider, cpu);
+                (took, seconds, sink_seconds, received)
+            }
+            System::Ceiling => unreachable!(),
+        };
+        row.rate = n as f64 / seconds;
+        row.sink_rate = Some(received as f64 / sink_seconds);
+        row.lost = n - received.min(n);
+        row.latencies(took);
+        row
+    }
+
+    async fn delivery(&self, system: System, size: usize, max_in_flight: usize) -> Row {
+        let n = self.count(size, max_in_flight.max(64));
+        let mut row = Row::new(system, Phase::Delivery, size, max_in_flight, n);
+        let provider = self.provider(system).await;
+        let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
+        component.set_behaviour(Behaviour {
+            count_only: true,
+            ..Default::default()
+        });
+        let payload = body(size);
+        let started;
+        let cpu;
+        match system {
+            System::Websocket => {
+                let server = WsServer::recorder().await;
+                let limit = max_in_flight.to_string();
+                let uri = server.uri();
+                let config = [("uri", uri.as_str()), ("max_in_flight", &limit)];
+                provider
+                    .put_link(&provider.handler_link("bench", "default", &config))
+                    .await;
+                server.connected(WAIT).await;
+                // The handler link's put has been handled once a first frame arrives.
+                let frame = Message::text(
+                    serde_json::json!({
+                        "subject": "bench.delivery",
+                        "body": base64::engine::general_purpose::STANDARD.encode(&payload),
+                    })
+                    .to_string(),
+                );
+                server.push(frame.clone());
+                assert_eq!(component.wait_count(1, WAIT).await, 1, "warm-up delivered");
+                cpu = provider.cpu_seconds();
+                started = Instant::now();
+                server.push_many(vec![frame; n]);
+            }
+            System::Nats => {
+                let config = self.link_config(system, &[("subscriptions", "bench.delivery")]);
+                provider
+                    .put_link(&provider.handler_link("bench", "default", &config))
+                    .await;
+                // Probe until the subscription exists.
+                let deadline = Instant::now() + WAIT;
+                while component.count() == 0 {
+                    assert!(Instant::now() < deadline, "the peer never subscribed");
+                    self.client
+                        .publish("bench.delivery", payload.clone())
+                        .await
+                        .unwrap();
+                    self.client.flush().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                // Late probes still on their way are delivered, then the count starts afresh.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let probes = component.count();
+                cpu = provider.cpu_seconds();
+                started = Instant::now();
+                for _ in 0..n {
+                    self.client
+                        .publish("bench.delivery", payload.clone())
+                        .await
+                        .unwrap();
+                }
+                self.client.flush().await.unwrap();
+                let got = component.wait_count(probes + n, WAIT).await - probes;
+                let seconds = started.elapsed().as_secs_f64();
+                Self::measured(&mut row, &provider, cpu);
+                row.rate = got as f64 / seconds;
+                row.lost = n - got.min(n);
+                return row;
+            }
+            System::Ceiling => unreachable!(),
+        }
+        let got = component.wait_count(1 + n, WAIT).await - 1;
+        let seconds = started.elapsed().as_secs_f64();
+        Self::measured(&mut row, &provider, cpu);
+        row.rate = got as f64 / seconds;
+        row.lost = n - got.min(n);
+        row
+    }
+
+    async fn request(&self, system: System, size: usize, in_flight: usize) -> Row {
+        let n = self.count(size, in_flight);
+        let mut row = Row::new(system, Phase::Request, size, in_flight, n);
+        let provider = self.provider(system).await;
+        let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
+        let _responder;
+        let _server;
+        match system {
+            System::Websocket => {
+                let server = WsServer::quiet_responder().await;
+                let uri = server.uri();
+                provider
+                    .put_link(&provider.consumer_link("bench", "default", &[("uri", &uri)]))
+                    .await;
+                _server = server;
+            }
+            System::Nats => {
+                _responder = respond(&self.client, "bench.request").await;
+                let config = self.link_config(system, &[]);
+                provider
+                    .put_link(&provider.consumer_link("bench", "default", &config))
+                    .await;
+            }
+            System::Ceiling => unreachable!(),
+        }
+        component
+            .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
+            .await;
+        let body = body(size);
+        let cpu = provider.cpu_seconds();
+        let (took, seconds) = drive(n, in_flight, |_| {
+            let call = component.request("default", "bench.request", body.clone(), 5000);
+            async move { flatten(call.await) }
+        })
         .await;
-    server.connected(WAIT).await;
-    let frame = serde_json::json!({
-        "subject": "bench.delivery",
-        "body": base64::engine::general_purpose::STANDARD.encode(vec![b'x'; size]),
+        Self::measured(&mut row, &provider, cpu);
+        row.rate = n as f64 / seconds;
+        row.latencies(took);
+        row
+    }
+
+    /// The ceiling: the played component calling the trivial `consumer` in a child process
+    /// (publish- and request-shaped calls), or a child process calling the played component's
+    /// `handle-message` (delivery-shaped).
+    async fn ceiling(&self, phase: Phase, size: usize, in_flight: usize) -> Row {
+        let n = if phase == Phase::Delivery {
+            self.count(size, 64)
+        } else {
+            self.count(size, in_flight)
+        };
+        let mut row = Row::new(System::Ceiling, phase, size, in_flight, n);
+        let lattice = common::unique("ceiling-lattice");
+        let target = "trivial";
+        let vars = |mode: &str, target: &str| {
+            vec![
+                ("BENCH_CHILD", mode.to_string()),
+                ("BENCH_CHILD_NATS", self.nats.url.clone()),
+                ("BENCH_CHILD_LATTICE", lattice.clone()),
+                ("BENCH_CHILD_TARGET", target.to_string()),
+                ("BENCH_CHILD_N", n.to_string()),
+                ("BENCH_CHILD_IN_FLIGHT", in_flight.to_string()),
+                ("BENCH_CHILD_SIZE", size.to_string()),
+            ]
+        };
+        if phase == Phase::Delivery {
+            let component =
+                PlayedComponent::start_for(&lattice, target, &self.nats.url, "bench").await;
+            component.set_behaviour(Behaviour {
+                count_only: true,
+                ..Default::default()
+            });
+            let mut child = Child::start(&vars("deliver", "bench")).await;
+            let answer: serde_json::Value = serde_json::from_str(&child.line().await).unwrap();
+            assert_eq!(component.count(), n, "every call reached the handler");
+            row.rate = n as f64 / answer["seconds"].as_f64().unwrap();
+            row.p50_us = answer["p50_us"].as_f64();
+            row.p99_us = answer["p99_us"].as_f64();
+            return row;
+        }
+        let mut serving = Child::start(&vars("serve", target)).await;
+        assert_eq!(serving.line().await, "ready");
+        let component = PlayedComponent::start_for(&lattice, target, &self.nats.url, "bench").await;
+        let body = body(size);
+        let (took, seconds) = drive(n, in_flight, |_| {
+            let component = &component;
+            let body = body.clone();
+            async move {
+                match phase {
+                    Phase::Request => flatten(
+                        component
+                            .request("default", "bench.request", body, 5000)
+                            .await,
+                    ),
+                    _ => flatten(
+                        component
+                            .publish("default", "bench.publish", body, None)
+                            .await,
+                    ),
+                }
+            }
+        })
+        .await;
+        drop(serving);
+        row.rate = n as f64 / seconds;
+        row.latencies(took);
+        row
+    }
+
+    /// Publishes 1 KiB with 64 in flight for `seconds`; our provider's resident memory at 10 s
+    /// and at the end.
+    async fn soak(&self, seconds: u64) -> Soak {
+        let provider = self.provider(System::Websocket).await;
+        let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
+        let server = WsServer::counter().await;
+        let uri = server.uri();
+        provider
+            .put_link(&provider.consumer_link("bench", "default", &[("uri", &uri)]))
+            .await;
+        component
+            .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
+            .await;
+        let body = body(1024);
+        let started = Instant::now();
+        let end = started + Duration::from_secs(seconds);
+        let mut at_10 = None;
+        let mut publishes = 0;
+        while Instant::now() < end {
+            let (took, _) = drive(6400, 64, |_| {
+                let call = component.publish("default", "bench.soak", body.clone(), None);
+                async move { flatten(call.await) }
+            })
+            .await;
+            publishes += took.len();
+            if at_10.is_none() && started.elapsed() >= Duration::from_secs(10) {
+                at_10 = Some(provider.rss_kib());
+            }
+        }
+        Soak {
+            seconds,
+            rss_kib_at_10_s: at_10.unwrap_or_else(|| provider.rss_kib()),
+            rss_kib_at_end: provider.rss_kib(),
+            publishes,
+        }
+    }
+}
+
+/// A NATS subscription counted in the background.
+struct Counted {
+    count: Arc<AtomicUsize>,
+    changed: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn counting(mut sub: async_nats::Subscriber) -> Counted {
+    let count = Arc::new(AtomicUsize::new(0));
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let task = tokio::spawn({
+        let (count, changed) = (Arc::clone(&count), Arc::clone(&changed));
+        async move {
+            while sub.next().await.is_some() {
+                count.fetch_add(1, Ordering::SeqCst);
+                changed.notify_waiters();
+            }
+        }
+    });
+    Counted {
+        count,
+        changed,
+        task,
+    }
+}
+
+impl Counted {
+    async fn wait(&self, n: usize, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let count = self.count.load(Ordering::SeqCst);
+            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count.load(Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A NATS responder: every request on `subject` is answered with its own body.
+async fn respond(client: &async_nats::Client, subject: &str) -> tokio::task::JoinHandle<()> {
+    let mut sub = client.subscribe(subject.to_string()).await.unwrap();
+    client.flush().await.unwrap();
+    let client = client.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            if let Some(reply) = msg.reply {
+                let _ = client.publish(reply, msg.payload).await;
+            }
+        }
     })
-    .to_string();
-    let started = Instant::now();
-    for _ in 0..n {
-        server.push(Message::text(frame.clone()));
+}
+
+/// The ceiling's other process: this benchmark run again with `BENCH_CHILD` set.
+struct Child {
+    process: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Child {
+    async fn start(vars: &[(&str, String)]) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut command = tokio::process::Command::new(std::env::current_exe().unwrap());
+        command
+            .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        let mut process = command.spawn().expect("the benchmark starts itself");
+        let stdout = process.stdout.take().unwrap();
+        let lines = tokio::io::BufReader::new(stdout).lines();
+        Child { process, lines }
     }
-    let received = component.wait_received(n, WAIT).await;
-    let seconds = started.elapsed().as_secs_f64();
-    assert_eq!(received.len(), n, "messages lost or duplicated");
-    Row {
-        phase: "delivery".into(),
-        size,
-        in_flight: max_in_flight,
-        messages: n,
-        seconds,
+
+    /// The child's next line on stdout.
+    async fn line(&mut self) -> String {
+        tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("the child answers")
+            .unwrap()
+            .expect("the child is alive")
     }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.process.start_kill();
+    }
+}
+
+/// What a child process does: serve the trivial `consumer` (printing `ready`), or call
+/// `handle-message` `BENCH_CHILD_N` times (printing seconds and latencies as JSON).
+async fn child(mode: &str) {
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is set"));
+    let (url, lattice, target) = (
+        var("BENCH_CHILD_NATS"),
+        var("BENCH_CHILD_LATTICE"),
+        var("BENCH_CHILD_TARGET"),
+    );
+    match mode {
+        "serve" => {
+            let serving = serve_trivial(&url, &lattice, &target).await;
+            println!("ready");
+            let _ = serving.await;
+        }
+        "deliver" => {
+            let nats = Arc::new(delivery_nats::connect(url.as_str()).await.unwrap());
+            let client = delivery_wrpc::Client::new(nats, format!("{lattice}.{target}"), None)
+                .await
+                .unwrap();
+            let n: usize = var("BENCH_CHILD_N").parse().unwrap();
+            let in_flight: usize = var("BENCH_CHILD_IN_FLIGHT").parse().unwrap();
+            let msg = TrivialMessage {
+                subject: "bench.delivery".into(),
+                body: body(var("BENCH_CHILD_SIZE").parse().unwrap()),
+                reply_to: None,
+            };
+            let (took, seconds) = drive(n, in_flight, |_| {
+                let call =
+                    trivial::wasmcloud::messaging::handler::handle_message(&client, None, &msg);
+                async move { flatten(call.await) }
+            })
+            .await;
+            let mut row = Row::new(System::Ceiling, Phase::Delivery, 0, in_flight, n);
+            row.latencies(took);
+            println!(
+                "{}",
+                serde_json::json!({"seconds": seconds, "p50_us": row.p50_us, "p99_us": row.p99_us})
+            );
+        }
+        other => panic!("unknown BENCH_CHILD {other}"),
+    }
+}
+
+/// Serves the trivial `consumer` as `target` on `lattice`.
+async fn serve_trivial(nats_url: &str, lattice: &str, target: &str) -> tokio::task::JoinHandle<()> {
+    let nats = Arc::new(delivery_nats::connect(nats_url).await.unwrap());
+    let client = delivery_wrpc::Client::new(Arc::clone(&nats), format!("{lattice}.{target}"), None)
+        .await
+        .unwrap();
+    let invocations = trivial::serve(&client, Trivial).await.unwrap();
+    nats.flush().await.unwrap();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut all = futures::stream::select_all(invocations.into_iter().map(|(_, _, s)| s));
+        while let Some(invocation) = all.next().await {
+            if let Ok(fut) = invocation {
+                tokio::spawn(async move {
+                    let _ = fut.await;
+                });
+            }
+        }
+    })
+}
+
+/// Fills in each row's ratio to the ceiling (same phase, size and calls in flight) and to the
+/// peer (same phase, size and in flight; the peer's single unbounded delivery row for both of
+/// ours).
+fn ratios(rows: &mut [Row]) {
+    let snapshot = rows.to_vec();
+    for row in rows.iter_mut().filter(|r| r.system != System::Ceiling) {
+        // The peer's unbounded delivery is compared with 64 calls in flight.
+        let calls = if row.in_flight == 0 {
+            64
+        } else {
+            row.in_flight
+        };
+        row.vs_ceiling = snapshot
+            .iter()
+            .find(|c| {
+                c.system == System::Ceiling
+                    && c.phase == row.phase
+                    && c.size == row.size
+                    && c.in_flight == calls
+            })
+            .map(|c| row.rate / c.rate);
+        if row.system == System::Websocket {
+            row.vs_nats = snapshot
+                .iter()
+                .find(|p| {
+                    p.system == System::Nats
+                        && p.phase == row.phase
+                        && p.size == row.size
+                        && (p.in_flight == row.in_flight || row.phase == Phase::Delivery)
+                })
+                .map(|p| row.rate / p.rate);
+        }
+    }
+}
+
+fn print(rows: &[Row]) {
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    println!(
+        "\n{:<9} {:<8} {:>6} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>5} {:>6} {:>7} {:>7} {:>7}",
+        "system",
+        "phase",
+        "bytes",
+        "infl",
+        "msgs",
+        "rate/s",
+        "sink/s",
+        "p50 us",
+        "p99 us",
+        "lost",
+        "cpu s",
+        "rss MiB",
+        "/ceil",
+        "/nats"
+    );
+    for r in rows {
+        println!(
+            "{:<9} {:<8} {:>6} {:>5} {:>7} {:>9.0} {:>9} {:>8} {:>8} {:>5} {:>6} {:>7} {:>7} {:>7}",
+            r.system.name(),
+            r.phase.name(),
+            r.size,
+            if r.in_flight == 0 {
+                "unb".to_string()
+            } else {
+                r.in_flight.to_string()
+            },
+            r.messages,
+            r.rate,
+            opt(r.sink_rate, 0),
+            opt(r.p50_us, 0),
+            opt(r.p99_us, 0),
+            r.lost,
+            opt(r.cpu_seconds, 2),
+            opt(r.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
+            opt(r.vs_ceiling, 2),
+            opt(r.vs_nats, 2),
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    if let Ok(mode) = std::env::var("BENCH_CHILD") {
+        return child(&mode).await;
+    }
+    let messages = env_or("BENCH_MESSAGES", 20_000usize);
+    let sizes: Vec<usize> = std::env::var("BENCH_SIZES")
+        .unwrap_or_else(|_| "16,1024,65536".into())
+        .split(',')
+        .map(|s| s.trim().parse().expect("BENCH_SIZES: byte counts"))
+        .collect();
+    let soak_seconds = env_or("BENCH_SOAK_SECS", 60u64);
+    let peer = std::env::var_os("BENCH_NATS_PEER")
+        .map(PathBuf::from)
+        .filter(|p| p.is_file());
+    if peer.is_none() {
+        eprintln!("BENCH_NATS_PEER not set or not a file: the NATS provider's rows are skipped (./scripts/bench.sh builds it)");
+    }
+    let nats = NatsServer::start().await;
+    let client = nats.client().await;
+    let bench = Bench {
+        nats,
+        client,
+        peer,
+        messages,
+    };
+    let mut systems = vec![System::Websocket];
+    if bench.peer.is_some() {
+        systems.push(System::Nats);
+    }
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        for in_flight in [1, 64] {
+            for phase in [Phase::Publish, Phase::Request, Phase::Delivery] {
+                let row = bench.ceiling(phase, size, in_flight).await;
+                eprintln!(
+                    "ceiling {} {size} B x{in_flight}: {:.0}/s",
+                    phase.name(),
+                    row.rate
+                );
+                rows.push(row);
+            }
+        }
+        for &system in &systems {
+            for in_flight in [1, 64] {
+                let row = bench.publish(system, size, in_flight).await;
+                eprintln!(
+                    "{} publish {size} B x{in_flight}: {:.0}/s",
+                    system.name(),
+                    row.rate
+                );
+                rows.push(row);
+                let row = bench.request(system, size, in_flight).await;
+                eprintln!(
+                    "{} request {size} B x{in_flight}: {:.0}/s",
+                    system.name(),
+                    row.rate
+                );
+                rows.push(row);
+            }
+            let limits: &[usize] = if system == System::Nats {
+                &[0]
+            } else {
+                &[1, 64]
+            };
+            for &limit in limits {
+                let row = bench.delivery(system, size, limit).await;
+                eprintln!(
+                    "{} delivery {size} B x{limit}: {:.0}/s",
+                    system.name(),
+                    row.rate
+                );
+                rows.push(row);
+            }
+        }
+    }
+    ratios(&mut rows);
+    print(&rows);
+    let soak = if soak_seconds > 0 {
+        let soak = bench.soak(soak_seconds).await;
+        println!(
+            "\nsoak: {} publishes of 1 KiB in {} s, resident memory {} KiB at 10 s, {} KiB at the end ({:+.1} %)",
+            soak.publishes,
+            soak.seconds,
+            soak.rss_kib_at_10_s,
+            soak.rss_kib_at_end,
+            (soak.rss_kib_at_end as f64 / soak.rss_kib_at_10_s as f64 - 1.0) * 100.0
+        );
+        Some(soak)
+    } else {
+        None
+    };
+    let path = std::env::var_os("BENCH_JSON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench/throughput.json")
+        });
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let report = Report {
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        messages,
+        rows,
+        soak,
+    };
+    std::fs::write(&path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
+    println!("\nJSON: {}", path.display());
 }

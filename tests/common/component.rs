@@ -24,6 +24,8 @@ pub struct Behaviour {
     pub gated: bool,
     /// Answer a message that has a `reply_to`: publish `answer: <body>` to it through this link.
     pub answer_through: Option<String>,
+    /// Count messages without keeping them (benchmarks of large bodies).
+    pub count_only: bool,
 }
 
 /// The provider's client and the component's id.
@@ -32,6 +34,8 @@ type Caller = (Arc<delivery_wrpc::Client>, String);
 #[derive(Clone)]
 struct Recorder {
     received: Arc<Mutex<Vec<BrokerMessage>>>,
+    /// Every message handled, kept or not.
+    count: Arc<AtomicUsize>,
     changed: Arc<Notify>,
     behaviour: Arc<Mutex<Behaviour>>,
     running: Arc<AtomicUsize>,
@@ -45,6 +49,7 @@ impl Default for Recorder {
     fn default() -> Self {
         Recorder {
             received: Arc::default(),
+            count: Arc::default(),
             changed: Arc::default(),
             behaviour: Arc::default(),
             running: Arc::default(),
@@ -68,8 +73,13 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
         let behaviour = self.behaviour.lock().unwrap().clone();
         let reply_to = msg.reply_to.clone();
         let mut answer = b"answer: ".to_vec();
-        answer.extend_from_slice(&msg.body);
-        self.received.lock().unwrap().push(msg);
+        if behaviour.answer_through.is_some() {
+            answer.extend_from_slice(&msg.body);
+        }
+        if !behaviour.count_only {
+            self.received.lock().unwrap().push(msg);
+        }
+        self.count.fetch_add(1, Ordering::SeqCst);
         self.changed.notify_waiters();
         let caller = self.caller.lock().unwrap().clone();
         if let (Some(link), Some(reply_to), Some((provider, id))) =
@@ -112,14 +122,16 @@ pub struct PlayedComponent {
 impl PlayedComponent {
     /// Serves `handle-message` for component `id` on the provider's lattice.
     pub async fn start(provider: &ProviderProcess, nats_url: &str, id: &str) -> Self {
+        Self::start_for(&provider.lattice, &provider.provider_key, nats_url, id).await
+    }
+
+    /// Serves `handle-message` for component `id` on `lattice`, and calls `consumer` on
+    /// `target` there (a provider, or the benchmark's trivial server).
+    pub async fn start_for(lattice: &str, target: &str, nats_url: &str, id: &str) -> Self {
         let nats = Arc::new(delivery_nats::connect(nats_url).await.unwrap());
-        let own = delivery_wrpc::Client::new(
-            Arc::clone(&nats),
-            format!("{}.{id}", provider.lattice),
-            None,
-        )
-        .await
-        .unwrap();
+        let own = delivery_wrpc::Client::new(Arc::clone(&nats), format!("{lattice}.{id}"), None)
+            .await
+            .unwrap();
         let recorder = Recorder::default();
         let invocations = played::serve(&own, recorder.clone()).await.unwrap();
         // The server has registered the subscriptions once it answered a ping after them: no
@@ -136,13 +148,9 @@ impl PlayedComponent {
                 }
             }
         });
-        let provider_client = delivery_wrpc::Client::new(
-            nats,
-            format!("{}.{}", provider.lattice, provider.provider_key),
-            None,
-        )
-        .await
-        .unwrap();
+        let provider_client = delivery_wrpc::Client::new(nats, format!("{lattice}.{target}"), None)
+            .await
+            .unwrap();
         let provider_client = Arc::new(provider_client);
         *recorder.caller.lock().unwrap() = Some((Arc::clone(&provider_client), id.to_string()));
         PlayedComponent {
@@ -236,6 +244,26 @@ impl PlayedComponent {
 
     pub fn received(&self) -> Vec<BrokerMessage> {
         self.recorder.received.lock().unwrap().clone()
+    }
+
+    /// How many messages the handler got, kept or not.
+    pub fn count(&self) -> usize {
+        self.recorder.count.load(Ordering::SeqCst)
+    }
+
+    /// Waits until the handler got `n` messages in all (kept or not), or `limit` passed; returns
+    /// the count then.
+    pub async fn wait_count(&self, n: usize, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.recorder.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let count = self.count();
+            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.count();
+            }
+        }
     }
 
     /// The most handler invocations that ran at once.

@@ -29,6 +29,8 @@ pub struct ProviderOptions {
     pub provider_key: Option<String>,
     /// The log level the host asks for; debug (or `TEST_PROVIDER_LOG_LEVEL`) when unset.
     pub log_level: Option<Level>,
+    /// Another provider binary to start the same way (the benchmark's peer); ours when unset.
+    pub binary: Option<std::path::PathBuf>,
 }
 
 /// Every line the provider wrote to stdout or stderr, and a way to wait for one.
@@ -163,7 +165,11 @@ impl ProviderProcess {
         let line = base64::engine::general_purpose::STANDARD
             .encode(serde_json::to_vec(&host_data).unwrap());
 
-        let mut command = Command::new(BINARY);
+        let mut command = Command::new(
+            options
+                .binary
+                .unwrap_or_else(|| std::path::PathBuf::from(BINARY)),
+        );
         command
             .env_clear()
             .stdin(Stdio::piped())
@@ -322,6 +328,28 @@ impl ProviderProcess {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .expect("VmRSS in /proc/<pid>/status")
+    }
+
+    /// The CPU time the provider has used so far (user + system), from /proc.
+    pub fn cpu_seconds(&self) -> f64 {
+        let pid = self.child.id().expect("the provider runs");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // The fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // USER_HZ is 100 on Linux.
+        ticks as f64 / 100.0
+    }
+
+    /// The provider's peak resident memory so far (VmHWM), from /proc.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().expect("the provider runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/<pid>/status")
     }
 
     /// How many file descriptors (sockets included) and threads the provider has open.

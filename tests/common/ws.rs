@@ -37,6 +37,8 @@ pub enum Event {
 
 enum Command {
     Send(Message),
+    /// Written one after another and flushed once.
+    SendMany(Vec<Message>),
     Drop,
     Stall,
 }
@@ -54,6 +56,7 @@ pub struct WsServer {
     tls: bool,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
+    frames: Arc<FrameCount>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -93,12 +96,23 @@ impl WsServer {
 
     /// A recorder behind TLS with `config` (see `certs::server_config`).
     pub async fn recorder_tls(config: Arc<rustls::ServerConfig>) -> Self {
-        Self::listen(Mode::Record, 0, Some(config)).await
+        Self::listen(Mode::Record, 0, Some(config), false).await
     }
 
     /// An echo server behind TLS with `config`.
     pub async fn echo_tls(config: Arc<rustls::ServerConfig>) -> Self {
-        Self::listen(Mode::Echo, 0, Some(config)).await
+        Self::listen(Mode::Echo, 0, Some(config), false).await
+    }
+
+    /// A recorder that only counts the data frames it gets (no events for them): a sink for
+    /// benchmarks. See [`WsServer::frames`].
+    pub async fn counter() -> Self {
+        Self::listen(Mode::Record, 0, None, true).await
+    }
+
+    /// A responder that only counts the frames it answers (no events for them).
+    pub async fn quiet_responder() -> Self {
+        Self::listen(Mode::Respond, 0, None, true).await
     }
 
     async fn start(mode: Mode) -> Self {
@@ -106,10 +120,15 @@ impl WsServer {
     }
 
     async fn start_on(mode: Mode, port: u16) -> Self {
-        Self::listen(mode, port, None).await
+        Self::listen(mode, port, None, false).await
     }
 
-    async fn listen(mode: Mode, port: u16, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
+    async fn listen(
+        mode: Mode,
+        port: u16,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        quiet: bool,
+    ) -> Self {
         // A server restarted on its port may find the old listener not yet closed (its task is
         // aborted, which takes effect at its next poll): retry for a while.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -129,11 +148,18 @@ impl WsServer {
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let is_tls = tls.is_some();
+        let frames = Arc::new(FrameCount::default());
+        let conf = Conf {
+            mode,
+            quiet,
+            frames: Arc::clone(&frames),
+        };
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn({
             let conns = Arc::clone(&conns);
             let accepted = Arc::clone(&accepted);
             let sent = Arc::clone(&sent);
+            let conf = conf.clone();
             async move {
                 let mut next = 0;
                 while let Ok((tcp, _)) = listener.accept().await {
@@ -142,14 +168,15 @@ impl WsServer {
                     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
                     conns.lock().unwrap().insert(next, cmd_tx);
                     let (events, sent) = (events_tx.clone(), Arc::clone(&sent));
+                    let conf = conf.clone();
                     match acceptor.clone() {
                         None => {
-                            tokio::spawn(serve(next, tcp, mode, events, cmd_rx, sent));
+                            tokio::spawn(serve(next, tcp, conf, events, cmd_rx, sent));
                         }
                         Some(acceptor) => {
                             tokio::spawn(async move {
                                 match acceptor.accept(tcp).await {
-                                    Ok(tls) => serve(next, tls, mode, events, cmd_rx, sent).await,
+                                    Ok(tls) => serve(next, tls, conf, events, cmd_rx, sent).await,
                                     Err(e) => {
                                         let error = e.to_string();
                                         let _ = events.send(Event::TlsFailed { conn: next, error });
@@ -164,6 +191,7 @@ impl WsServer {
         WsServer {
             addr,
             tls: is_tls,
+            frames,
             accepted,
             sent,
             events: tokio::sync::Mutex::new(events),
@@ -250,6 +278,33 @@ impl WsServer {
         }
     }
 
+    /// How many data frames the server got so far, on every connection.
+    pub fn frames(&self) -> usize {
+        self.frames.count.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the server got `n` data frames in all, or `limit` passed; returns the count.
+    pub async fn wait_frames(&self, n: usize, limit: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.frames.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let count = self.frames();
+            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.frames();
+            }
+        }
+    }
+
+    /// Sends frames on the newest connection, written one after another with one flush.
+    pub fn push_many(&self, messages: Vec<Message>) {
+        let conns = self.conns.lock().unwrap();
+        let (_, conn) = conns.iter().next_back().expect("a client is connected");
+        conn.send(Command::SendMany(messages))
+            .expect("connection alive");
+    }
+
     /// Sends a frame on the newest connection.
     pub fn push(&self, message: Message) {
         let conns = self.conns.lock().unwrap();
@@ -285,7 +340,7 @@ impl Drop for WsServer {
 async fn serve<S>(
     conn: usize,
     tcp: S,
-    mode: Mode,
+    conf: Conf,
     events: mpsc::UnboundedSender<Event>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
@@ -314,6 +369,14 @@ async fn serve<S>(
                     }
                     sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 }
+                Some(Command::SendMany(messages)) => {
+                    let n = messages.len();
+                    let mut all = futures::stream::iter(messages.into_iter().map(Ok));
+                    if ws.send_all(&mut all).await.is_err() {
+                        break;
+                    }
+                    sent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                }
                 Some(Command::Drop) | None => break,
                 Some(Command::Stall) => {
                     // Hold the socket without touching it until told to drop it.
@@ -330,8 +393,12 @@ async fn serve<S>(
                     let _ = events.send(Event::Closed { conn, frame });
                 }
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    let _ = events.send(Event::Frame { conn, message: message.clone() });
-                    let answer = match mode {
+                    conf.frames.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    conf.frames.changed.notify_waiters();
+                    if !conf.quiet {
+                        let _ = events.send(Event::Frame { conn, message: message.clone() });
+                    }
+                    let answer = match conf.mode {
                         Mode::Echo => Some(message),
                         Mode::Respond => respond(&message),
                         Mode::Ack => acknowledge(&message),
@@ -352,6 +419,21 @@ async fn serve<S>(
         }
     }
     let _ = events.send(Event::Ended { conn });
+}
+
+/// How a server's connections behave.
+#[derive(Clone)]
+struct Conf {
+    mode: Mode,
+    /// No `Event::Frame` for data frames (they are only counted).
+    quiet: bool,
+    frames: Arc<FrameCount>,
+}
+
+#[derive(Default)]
+struct FrameCount {
+    count: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
 }
 
 /// The responder's answer to an envelope with a `reply_to`.
