@@ -22,7 +22,8 @@
 //! `./scripts/bench.sh` builds the peer and runs this (`cargo bench --bench throughput`).
 //! Environment: `BENCH_MESSAGES` (20000: messages of a 64-in-flight phase at 16 B and 1 KiB; a
 //! quarter for one-at-a-time phases and for 64 KiB), `BENCH_SIZES` (`16,1024,65536`),
-//! `BENCH_SOAK_SECS` (60, 0 = none), `BENCH_NATS_PEER` (the peer binary; without it the peer
+//! `BENCH_SOAK_SECS` (60, 0 = none), `BENCH_PHASES` (`publish,request,delivery`; `ceiling` is
+//! measured for the phases chosen), `BENCH_IN_FLIGHT` (`1,64`), `BENCH_NATS_PEER` (the peer binary; without it the peer
 //! rows are skipped), `BENCH_JSON` (`target/bench/throughput.json`).
 
 #[path = "../tests/common/mod.rs"]
@@ -454,6 +455,20 @@ impl Bench {
         let got = component.wait_count(1 + n, WAIT).await - 1;
         let seconds = started.elapsed().as_secs_f64();
         Self::measured(&mut row, &provider, cpu);
+        if got < n {
+            eprintln!(
+                "{} of {n} not delivered within {WAIT:?}; the provider's warnings:\n{}",
+                n - got,
+                provider
+                    .logs
+                    .all()
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
         row.rate = got as f64 / seconds;
         row.lost = n - got.min(n);
         row
@@ -859,6 +874,26 @@ async fn main() {
         .map(|s| s.trim().parse().expect("BENCH_SIZES: byte counts"))
         .collect();
     let soak_seconds = env_or("BENCH_SOAK_SECS", 60u64);
+    let list = |name: &str, default: &str| -> Vec<String> {
+        std::env::var(name)
+            .unwrap_or_else(|_| default.into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    let phases: Vec<Phase> = list("BENCH_PHASES", "publish,request,delivery")
+        .iter()
+        .map(|p| match p.as_str() {
+            "publish" => Phase::Publish,
+            "request" => Phase::Request,
+            "delivery" => Phase::Delivery,
+            other => panic!("BENCH_PHASES: unknown phase {other}"),
+        })
+        .collect();
+    let in_flights: Vec<usize> = list("BENCH_IN_FLIGHT", "1,64")
+        .iter()
+        .map(|n| n.parse().expect("BENCH_IN_FLIGHT: numbers"))
+        .collect();
     let peer = std::env::var_os("BENCH_NATS_PEER")
         .map(PathBuf::from)
         .filter(|p| p.is_file());
@@ -879,8 +914,8 @@ async fn main() {
     }
     let mut rows = Vec::new();
     for &size in &sizes {
-        for in_flight in [1, 64] {
-            for phase in [Phase::Publish, Phase::Request, Phase::Delivery] {
+        for &in_flight in &in_flights {
+            for &phase in &phases {
                 let row = bench.ceiling(phase, size, in_flight).await;
                 eprintln!(
                     "ceiling {} {size} B x{in_flight}: {:.0}/s",
@@ -891,28 +926,34 @@ async fn main() {
             }
         }
         for &system in &systems {
-            for in_flight in [1, 64] {
-                let row = bench.publish(system, size, in_flight).await;
-                eprintln!(
-                    "{} publish {size} B x{in_flight}: {:.0}/s",
-                    system.name(),
-                    row.rate
-                );
-                rows.push(row);
-                let row = bench.request(system, size, in_flight).await;
-                eprintln!(
-                    "{} request {size} B x{in_flight}: {:.0}/s",
-                    system.name(),
-                    row.rate
-                );
-                rows.push(row);
+            for &in_flight in &in_flights {
+                for phase in [Phase::Publish, Phase::Request] {
+                    if !phases.contains(&phase) {
+                        continue;
+                    }
+                    let row = match phase {
+                        Phase::Publish => bench.publish(system, size, in_flight).await,
+                        _ => bench.request(system, size, in_flight).await,
+                    };
+                    eprintln!(
+                        "{} {} {size} B x{in_flight}: {:.0}/s",
+                        system.name(),
+                        phase.name(),
+                        row.rate
+                    );
+                    rows.push(row);
+                }
             }
-            let limits: &[usize] = if system == System::Nats {
-                &[0]
+            if !phases.contains(&Phase::Delivery) {
+                continue;
+            }
+            // The peer has no bound on deliveries in flight: one row.
+            let limits = if system == System::Nats {
+                vec![0]
             } else {
-                &[1, 64]
+                in_flights.clone()
             };
-            for &limit in limits {
+            for limit in limits {
                 let row = bench.delivery(system, size, limit).await;
                 eprintln!(
                     "{} delivery {size} B x{limit}: {:.0}/s",
