@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
-use tracing::{debug, error, info};
+use tracing::{debug, error, info, warn};
+use wasmcloud_provider_sdk::provider::WrpcClient;
 use wasmcloud_provider_sdk::{
-    get_connection, initialize_observability, load_host_data, run_provider, serve_provider_exports,
-    Context, HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider,
+    get_connection, initialize_observability, load_host_data, run_provider, Context,
+    HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider,
     ProviderConfigUpdate,
 };
 
@@ -503,9 +504,54 @@ pub async fn run() -> anyhow::Result<()> {
         .get_wrpc_client(connection.provider_key())
         .await
         .context("failed to create the wRPC client")?;
-    serve_provider_exports(&wrpc, provider, shutdown, bindings::serve)
+    serve_exports(&wrpc, provider, shutdown)
         .await
         .context("failed to serve the provider's exports")?;
     info!("provider stopped");
     Ok(())
+}
+
+/// Serves the `consumer` export until `shutdown`. As in the SDK's `serve_provider_exports`, each
+/// invocation runs as a task of a `JoinSet` (so shutdown aborts whatever still runs), but here a
+/// finished task is reaped as soon as it ends: the SDK's loop never joins its set, so every call
+/// it ever served stays in it, and memory grows with the number of calls (the benchmark's soak
+/// measured it: see BENCHMARKS.md).
+async fn serve_exports(
+    wrpc: &WrpcClient,
+    provider: WebSocketMessagingProvider,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt as _;
+    let invocations = bindings::serve(wrpc, provider)
+        .await
+        .context("failed to serve exports")?;
+    let mut invocations = futures::stream::select_all(
+        invocations
+            .into_iter()
+            .map(|(instance, name, calls)| calls.map(move |call| (instance, name, call))),
+    );
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            Some((instance, name, call)) = invocations.next() => match call {
+                Ok(call) => {
+                    tasks.spawn(async move {
+                        if let Err(err) = call.await {
+                            warn!(?err, instance, name, "failed to serve invocation");
+                        }
+                    });
+                }
+                Err(err) => warn!(?err, instance, name, "failed to accept invocation"),
+            },
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    if e.is_panic() {
+                        error!(error = %e, "an invocation panicked");
+                    }
+                }
+            }
+            () = &mut shutdown => return Ok(()),
+        }
+    }
 }
