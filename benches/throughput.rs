@@ -24,7 +24,7 @@
 //! quarter for one-at-a-time phases and for 64 KiB), `BENCH_SIZES` (`16,1024,65536`),
 //! `BENCH_SOAK_SECS` (60, 0 = none), `BENCH_PHASES` (`publish,request,delivery`; `ceiling` is
 //! measured for the phases chosen), `BENCH_IN_FLIGHT` (`1,64`), `BENCH_NATS_PEER` (the peer binary; without it the peer
-//! rows are skipped), `BENCH_JSON` (`target/bench/throughput.json`).
+//! rows are skipped), `BENCH_WEBSOCKET_BINARY` (ours, e.g. wrapped in valgrind), `BENCH_JSON` (`target/bench/throughput.json`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -285,7 +285,8 @@ impl Bench {
     async fn provider(&self, system: System) -> ProviderProcess {
         let binary = match system {
             System::Nats => self.peer.clone(),
-            _ => None,
+            // E.g. a script that runs our binary under callgrind, for instruction counts.
+            _ => std::env::var_os("BENCH_WEBSOCKET_BINARY").map(PathBuf::from),
         };
         ProviderProcess::start(
             &self.nats,
@@ -311,9 +312,17 @@ impl Bench {
         config
     }
 
+    /// The provider's CPU seconds so far; under callgrind (`BENCH_CALLGRIND=1`, with
+    /// `BENCH_WEBSOCKET_BINARY` running it under valgrind), its counters are zeroed too.
+    fn start_measuring(provider: &ProviderProcess) -> f64 {
+        callgrind_control(provider, "-z");
+        provider.cpu_seconds()
+    }
+
     fn measured(row: &mut Row, provider: &ProviderProcess, cpu_before: f64) {
         row.cpu_seconds = Some(provider.cpu_seconds() - cpu_before);
         row.peak_rss_kib = Some(provider.peak_rss_kib());
+        callgrind_control(provider, "-d");
     }
 
     async fn publish(&self, system: System, size: usize, in_flight: usize) -> Row {
@@ -335,7 +344,7 @@ impl Bench {
                     .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
                     .await;
                 server.wait_frames(1, WAIT).await;
-                let cpu = provider.cpu_seconds();
+                let cpu = Self::start_measuring(&provider);
                 let started = Instant::now();
                 let (took, seconds) = drive(n, in_flight, |_| {
                     let call = component.publish("default", "bench.publish", body.clone(), None);
@@ -358,7 +367,7 @@ impl Bench {
                 component
                     .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
                     .await;
-                let cpu = provider.cpu_seconds();
+                let cpu = Self::start_measuring(&provider);
                 let started = Instant::now();
                 let (took, seconds) = drive(n, in_flight, |_| {
                     let call = component.publish("default", "bench.publish", body.clone(), None);
@@ -411,7 +420,7 @@ impl Bench {
                 );
                 server.push(frame.clone());
                 assert_eq!(component.wait_count(1, WAIT).await, 1, "warm-up delivered");
-                cpu = provider.cpu_seconds();
+                cpu = Self::start_measuring(&provider);
                 started = Instant::now();
                 server.push_many(vec![frame; n]);
             }
@@ -434,7 +443,7 @@ impl Bench {
                 // Late probes still on their way are delivered, then the count starts afresh.
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let probes = component.count();
-                cpu = provider.cpu_seconds();
+                cpu = Self::start_measuring(&provider);
                 started = Instant::now();
                 for _ in 0..n {
                     self.client
@@ -503,7 +512,7 @@ impl Bench {
             .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
             .await;
         let body = body(size);
-        let cpu = provider.cpu_seconds();
+        let cpu = Self::start_measuring(&provider);
         let (took, seconds) = drive(n, in_flight, |_| {
             let call = component.request("default", "bench.request", body.clone(), 5000);
             async move { flatten(call.await) }
@@ -617,6 +626,19 @@ impl Bench {
             rss_kib_at_end: provider.rss_kib(),
             publishes,
         }
+    }
+}
+
+/// `callgrind_control <action> <pid>` when `BENCH_CALLGRIND` is set: `-z` zeroes the counters,
+/// `-d` dumps them, so a dump holds exactly the measured part of a phase.
+fn callgrind_control(provider: &ProviderProcess, action: &str) {
+    if std::env::var_os("BENCH_CALLGRIND").is_some() {
+        let status = std::process::Command::new("callgrind_control")
+            .args([action, &provider.pid().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("callgrind_control runs");
+        assert!(status.success(), "callgrind_control {action} failed");
     }
 }
 

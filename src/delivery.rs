@@ -14,8 +14,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::invoke::HandlerClient;
+use crate::invoke::{HandlerClient, Message};
 pub use crate::invoke::HandlerClients;
 use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
@@ -23,7 +22,7 @@ use crate::stats::{self, SessionStats};
 /// A decoded message on its way to the handler, holding its in-flight permit (taken before it
 /// is handed over), and the id to acknowledge once the handler accepted it (`ack = true`).
 pub struct Inbound {
-    pub msg: BrokerMessage,
+    pub msg: Message,
     pub ack_id: Option<String>,
     pub permit: Option<OwnedSemaphorePermit>,
 }
@@ -70,7 +69,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
 async fn deliver(
     target: &Target,
     client: Arc<HandlerClient>,
-    msg: BrokerMessage,
+    msg: Message,
     ack_id: Option<String>,
     permit: Option<OwnedSemaphorePermit>,
 ) {

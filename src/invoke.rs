@@ -38,6 +38,21 @@ mod bindings {
     });
 }
 
+/// A message as the delivery bindings carry it (the same fields as the provider's own
+/// `BrokerMessage`, from the other bindings generator).
+pub type Message = bindings::wasmcloud::messaging::types::BrokerMessage;
+
+impl From<BrokerMessage> for Message {
+    /// Moves the fields over: nothing is copied on the way to the component.
+    fn from(msg: BrokerMessage) -> Self {
+        Message {
+            subject: msg.subject,
+            body: msg.body,
+            reply_to: msg.reply_to,
+        }
+    }
+}
+
 /// How long one `handle-message` call may take, as with the SDK's client.
 pub const INVOCATION_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,16 +83,11 @@ pub struct HandlerClient {
 impl HandlerClient {
     /// Delivers `msg`; the outer error is a transport failure or timeout, the inner one the
     /// component's own error result.
-    pub async fn handle_message(&self, msg: &BrokerMessage) -> anyhow::Result<Result<(), String>> {
-        let msg = bindings::wasmcloud::messaging::types::BrokerMessage {
-            subject: msg.subject.clone(),
-            body: msg.body.clone(),
-            reply_to: msg.reply_to.clone(),
-        };
+    pub async fn handle_message(&self, msg: &Message) -> anyhow::Result<Result<(), String>> {
         bindings::wasmcloud::messaging::handler::handle_message(
             &self.client.timeout(INVOCATION_TIMEOUT),
             Some(self.headers.clone()),
-            &msg,
+            msg,
         )
         .await
     }

@@ -910,7 +910,7 @@ impl SocketTask {
             }
         };
         let held = Inbound {
-            msg,
+            msg: msg.into(),
             ack_id,
             permit: None,
         };

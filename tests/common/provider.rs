@@ -330,6 +330,11 @@ impl ProviderProcess {
             .expect("VmRSS in /proc/<pid>/status")
     }
 
+    /// The provider's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the provider runs")
+    }
+
     /// The CPU time the provider has used so far (user + system), from /proc.
     pub fn cpu_seconds(&self) -> f64 {
         let pid = self.child.id().expect("the provider runs");
