@@ -152,6 +152,8 @@ struct Row {
     p99_us: Option<f64>,
     /// Messages that never arrived.
     lost: usize,
+    /// Calls that returned an error or got no answer within 20 s.
+    failed: usize,
     /// The provider's CPU seconds in the phase, and its peak resident memory.
     cpu_seconds: Option<f64>,
     peak_rss_kib: Option<u64>,
@@ -173,6 +175,7 @@ impl Row {
             p50_us: None,
             p99_us: None,
             lost: 0,
+            failed: 0,
             cpu_seconds: None,
             peak_rss_kib: None,
             vs_ceiling: None,
@@ -199,6 +202,7 @@ struct Soak {
     rss_kib_at_10_s: u64,
     rss_kib_at_end: u64,
     publishes: usize,
+    failed_calls: usize,
 }
 
 #[derive(Serialize)]
@@ -227,8 +231,10 @@ fn body(size: usize) -> Bytes {
     Bytes::from(vec![b'x'; size])
 }
 
-/// Runs `n` calls of `call` with `in_flight` at once; returns each call's time and the wall time.
-async fn drive<F, Fut>(n: usize, in_flight: usize, call: F) -> (Vec<Duration>, f64)
+/// Runs `n` calls of `call` with `in_flight` at once; returns each call's time, the wall time and
+/// how many calls failed (the first failure is printed: a benchmark reports losses, it does not
+/// stop at them).
+async fn drive<F, Fut>(n: usize, in_flight: usize, call: F) -> (Vec<Duration>, f64, usize)
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -255,13 +261,13 @@ where
         .await;
     let seconds = started.elapsed().as_secs_f64();
     let failed = failures.load(Ordering::Relaxed);
-    assert_eq!(
-        failed,
-        0,
-        "{failed} of {n} calls failed, first: {:?}",
-        first_failure.lock().unwrap()
-    );
-    (took, seconds)
+    if failed > 0 {
+        eprintln!(
+            "{failed} of {n} calls failed, first: {:?}",
+            first_failure.lock().unwrap()
+        );
+    }
+    (took, seconds, failed)
 }
 
 fn flatten<T>(r: anyhow::Result<Result<T, String>>) -> Result<(), String> {
@@ -346,11 +352,12 @@ impl Bench {
                 server.wait_frames(1, WAIT).await;
                 let cpu = Self::start_measuring(&provider);
                 let started = Instant::now();
-                let (took, seconds) = drive(n, in_flight, |_| {
+                let (took, seconds, failed) = drive(n, in_flight, |_| {
                     let call = component.publish("default", "bench.publish", body.clone(), None);
                     async move { flatten(call.await) }
                 })
                 .await;
+                row.failed = failed;
                 let received = server.wait_frames(n + 1, WAIT).await - 1;
                 let sink_seconds = started.elapsed().as_secs_f64();
                 Self::measured(&mut row, &provider, cpu);
@@ -369,11 +376,12 @@ impl Bench {
                     .await;
                 let cpu = Self::start_measuring(&provider);
                 let started = Instant::now();
-                let (took, seconds) = drive(n, in_flight, |_| {
+                let (took, seconds, failed) = drive(n, in_flight, |_| {
                     let call = component.publish("default", "bench.publish", body.clone(), None);
                     async move { flatten(call.await) }
                 })
                 .await;
+                row.failed = failed;
                 let received = sink.wait(n, WAIT).await;
                 let sink_seconds = started.elapsed().as_secs_f64();
                 Self::measured(&mut row, &provider, cpu);
@@ -513,11 +521,12 @@ impl Bench {
             .await;
         let body = body(size);
         let cpu = Self::start_measuring(&provider);
-        let (took, seconds) = drive(n, in_flight, |_| {
+        let (took, seconds, failed) = drive(n, in_flight, |_| {
             let call = component.request("default", "bench.request", body.clone(), 5000);
             async move { flatten(call.await) }
         })
         .await;
+        row.failed = failed;
         Self::measured(&mut row, &provider, cpu);
         row.rate = n as f64 / seconds;
         row.latencies(took);
@@ -556,17 +565,18 @@ impl Bench {
             });
             let mut child = Child::start(&vars("deliver", "bench")).await;
             let answer: serde_json::Value = serde_json::from_str(&child.line().await).unwrap();
-            assert_eq!(component.count(), n, "every call reached the handler");
             row.rate = n as f64 / answer["seconds"].as_f64().unwrap();
             row.p50_us = answer["p50_us"].as_f64();
             row.p99_us = answer["p99_us"].as_f64();
+            row.failed = answer["failed"].as_u64().unwrap_or_default() as usize;
+            row.lost = n - component.count().min(n);
             return row;
         }
         let mut serving = Child::start(&vars("serve", target)).await;
         assert_eq!(serving.line().await, "ready");
         let component = PlayedComponent::start_for(&lattice, target, &self.nats.url, "bench").await;
         let body = body(size);
-        let (took, seconds) = drive(n, in_flight, |_| {
+        let (took, seconds, failed) = drive(n, in_flight, |_| {
             let component = &component;
             let body = body.clone();
             async move {
@@ -585,6 +595,7 @@ impl Bench {
             }
         })
         .await;
+        row.failed = failed;
         drop(serving);
         row.rate = n as f64 / seconds;
         row.latencies(took);
@@ -609,12 +620,14 @@ impl Bench {
         let end = started + Duration::from_secs(seconds);
         let mut at_10 = None;
         let mut publishes = 0;
+        let mut failed_calls = 0;
         while Instant::now() < end {
-            let (took, _) = drive(6400, 64, |_| {
+            let (took, _, failed) = drive(6400, 64, |_| {
                 let call = component.publish("default", "bench.soak", body.clone(), None);
                 async move { flatten(call.await) }
             })
             .await;
+            failed_calls += failed;
             publishes += took.len();
             if at_10.is_none() && started.elapsed() >= Duration::from_secs(10) {
                 at_10 = Some(provider.rss_kib());
@@ -625,6 +638,7 @@ impl Bench {
             rss_kib_at_10_s: at_10.unwrap_or_else(|| provider.rss_kib()),
             rss_kib_at_end: provider.rss_kib(),
             publishes,
+            failed_calls,
         }
     }
 }
@@ -766,7 +780,7 @@ async fn child(mode: &str) {
                 body: body(var("BENCH_CHILD_SIZE").parse().unwrap()),
                 reply_to: None,
             };
-            let (took, seconds) = drive(n, in_flight, |_| {
+            let (took, seconds, failed) = drive(n, in_flight, |_| {
                 let call =
                     trivial::wasmcloud::messaging::handler::handle_message(&client, None, &msg);
                 async move { flatten(call.await) }
@@ -776,7 +790,7 @@ async fn child(mode: &str) {
             row.latencies(took);
             println!(
                 "{}",
-                serde_json::json!({"seconds": seconds, "p50_us": row.p50_us, "p99_us": row.p99_us})
+                serde_json::json!({"seconds": seconds, "p50_us": row.p50_us, "p99_us": row.p99_us, "failed": failed})
             );
         }
         other => panic!("unknown BENCH_CHILD {other}"),
@@ -843,7 +857,7 @@ fn print(rows: &[Row]) {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "\n{:<9} {:<8} {:>6} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>5} {:>6} {:>7} {:>7} {:>7}",
+        "\n{:<9} {:<8} {:>6} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
         "system",
         "phase",
         "bytes",
@@ -854,6 +868,7 @@ fn print(rows: &[Row]) {
         "p50 us",
         "p99 us",
         "lost",
+        "fail",
         "cpu s",
         "rss MiB",
         "/ceil",
@@ -861,7 +876,7 @@ fn print(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<9} {:<8} {:>6} {:>5} {:>7} {:>9.0} {:>9} {:>8} {:>8} {:>5} {:>6} {:>7} {:>7} {:>7}",
+            "{:<9} {:<8} {:>6} {:>5} {:>7} {:>9.0} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
             r.system.name(),
             r.phase.name(),
             r.size,
@@ -876,6 +891,7 @@ fn print(rows: &[Row]) {
             opt(r.p50_us, 0),
             opt(r.p99_us, 0),
             r.lost,
+            r.failed,
             opt(r.cpu_seconds, 2),
             opt(r.peak_rss_kib.map(|k| k as f64 / 1024.0), 1),
             opt(r.vs_ceiling, 2),
@@ -991,9 +1007,10 @@ async fn main() {
     let soak = if soak_seconds > 0 {
         let soak = bench.soak(soak_seconds).await;
         println!(
-            "\nsoak: {} publishes of 1 KiB in {} s, resident memory {} KiB at 10 s, {} KiB at the end ({:+.1} %)",
+            "\nsoak: {} publishes of 1 KiB in {} s ({} failed), resident memory {} KiB at 10 s, {} KiB at the end ({:+.1} %)",
             soak.publishes,
             soak.seconds,
+            soak.failed_calls,
             soak.rss_kib_at_10_s,
             soak.rss_kib_at_end,
             (soak.rss_kib_at_end as f64 / soak.rss_kib_at_10_s as f64 - 1.0) * 100.0

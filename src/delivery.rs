@@ -14,8 +14,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::invoke::{HandlerClient, Message};
 pub use crate::invoke::HandlerClients;
+use crate::invoke::{HandlerClient, Message};
 use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
 
