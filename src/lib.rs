@@ -511,11 +511,12 @@ pub async fn run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves the `consumer` export until `shutdown`. As in the SDK's `serve_provider_exports`, each
-/// invocation runs as a task of a `JoinSet` (so shutdown aborts whatever still runs), but here a
-/// finished task is reaped as soon as it ends: the SDK's loop never joins its set, so every call
-/// it ever served stays in it, and memory grows with the number of calls (the benchmark's soak
-/// measured it: see BENCHMARKS.md).
+/// Serves the `consumer` export until `shutdown`. The SDK's `serve_provider_exports` spawns each
+/// invocation into a `JoinSet` it never joins, so every call it ever served stays in the set and
+/// memory grows with the number of calls (the benchmark's soak measured it: see BENCHMARKS.md).
+/// Here each invocation is a task of a `TaskTracker`, which forgets a task when it ends. The loop
+/// is otherwise the SDK's: the same two branches, so the invocation stream is only ever polled
+/// the way the SDK polls it. Invocations still running at shutdown end with the runtime.
 async fn serve_exports(
     wrpc: &WrpcClient,
     provider: WebSocketMessagingProvider,
@@ -531,7 +532,7 @@ async fn serve_exports(
             .map(|(instance, name, calls)| calls.map(move |call| (instance, name, call))),
     );
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut tasks = tokio::task::JoinSet::new();
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         tokio::select! {
             Some((instance, name, call)) = invocations.next() => match call {
@@ -544,14 +545,10 @@ async fn serve_exports(
                 }
                 Err(err) => warn!(?err, instance, name, "failed to accept invocation"),
             },
-            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                if let Err(e) = done {
-                    if e.is_panic() {
-                        error!(error = %e, "an invocation panicked");
-                    }
-                }
+            () = &mut shutdown => {
+                tasks.close();
+                return Ok(());
             }
-            () = &mut shutdown => return Ok(()),
         }
     }
 }
