@@ -39,6 +39,7 @@ use bytes::Bytes;
 use common::component::{Behaviour, PlayedComponent};
 use common::nats::NatsServer;
 use common::provider::{ProviderOptions, ProviderProcess};
+use common::wait::Counter;
 use common::ws::{Message, WsServer};
 use futures::StreamExt as _;
 use serde::Serialize;
@@ -338,7 +339,8 @@ impl Bench {
         let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
         let body = body(size);
         let max_pending = (in_flight * 2).max(1024).to_string();
-        let (took, seconds, sink_seconds, received) = match system {
+        // Where the published messages arrive; the warm-up publish is not counted.
+        let sink = match system {
             System::Websocket => {
                 let server = WsServer::counter().await;
                 let uri = server.uri();
@@ -346,49 +348,34 @@ impl Bench {
                 provider
                     .put_link(&provider.consumer_link("bench", "default", &config))
                     .await;
-                component
-                    .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
-                    .await;
-                server.wait_frames(1, WAIT).await;
-                let cpu = Self::start_measuring(&provider);
-                let started = Instant::now();
-                let (took, seconds, failed) = drive(n, in_flight, |_| {
-                    let call = component.publish("default", "bench.publish", body.clone(), None);
-                    async move { flatten(call.await) }
-                })
-                .await;
-                row.failed = failed;
-                let received = server.wait_frames(n + 1, WAIT).await - 1;
-                let sink_seconds = started.elapsed().as_secs_f64();
-                Self::measured(&mut row, &provider, cpu);
-                (took, seconds, sink_seconds, received)
+                Sink::Server(server)
             }
             System::Nats => {
                 let sink = self.client.subscribe("bench.publish").await.unwrap();
-                let sink = counting(sink);
                 self.client.flush().await.unwrap();
                 let config = self.link_config(system, &[]);
                 provider
                     .put_link(&provider.consumer_link("bench", "default", &config))
                     .await;
-                component
-                    .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
-                    .await;
-                let cpu = Self::start_measuring(&provider);
-                let started = Instant::now();
-                let (took, seconds, failed) = drive(n, in_flight, |_| {
-                    let call = component.publish("default", "bench.publish", body.clone(), None);
-                    async move { flatten(call.await) }
-                })
-                .await;
-                row.failed = failed;
-                let received = sink.wait(n, WAIT).await;
-                let sink_seconds = started.elapsed().as_secs_f64();
-                Self::measured(&mut row, &provider, cpu);
-                (took, seconds, sink_seconds, received)
+                Sink::Subscriber(counting(sink))
             }
             System::Ceiling => unreachable!(),
         };
+        component
+            .publish_when_ready("default", "bench.warm", &b""[..], WAIT)
+            .await;
+        sink.received(0).await;
+        let cpu = Self::start_measuring(&provider);
+        let started = Instant::now();
+        let (took, seconds, failed) = drive(n, in_flight, |_| {
+            let call = component.publish("default", "bench.publish", body.clone(), None);
+            async move { flatten(call.await) }
+        })
+        .await;
+        row.failed = failed;
+        let received = sink.received(n).await;
+        let sink_seconds = started.elapsed().as_secs_f64();
+        Self::measured(&mut row, &provider, cpu);
         row.rate = n as f64 / seconds;
         row.sink_rate = Some(received as f64 / sink_seconds);
         row.lost = n - received.min(n);
@@ -656,44 +643,47 @@ fn callgrind_control(provider: &ProviderProcess, action: &str) {
     }
 }
 
+/// Where a publish phase's messages arrive.
+enum Sink {
+    /// Our WebSocket server, which also got the warm-up frame.
+    Server(WsServer),
+    /// A NATS subscription to the published subject only.
+    Subscriber(Counted),
+}
+
+impl Sink {
+    /// Waits until `n` published messages (the warm-up not counted) arrived, or [`WAIT`]
+    /// passed; returns how many did.
+    async fn received(&self, n: usize) -> usize {
+        match self {
+            Sink::Server(server) => server.wait_frames(n + 1, WAIT).await - 1,
+            Sink::Subscriber(counted) => counted.wait(n, WAIT).await,
+        }
+    }
+}
+
 /// A NATS subscription counted in the background.
 struct Counted {
-    count: Arc<AtomicUsize>,
-    changed: Arc<tokio::sync::Notify>,
+    count: Arc<Counter>,
     task: tokio::task::JoinHandle<()>,
 }
 
 fn counting(mut sub: async_nats::Subscriber) -> Counted {
-    let count = Arc::new(AtomicUsize::new(0));
-    let changed = Arc::new(tokio::sync::Notify::new());
+    let count = Arc::new(Counter::default());
     let task = tokio::spawn({
-        let (count, changed) = (Arc::clone(&count), Arc::clone(&changed));
+        let count = Arc::clone(&count);
         async move {
             while sub.next().await.is_some() {
-                count.fetch_add(1, Ordering::SeqCst);
-                changed.notify_waiters();
+                count.bump();
             }
         }
     });
-    Counted {
-        count,
-        changed,
-        task,
-    }
+    Counted { count, task }
 }
 
 impl Counted {
     async fn wait(&self, n: usize, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let count = self.count.load(Ordering::SeqCst);
-            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.count.load(Ordering::SeqCst);
-            }
-        }
+        self.count.wait_for(n, limit).await
     }
 }
 

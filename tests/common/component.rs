@@ -12,6 +12,7 @@ use tokio::sync::Notify;
 use super::played;
 use super::played::wasmcloud::messaging::types::BrokerMessage;
 use super::provider::ProviderProcess;
+use super::wait::Counter;
 
 /// What the played component's handler does with a message.
 #[derive(Clone, Default)]
@@ -35,7 +36,7 @@ type Caller = (Arc<delivery_wrpc::Client>, String);
 struct Recorder {
     received: Arc<Mutex<Vec<BrokerMessage>>>,
     /// Every message handled, kept or not.
-    count: Arc<AtomicUsize>,
+    count: Arc<Counter>,
     changed: Arc<Notify>,
     behaviour: Arc<Mutex<Behaviour>>,
     running: Arc<AtomicUsize>,
@@ -79,7 +80,7 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
         if !behaviour.count_only {
             self.received.lock().unwrap().push(msg);
         }
-        self.count.fetch_add(1, Ordering::SeqCst);
+        self.count.bump();
         self.changed.notify_waiters();
         let caller = self.caller.lock().unwrap().clone();
         if let (Some(link), Some(reply_to), Some((provider, id))) =
@@ -248,22 +249,13 @@ impl PlayedComponent {
 
     /// How many messages the handler got, kept or not.
     pub fn count(&self) -> usize {
-        self.recorder.count.load(Ordering::SeqCst)
+        self.recorder.count.get()
     }
 
     /// Waits until the handler got `n` messages in all (kept or not), or `limit` passed; returns
     /// the count then.
     pub async fn wait_count(&self, n: usize, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.recorder.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let count = self.count();
-            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.count();
-            }
-        }
+        self.recorder.count.wait_for(n, limit).await
     }
 
     /// The most handler invocations that ran at once.

@@ -15,6 +15,8 @@ use tokio_tungstenite::tungstenite::http::HeaderMap;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 pub use tokio_tungstenite::tungstenite::Message;
 
+use super::wait::Counter;
+
 /// What a server saw, in order.
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -56,7 +58,7 @@ pub struct WsServer {
     tls: bool,
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
-    frames: Arc<FrameCount>,
+    frames: Arc<Counter>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -148,7 +150,7 @@ impl WsServer {
         let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let is_tls = tls.is_some();
-        let frames = Arc::new(FrameCount::default());
+        let frames = Arc::new(Counter::default());
         let conf = Conf {
             mode,
             quiet,
@@ -280,21 +282,12 @@ impl WsServer {
 
     /// How many data frames the server got so far, on every connection.
     pub fn frames(&self) -> usize {
-        self.frames.count.load(std::sync::atomic::Ordering::SeqCst)
+        self.frames.get()
     }
 
     /// Waits until the server got `n` data frames in all, or `limit` passed; returns the count.
     pub async fn wait_frames(&self, n: usize, limit: Duration) -> usize {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.frames.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let count = self.frames();
-            if count >= n || tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.frames();
-            }
-        }
+        self.frames.wait_for(n, limit).await
     }
 
     /// Sends frames on the newest connection, written one after another with one flush.
@@ -393,8 +386,7 @@ async fn serve<S>(
                     let _ = events.send(Event::Closed { conn, frame });
                 }
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
-                    conf.frames.count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    conf.frames.changed.notify_waiters();
+                    conf.frames.bump();
                     if !conf.quiet {
                         let _ = events.send(Event::Frame { conn, message: message.clone() });
                     }
@@ -427,13 +419,7 @@ struct Conf {
     mode: Mode,
     /// No `Event::Frame` for data frames (they are only counted).
     quiet: bool,
-    frames: Arc<FrameCount>,
-}
-
-#[derive(Default)]
-struct FrameCount {
-    count: std::sync::atomic::AtomicUsize,
-    changed: tokio::sync::Notify,
+    frames: Arc<Counter>,
 }
 
 /// The responder's answer to an envelope with a `reply_to`.
