@@ -393,6 +393,8 @@ impl Bench {
             ..Default::default()
         });
         let payload = body(size);
+        // Handler invocations before the measured part (the warm-up frame, the peer's probes).
+        let before;
         let started;
         let cpu;
         match system {
@@ -415,6 +417,7 @@ impl Bench {
                 );
                 server.push(frame.clone());
                 assert_eq!(component.wait_count(1, WAIT).await, 1, "warm-up delivered");
+                before = 1;
                 cpu = Self::start_measuring(&provider);
                 started = Instant::now();
                 server.push_many(vec![frame; n]);
@@ -437,7 +440,7 @@ impl Bench {
                 }
                 // Late probes still on their way are delivered, then the count starts afresh.
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                let probes = component.count();
+                before = component.count();
                 cpu = Self::start_measuring(&provider);
                 started = Instant::now();
                 for _ in 0..n {
@@ -447,16 +450,10 @@ impl Bench {
                         .unwrap();
                 }
                 self.client.flush().await.unwrap();
-                let got = component.wait_count(probes + n, WAIT).await - probes;
-                let seconds = started.elapsed().as_secs_f64();
-                Self::measured(&mut row, &provider, cpu);
-                row.rate = got as f64 / seconds;
-                row.lost = n - got.min(n);
-                return row;
             }
             System::Ceiling => unreachable!(),
         }
-        let got = component.wait_count(1 + n, WAIT).await - 1;
+        let got = component.wait_count(before + n, WAIT).await - before;
         let seconds = started.elapsed().as_secs_f64();
         Self::measured(&mut row, &provider, cpu);
         if got < n {
