@@ -9,7 +9,8 @@
 //! - [`requests`]: request-reply correlation (inboxes of waiting requests).
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
 //! - `invoke`: the wRPC client that calls `handle-message` (one per component).
-//! - [`stats`]: per-session counters.
+//! - [`stats`]: per-session counters and the provider's totals.
+//! - [`metrics`]: the counters as OpenTelemetry metrics.
 //! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session),
 //!   and the rules every subject a component gives must follow.
 //! - [`tls`]: trust roots, client certificates and TLS failures in plain words for `wss://`.
@@ -37,6 +38,7 @@ pub mod connection;
 pub mod delivery;
 pub mod envelope;
 mod invoke;
+pub mod metrics;
 pub mod requests;
 pub mod session;
 pub mod stats;
@@ -116,6 +118,8 @@ pub struct WebSocketMessagingProvider {
     session_storage: Arc<RwLock<HashMap<String, Arc<Session>>>>,
     /// One wRPC client per component that receives deliveries.
     handler_clients: HandlerClients,
+    /// The counters of sessions that are gone, for the provider's totals.
+    totals: stats::Totals,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -214,6 +218,7 @@ impl WebSocketMessagingProvider {
                     cfg,
                     self.handler_clients.clone(),
                     role == Role::Handler,
+                    &self.totals,
                 );
                 write(&self.session_storage).insert(session.id.clone(), Arc::clone(&session));
                 session
@@ -332,9 +337,11 @@ impl WebSocketMessagingProvider {
             subjects::check_enabled(&session)?;
             let answer = match subjects::parse(&subject) {
                 subjects::Subject::Sessions => subjects::sessions(&self.list_sessions(component)),
-                subjects::Subject::Stats => {
-                    subjects::stats(&self.sessions(), &self.list_sessions(component))
-                }
+                subjects::Subject::Stats => subjects::stats(
+                    &self.totals,
+                    &self.sessions(),
+                    &self.list_sessions(component),
+                ),
                 _ => return Err(subjects::unknown(&subject, "request")),
             };
             return Ok(BrokerMessage {
@@ -439,10 +446,49 @@ impl Provider for WebSocketMessagingProvider {
         }
     }
 
+    /// Unhealthy, naming them, while sessions have been without a connection for longer than
+    /// their `reconnect_max_delay_ms` (the longest a working server can keep one waiting);
+    /// healthy with no message otherwise.
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
+        let mut down: Vec<(Arc<Session>, Duration)> = self
+            .sessions()
+            .into_iter()
+            .filter_map(|s| {
+                let down_for = s.down_for()?;
+                (down_for > s.config.reconnect_max_delay).then_some((s, down_for))
+            })
+            .collect();
+        if down.is_empty() {
+            return Ok(HealthCheckResponse {
+                healthy: true,
+                message: None,
+            });
+        }
+        down.sort_by(|a, b| a.0.key.cmp(&b.0.key));
+        let names: Vec<String> = down
+            .iter()
+            .map(|(s, down_for)| {
+                format!(
+                    "{}/{} to {} ({} for {} s, longer than reconnect_max_delay_ms = {})",
+                    s.key.component,
+                    s.key.link_name,
+                    s.config.uri,
+                    s.state().as_str(),
+                    down_for.as_secs(),
+                    s.config.reconnect_max_delay.as_millis()
+                )
+            })
+            .collect();
+        let message = format!(
+            "{} of {} sessions without a connection: {}",
+            down.len(),
+            read(&self.session_storage).len(),
+            names.join("; ")
+        );
+        debug!(%message, "health check: unhealthy");
         Ok(HealthCheckResponse {
-            healthy: true,
-            message: None,
+            healthy: false,
+            message: Some(message),
         })
     }
 
@@ -496,6 +542,8 @@ pub async fn run() -> anyhow::Result<()> {
     let defaults = ProviderDefaults::new(&host_data.config, &host_data.secrets)
         .map_err(|e| anyhow!("provider config: {e}"))?;
     let provider = WebSocketMessagingProvider::new(defaults);
+    let observed = provider.clone();
+    metrics::register(move || observed.sessions());
     let shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;

@@ -32,6 +32,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
+use wasmcloud_provider_sdk::wasmcloud_tracing::KeyValue;
 
 use crate::acks::Acks;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
@@ -39,7 +40,7 @@ use crate::connection::{ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
 use crate::requests::{Pending, Routed};
-use crate::stats::{self, SessionStats};
+use crate::stats::{self, SessionStats, Totals};
 
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -127,6 +128,11 @@ pub struct Session {
     queue: mpsc::Sender<Outgoing>,
     state: watch::Receiver<SessionState>,
     connected_at: Arc<Mutex<Option<SystemTime>>>,
+    /// Since when the session has had no connection: its start, or the loss of the last one;
+    /// `None` while connected.
+    down_since: Arc<Mutex<Option<Instant>>>,
+    /// The attributes of the session's OpenTelemetry measurements.
+    pub metric_attributes: Vec<KeyValue>,
     handler_linked: Arc<AtomicBool>,
     pending: Pending,
     acks: Acks,
@@ -154,9 +160,10 @@ impl Session {
         config: ConnectionConfig,
         clients: delivery::HandlerClients,
         handler_linked: bool,
+        totals: &Totals,
     ) -> Arc<Self> {
         let id = new_session_id();
-        let stats = Arc::new(SessionStats::default());
+        let stats = Arc::new(SessionStats::for_session(totals));
         let codec = Codec::new(config.format, config.raw_subject.clone());
         let (queue, queue_rx) = mpsc::channel(config.max_pending);
         let (state_tx, state) = watch::channel(SessionState::Connecting);
@@ -168,6 +175,7 @@ impl Session {
         let permits = Arc::new(Semaphore::new(config.max_in_flight));
         let (inbound_tx, inbound_rx) = mpsc::channel(config.max_in_flight);
         let connected_at = Arc::new(Mutex::new(None));
+        let down_since = Arc::new(Mutex::new(Some(Instant::now())));
         let pending = Pending::new(&config.inbox_prefix, &id);
         let gave_up = Arc::new(AtomicU32::new(0));
         let acks = Acks::default();
@@ -198,6 +206,7 @@ impl Session {
                 stats: Arc::clone(&stats),
                 state: state_tx,
                 connected_at: Arc::clone(&connected_at),
+                down_since: Arc::clone(&down_since),
                 cancel: cancel.clone(),
                 permits,
                 inbound: inbound_tx,
@@ -208,6 +217,7 @@ impl Session {
             .run(queue_rx),
         );
         info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; connecting");
+        let metric_attributes = crate::metrics::attributes(&id, &key);
         Arc::new(Session {
             id,
             key,
@@ -217,6 +227,8 @@ impl Session {
             queue,
             state,
             connected_at,
+            down_since,
+            metric_attributes,
             handler_linked,
             pending,
             acks,
@@ -233,6 +245,15 @@ impl Session {
     /// When the current (or last) connection was made; `None` before the first one.
     pub fn connected_at(&self) -> Option<SystemTime> {
         *self.connected_at.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long the session has been without a connection (since it started, or since it lost
+    /// its last one, whether it still tries or gave up); `None` while connected.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.down_since
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|since| since.elapsed())
     }
 
     /// Whether incoming messages go to the component's handler (a handler link exists).
@@ -320,7 +341,12 @@ impl Session {
         .await?;
         let mut ticket = ticket;
         match tokio::time::timeout_at(deadline, &mut ticket.reply).await {
-            Ok(Ok(Ok(reply))) => Ok(reply),
+            Ok(Ok(Ok(reply))) => {
+                let took = started.elapsed();
+                self.stats.request_latency.record(took);
+                crate::metrics::record_request_latency(took, &self.metric_attributes);
+                Ok(reply)
+            }
             Ok(Ok(Err(reason))) => Err(format!("request to {subject} failed: {reason}")),
             Ok(Err(_)) => Err(format!(
                 "request to {subject} failed: session {} closed",
@@ -482,6 +508,7 @@ struct SocketTask {
     stats: Arc<SessionStats>,
     state: watch::Sender<SessionState>,
     connected_at: Arc<Mutex<Option<SystemTime>>>,
+    down_since: Arc<Mutex<Option<Instant>>>,
     cancel: CancellationToken,
     permits: Arc<Semaphore>,
     inbound: mpsc::Sender<Inbound>,
@@ -529,12 +556,15 @@ impl SocketTask {
                     ever_connected = true;
                     *self.connected_at.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some(SystemTime::now());
+                    *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     self.state.send_replace(SessionState::Open);
                     info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "connected");
                     let opened = Instant::now();
                     match self.drive(socket, &mut queue).await {
                         End::Cancelled => break,
                         End::Lost(reason) => {
+                            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) =
+                                Some(Instant::now());
                             self.pending.fail_all(&format!(
                                 "the connection to {} was lost before the reply came ({reason})",
                                 self.config.uri

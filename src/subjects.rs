@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::session::Session;
+use crate::stats::Totals;
 
 pub const SESSIONS: &str = "$ws.sessions";
 pub const STATS: &str = "$ws.stats";
@@ -140,7 +141,7 @@ pub fn sessions(mine: &[Arc<Session>]) -> Bytes {
 
 /// The answer to `$ws.stats`: the provider's counters summed over every session, and the caller's
 /// sessions one by one.
-pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
+pub fn stats(totals: &Totals, all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
     let mut provider = Map::new();
     let open = all.iter().filter(|s| s.state().as_str() == "open").count();
     provider.insert("sessions_open".into(), json!(open));
@@ -152,12 +153,9 @@ pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
             json!(runtime.metrics().num_alive_tasks()),
         );
     }
-    for session in all {
-        for (name, value) in session.stats.snapshot() {
-            let sum = provider.entry(name).or_insert(json!(0u64));
-            *sum = json!(sum.as_u64().unwrap_or_default() + value);
-        }
-    }
+    totals
+        .sum(all.iter().map(|s| &*s.stats))
+        .add_json(&mut provider);
     let sessions: Vec<Value> = mine
         .iter()
         .map(|s| {
@@ -166,9 +164,7 @@ pub fn stats(all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
             object.insert("link_name".into(), json!(s.key.link_name));
             object.insert("state".into(), json!(s.state().as_str()));
             object.insert("pending_requests".into(), json!(s.pending_requests()));
-            for (name, value) in s.stats.snapshot() {
-                object.insert(name.into(), json!(value));
-            }
+            s.stats.add_json(&mut object);
             Value::Object(object)
         })
         .collect();

@@ -1,13 +1,14 @@
 //! Test helpers, each playing one real part: `nats` (a nats-server child process), `provider`
 //! (the provider binary started as the host starts it), `component` (a component played over
 //! wRPC), `ws` (WebSocket servers on 127.0.0.1, plain or TLS), `certs` (test certificates), `tcp`
-//! (servers that misbehave below WebSocket).
+//! (servers that misbehave below WebSocket), `otlp` (an OpenTelemetry metrics collector).
 
 #![allow(dead_code)]
 
 pub mod certs;
 pub mod component;
 pub mod nats;
+pub mod otlp;
 pub mod provider;
 pub mod tcp;
 pub mod wait;

@@ -14,7 +14,7 @@ use tokio::process::{Child, Command};
 use tokio::sync::Notify;
 use wasmcloud_provider_sdk::core::logging::Level;
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
-use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition};
+use wasmcloud_provider_sdk::core::{HostData, InterfaceLinkDefinition, OtelConfig};
 
 use super::nats::NatsServer;
 use super::{unique, wait_until};
@@ -31,6 +31,10 @@ pub struct ProviderOptions {
     pub log_level: Option<Level>,
     /// Another provider binary to start the same way (the benchmark's peer); ours when unset.
     pub binary: Option<std::path::PathBuf>,
+    /// The host's OpenTelemetry settings.
+    pub otel: Option<OtelConfig>,
+    /// `OTEL_*` variables of the provider's environment (the host passes its own on).
+    pub otel_env: Vec<(String, String)>,
 }
 
 /// Every line the provider wrote to stdout or stderr, and a way to wait for one.
@@ -160,6 +164,7 @@ impl ProviderProcess {
             provider_xkey_private_key: provider_xkey.seed().unwrap(),
             default_rpc_timeout_ms: Some(2000),
             log_level: Some(level),
+            otel_config: options.otel.unwrap_or_default(),
             ..Default::default()
         };
         let line = base64::engine::general_purpose::STANDARD
@@ -178,6 +183,10 @@ impl ProviderProcess {
             .kill_on_drop(true);
         if let Ok(filter) = std::env::var("RUST_LOG") {
             command.env("RUST_LOG", filter);
+        }
+        for (name, value) in &options.otel_env {
+            assert!(name.starts_with("OTEL_"), "the host passes only OTEL_* on");
+            command.env(name, value);
         }
         let mut child = command.spawn().expect("the provider binary starts");
         let mut stdin = child.stdin.take().unwrap();
