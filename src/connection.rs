@@ -47,6 +47,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "tls_ca_file",
     "tls_client_cert",
     "tls_client_key",
+    "compression",
     "ack",
 ];
 
@@ -87,6 +88,23 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Raw => "raw",
+        }
+    }
+}
+
+/// Per-message compression of a session's messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    /// permessage-deflate (RFC 7692), when the server accepts it.
+    Deflate,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Deflate => "deflate",
         }
     }
 }
@@ -155,6 +173,7 @@ pub struct ConnectionConfig {
     pub pong_timeout: Duration,
     /// Trust roots and client certificate for `wss://`.
     pub tls: Tls,
+    pub compression: Compression,
     /// Acknowledged delivery (format `json` only).
     pub ack: bool,
 }
@@ -185,6 +204,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("ping_interval", &self.ping_interval)
             .field("pong_timeout", &self.pong_timeout)
             .field("tls", &self.tls)
+            .field("compression", &self.compression)
             .field("ack", &self.ack)
             .finish()
     }
@@ -393,6 +413,17 @@ impl Layers<'_> {
                 "the `tls_*` settings are ignored: `uri` is ws:// (plain, no TLS); use wss:// to encrypt"
             );
         }
+        let compression = match self.plain("compression") {
+            None | Some("none") => Compression::None,
+            Some("deflate") => Compression::Deflate,
+            Some(other) => {
+                return Err(invalid(
+                    "compression",
+                    other,
+                    "expected `none` or `deflate`",
+                ))
+            }
+        };
         let ack = self.boolean("ack", false)?;
         if ack && format == Format::Raw {
             return Err(invalid(
@@ -437,6 +468,7 @@ impl Layers<'_> {
                 "whole seconds",
             )?),
             tls,
+            compression,
             ack,
         })
     }
@@ -636,6 +668,7 @@ impl ConnectionConfig {
             self.ping_interval == other.ping_interval,
         );
         check("pong_timeout_sec", self.pong_timeout == other.pong_timeout);
+        check("compression", self.compression == other.compression);
         check("ack", self.ack == other.ack);
         keys.extend(
             self.tls
@@ -1020,6 +1053,6 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 15, "every default given as a value was checked");
+        assert_eq!(checked, 16, "every default given as a value was checked");
     }
 }

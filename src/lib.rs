@@ -6,6 +6,7 @@
 //! - [`connection`]: config keys, parsing, validation, merging provider defaults with link config.
 //! - [`envelope`]: the wire format (JSON envelope or raw) between messages and frames.
 //! - [`session`]: one WebSocket connection owned by one task: connect, reconnect, write, read.
+//! - [`socket`]: dialling, TLS and the handshake (yawc), permessage-deflate, errors in words.
 //! - [`requests`]: request-reply correlation (inboxes of waiting requests).
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
 //! - `invoke`: the wRPC client that calls `handle-message` (one per component).
@@ -41,6 +42,7 @@ mod invoke;
 pub mod metrics;
 pub mod requests;
 pub mod session;
+pub mod socket;
 pub mod stats;
 pub mod subjects;
 pub mod tls;

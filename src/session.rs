@@ -9,7 +9,7 @@
 //! When the connection fails or drops, the task reconnects with exponential backoff and jitter.
 //! Cancelling the session (link deleted, provider shut down) sends a Close frame and ends the task.
 //!
-//! This is the only module that touches the WebSocket library's types.
+//! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -23,23 +23,19 @@ use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, TlsError};
-use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::Connector;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wasmcloud_provider_sdk::wasmcloud_tracing::KeyValue;
+use yawc::close::CloseCode;
+use yawc::{Frame as WsFrame, OpCode, WebSocketError};
 
 use crate::acks::Acks;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::connection::{ConnectionConfig, Format};
+use crate::connection::{Compression, ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
 use crate::requests::{Pending, Routed};
+use crate::socket::{self, describe, Socket};
 use crate::stats::{self, SessionStats, Totals};
 
 /// Most frames written before one flush.
@@ -488,6 +484,8 @@ fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
 /// How the futures of one connection ended: with a Close frame to send first, or not.
 enum Outcome {
     Goodbye(CloseCode, &'static str, End),
+    /// The library refused what the server sent and queued a Close frame of its own.
+    Flush(End),
     Done(End),
 }
 
@@ -517,9 +515,6 @@ struct SocketTask {
     acks: Acks,
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 impl SocketTask {
     async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
         // Retries since the last healthy connection (the backoff's n), and failed connection
@@ -539,8 +534,8 @@ impl SocketTask {
                 () = self.cancel.cancelled() => {
                     // A handshake under way gets a moment to finish, so that the server, which
                     // may already count the connection as open, still sees a Close frame.
-                    if let Ok(Ok(Ok(socket))) = tokio::time::timeout(CLOSE_GRACE, &mut connect).await {
-                        let (mut sink, _) = socket.split();
+                    if let Ok(Ok(Ok(opened))) = tokio::time::timeout(CLOSE_GRACE, &mut connect).await {
+                        let (mut sink, _) = opened.socket.split();
                         self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
                     }
                     break;
@@ -548,7 +543,7 @@ impl SocketTask {
                 r = &mut connect => r,
             };
             let error = match attempt {
-                Ok(Ok(socket)) => {
+                Ok(Ok(opened)) => {
                     stats::bump(&self.stats.connects);
                     if ever_connected {
                         stats::bump(&self.stats.reconnects);
@@ -558,9 +553,12 @@ impl SocketTask {
                         Some(SystemTime::now());
                     *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
                     self.state.send_replace(SessionState::Open);
-                    info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "connected");
-                    let opened = Instant::now();
-                    match self.drive(socket, &mut queue).await {
+                    info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, deflate = opened.deflate, "connected");
+                    if self.config.compression == Compression::Deflate && !opened.deflate {
+                        info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "the server declined permessage-deflate; messages go uncompressed");
+                    }
+                    let since = Instant::now();
+                    match self.drive(opened.socket, &mut queue).await {
                         End::Cancelled => break,
                         End::Lost(reason) => {
                             *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -569,7 +567,7 @@ impl SocketTask {
                                 "the connection to {} was lost before the reply came ({reason})",
                                 self.config.uri
                             ));
-                            if opened.elapsed() >= HEALTHY_AFTER {
+                            if since.elapsed() >= HEALTHY_AFTER {
                                 retries = 0;
                                 failed_attempts = 0;
                             }
@@ -620,55 +618,8 @@ impl SocketTask {
         debug!(session = %self.id, "session task ended");
     }
 
-    async fn connect(&self) -> Result<Socket, String> {
-        let mut request = self
-            .config
-            .uri
-            .as_str()
-            .into_client_request()
-            .map_err(|e| format!("bad request for {}: {e}", self.config.uri))?;
-        for (name, value) in self.config.handshake_headers() {
-            // Both were validated when the link was put.
-            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-            let value = HeaderValue::from_str(&value).map_err(|e| e.to_string())?;
-            request.headers_mut().insert(name, value);
-        }
-        let limits = WebSocketConfig::default()
-            .max_message_size(Some(self.config.max_message_bytes))
-            .max_frame_size(Some(self.config.max_message_bytes));
-        // Always our own rustls config (it ignores it for ws://): the trust roots and the client
-        // certificate are the session's, never the library's defaults.
-        let connector = Connector::Rustls(self.config.tls.client_config());
-        let (socket, _response) = tokio_tungstenite::connect_async_tls_with_config(
-            request,
-            Some(limits),
-            true,
-            Some(connector),
-        )
-        .await
-        .map_err(|e| self.explain_connect_error(&e))?;
-        Ok(socket)
-    }
-
-    /// Why a connection attempt failed, with TLS failures in the words of [`crate::tls`].
-    fn explain_connect_error(&self, e: &WsError) -> String {
-        let host = url::Url::parse(&self.config.uri)
-            .ok()
-            .and_then(|u| u.host_str().map(str::to_string))
-            .unwrap_or_default();
-        match e {
-            WsError::Io(io) => match io
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            {
-                Some(tls) => crate::tls::explain(tls, &host, self.config.tls.has_client_cert()),
-                None => describe(e),
-            },
-            WsError::Tls(TlsError::InvalidDnsName) => {
-                format!("TLS: {host} is not a valid server name for a certificate")
-            }
-            _ => describe(e),
-        }
+    async fn connect(&self) -> Result<socket::Opened, String> {
+        socket::connect(&self.config).await
     }
 
     /// Runs one open connection until it ends. Reading, writing and the keepalive watchdog are
@@ -687,6 +638,20 @@ impl SocketTask {
         match outcome {
             Outcome::Goodbye(code, reason, end) => {
                 self.say_goodbye(&mut sink, code, reason).await;
+                end
+            }
+            Outcome::Flush(end) => {
+                // The library queued a Close frame with the reason's code; it leaves when the
+                // socket is next made ready (the split sink skips that when it holds nothing).
+                if let Ok(mut socket) = sink.reunite(stream) {
+                    let leave = async {
+                        futures::future::poll_fn(|cx| socket.poll_ready_unpin(cx)).await?;
+                        socket.flush().await
+                    };
+                    if tokio::time::timeout(CLOSE_GRACE, leave).await.is_err() {
+                        debug!(session = %self.id, "Close frame not sent in time");
+                    }
+                }
                 end
             }
             Outcome::Done(end) => end,
@@ -708,24 +673,27 @@ impl SocketTask {
             *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let held = match frame {
                 None => return Outcome::Done(End::Lost("the server ended the stream".into())),
-                Some(Ok(Message::Text(text))) => self.incoming(Bytes::from(text)),
-                Some(Ok(Message::Binary(bytes))) => self.incoming(bytes),
-                Some(Ok(Message::Close(frame))) => {
-                    // The library answers the Close; the stream ends right after.
-                    debug!(session = %self.id, ?frame, "server sent Close");
-                    None
-                }
-                Some(Ok(_)) => None, // ping, pong: the library answers pings itself
-                Some(Err(WsError::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+                Some(Ok(frame)) => match frame.opcode() {
+                    OpCode::Text | OpCode::Binary => self.incoming(frame.into_payload()),
+                    OpCode::Close => {
+                        // The library answers the Close; the connection ends right after.
+                        debug!(session = %self.id, code = ?frame.close_code(), "server sent Close");
+                        None
+                    }
+                    _ => None, // ping, pong: the library answers pings itself
+                },
+                Some(Err(WebSocketError::FrameTooLarge)) => {
                     stats::bump(&self.stats.dropped_oversized);
-                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, size, max_size, "refused an incoming message larger than max_message_bytes; closing with 1009 and reconnecting");
-                    return Outcome::Goodbye(
-                        CloseCode::Size,
-                        "message larger than max_message_bytes",
-                        End::Lost(format!("incoming message of {size} bytes exceeds max_message_bytes ({max_size})")),
-                    );
+                    let max_size = self.config.max_message_bytes;
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, max_size, "refused an incoming message larger than max_message_bytes (after decompression); closing with 1009 and reconnecting");
+                    return Outcome::Flush(End::Lost(format!(
+                        "an incoming message exceeds max_message_bytes ({max_size})"
+                    )));
                 }
-                Some(Err(e)) => return Outcome::Done(End::Lost(describe(&e))),
+                Some(Err(WebSocketError::ConnectionClosed)) => {
+                    return Outcome::Done(End::Lost("the connection was closed".into()))
+                }
+                Some(Err(e)) => return Outcome::Flush(End::Lost(describe(&e))),
             };
             if let Some(inbound) = held {
                 paused.store(true, Ordering::Relaxed);
@@ -744,7 +712,7 @@ impl SocketTask {
     /// Writes queued frames in batches, and a keepalive ping every `ping_interval_sec`.
     async fn write_loop(
         &self,
-        sink: &mut SplitSink<Socket, Message>,
+        sink: &mut SplitSink<Socket, WsFrame>,
         queue: &mut mpsc::Receiver<Outgoing>,
     ) -> Outcome {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
@@ -766,7 +734,7 @@ impl SocketTask {
                     }
                 }
                 _ = ping.tick() => {
-                    if let Err(e) = sink.send(Message::Ping(Bytes::new())).await {
+                    if let Err(e) = sink.send(WsFrame::ping(Bytes::new())).await {
                         return Outcome::Done(End::Lost(format!("keepalive ping failed: {}", describe(&e))));
                     }
                 }
@@ -798,16 +766,13 @@ impl SocketTask {
     /// Sends a Close frame, waiting at most [`CLOSE_GRACE`] for it to leave.
     async fn say_goodbye(
         &self,
-        sink: &mut SplitSink<Socket, Message>,
+        sink: &mut SplitSink<Socket, WsFrame>,
         code: CloseCode,
         reason: &str,
     ) {
-        let close = Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }));
+        let close = WsFrame::close(code, reason);
         match tokio::time::timeout(CLOSE_GRACE, sink.send(close)).await {
-            Ok(Ok(())) => debug!(session = %self.id, %code, "Close frame sent"),
+            Ok(Ok(())) => debug!(session = %self.id, ?code, "Close frame sent"),
             Ok(Err(e)) => debug!(session = %self.id, error = %describe(&e), "Close frame not sent"),
             Err(_) => debug!(session = %self.id, "Close frame not sent in time"),
         }
@@ -817,7 +782,7 @@ impl SocketTask {
     /// acknowledged, whose publish still waits.
     async fn resend_unacknowledged(
         &self,
-        sink: &mut SplitSink<Socket, Message>,
+        sink: &mut SplitSink<Socket, WsFrame>,
     ) -> Result<(), String> {
         let frames = self.acks.unacknowledged();
         if frames.is_empty() {
@@ -825,8 +790,7 @@ impl SocketTask {
         }
         info!(session = %self.id, frames = frames.len(), "sending unacknowledged messages again after the reconnect");
         for (_, frame) in &frames {
-            let message = to_message(frame.clone()).map_err(str::to_string)?;
-            sink.feed(message)
+            sink.feed(to_ws(frame.clone()))
                 .await
                 .map_err(|e| format!("write failed: {}", describe(&e)))?;
         }
@@ -844,7 +808,7 @@ impl SocketTask {
     /// (timed out) are not sent: the caller already got an error.
     async fn write_batch(
         &self,
-        sink: &mut SplitSink<Socket, Message>,
+        sink: &mut SplitSink<Socket, WsFrame>,
         batch: &mut Vec<Outgoing>,
     ) -> Result<(), String> {
         let now = Instant::now();
@@ -855,16 +819,7 @@ impl SocketTask {
                 continue;
             }
             let len = out.frame.len();
-            let message = match to_message(out.frame) {
-                Ok(message) => message,
-                Err(e) => {
-                    if let Some(done) = out.done {
-                        let _ = done.send(Err(e.into()));
-                    }
-                    continue;
-                }
-            };
-            if let Err(e) = sink.feed(message).await {
+            if let Err(e) = sink.feed(to_ws(out.frame)).await {
                 let reason = format!("write failed: {}", describe(&e));
                 written.push((out.done, len, out.ack_id));
                 self.fail_all(written, &reason);
@@ -969,31 +924,12 @@ type Written = (
     Option<String>,
 );
 
-/// The WebSocket library's message for a frame.
-fn to_message(frame: Frame) -> Result<Message, &'static str> {
-    Ok(match frame {
-        Frame::Text(bytes) => Message::Text(
-            bytes
-                .try_into()
-                .map_err(|_| "internal error: text frame is not UTF-8")?,
-        ),
-        Frame::Binary(bytes) => Message::Binary(bytes),
-    })
-}
-
-/// A WebSocket error in words a user can act on.
-fn describe(e: &WsError) -> String {
-    match e {
-        WsError::Http(response) => format!(
-            "the server refused the WebSocket handshake with HTTP {}",
-            response.status()
-        ),
-        WsError::Io(io) => format!("I/O error: {io}"),
-        WsError::Tls(tls) => format!("TLS error: {tls}"),
-        WsError::ConnectionClosed | WsError::AlreadyClosed => "the connection was closed".into(),
-        WsError::AttackAttempt => "the server's handshake response is larger than the WebSocket library allows (64 KiB in at most 512 reads); refused".into(),
-        WsError::Capacity(CapacityError::TooManyHeaders) => "the server's handshake response has more headers than the WebSocket library allows (124); refused".into(),
-        other => other.to_string(),
+/// The WebSocket library's frame for a frame.
+fn to_ws(frame: Frame) -> WsFrame {
+    match frame {
+        // Valid UTF-8: the envelope encoder makes it, and raw text came in as a String.
+        Frame::Text(bytes) => WsFrame::text(bytes),
+        Frame::Binary(bytes) => WsFrame::binary(bytes),
     }
 }
 

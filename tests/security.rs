@@ -437,12 +437,12 @@ async fn oversized_handshake_responses_are_refused() {
         (
             "many-headers",
             many_headers,
-            "the server's handshake response has more headers than the WebSocket library allows (124); refused",
+            "the server's handshake response has more than 100 headers; refused",
         ),
         (
             "huge-response",
             huge,
-            "the server's handshake response is larger than the WebSocket library allows (64 KiB in at most 512 reads); refused",
+            "the server's handshake response is larger than 64 KiB; refused",
         ),
     ];
     for (component, response, expected) in cases {

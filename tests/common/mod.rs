@@ -1,7 +1,8 @@
 //! Test helpers, each playing one real part: `nats` (a nats-server child process), `provider`
 //! (the provider binary started as the host starts it), `component` (a component played over
 //! wRPC), `ws` (WebSocket servers on 127.0.0.1, plain or TLS), `certs` (test certificates), `tcp`
-//! (servers that misbehave below WebSocket), `otlp` (an OpenTelemetry metrics collector).
+//! (servers that misbehave below WebSocket), `otlp` (an OpenTelemetry metrics collector), `pyws`
+//! (a WebSocket server of another implementation, Python `websockets`).
 
 #![allow(dead_code)]
 
@@ -10,6 +11,7 @@ pub mod component;
 pub mod nats;
 pub mod otlp;
 pub mod provider;
+pub mod pyws;
 pub mod tcp;
 pub mod wait;
 pub mod ws;
