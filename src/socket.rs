@@ -24,6 +24,9 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 /// The most header lines accepted in the handshake response (the HTTP library's own bound).
 pub const MAX_RESPONSE_HEADERS: usize = 100;
 
+/// How many bytes of frames may wait in the write buffer before they are written out.
+const WRITE_BOUNDARY: usize = 128 * 1024;
+
 type Transport = Either<TcpStream, TlsStream<TcpStream>>;
 
 /// An open connection: frames in (with the errors), frames out.
@@ -70,7 +73,13 @@ pub async fn connect(config: &ConnectionConfig) -> Result<Opened, String> {
     }
     // yawc's bounds are exclusive.
     let limit = config.max_message_bytes.saturating_add(1);
-    let mut options = Options::default().with_limits(limit, limit).with_utf8();
+    // The session writes up to 64 frames and then flushes once; yawc (through tokio-util's
+    // framing) writes out early whenever 8 KiB are buffered. With 128 KiB, as tungstenite's
+    // write buffer was, a batch of 1 KiB publishes is one write, not eight.
+    let mut options = Options::default()
+        .with_limits(limit, limit)
+        .with_utf8()
+        .with_backpressure_boundary(WRITE_BOUNDARY);
     if config.compression == Compression::Deflate {
         // Level 1 (fast), context takeover both ways; the server may ask for a smaller window.
         options = options
