@@ -7,11 +7,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
-say "cargo fmt --check (provider, e2e, example component, bench peer)"
+say "cargo fmt --check (provider, e2e, example component, bench peer, library evaluation)"
 cargo fmt --check
 cargo fmt --check --manifest-path e2e/Cargo.toml
 cargo fmt --check --manifest-path examples/echo-component/Cargo.toml
 cargo fmt --check --manifest-path benches/nats-peer/Cargo.toml
+cargo fmt --check --manifest-path benches/ws-libs/Cargo.toml
 
 say "provider: the build compiles no wasmCloud host and no wasm compiler (those live in e2e/)"
 if cargo tree -e normal,build,dev --prefix none 2>/dev/null | grep -qE '^(wasmcloud-host|cranelift-codegen|wasmtime-internal-cranelift) '; then
