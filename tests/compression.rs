@@ -6,7 +6,6 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use common::component::PlayedComponent;
 use common::pyws::PyWsServer;
 use common::{wait_until, Rig};
 use serde_json::{json, Value};
@@ -34,40 +33,13 @@ fn envelope_len(subject: &str, body: &[u8]) -> usize {
         .len()
 }
 
-async fn stats(component: &PlayedComponent) -> Value {
-    let answer = component
-        .request("default", "$ws.stats", &b""[..], 0)
-        .await
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&answer.body).unwrap()
-}
-
-/// Consumer and handler links of `component` (one session) to `uri` with `extra` settings.
-async fn linked(rig: &Rig, component: &str, uri: &str, extra: &[(&str, &str)]) -> PlayedComponent {
-    let mut config = vec![("uri", uri)];
-    config.extend_from_slice(extra);
-    let provider = &rig.provider;
-    provider
-        .put_link(&provider.consumer_link(component, "default", &config))
-        .await;
-    provider
-        .put_link(&provider.handler_link(component, "default", &config))
-        .await;
-    rig.component(component).await
-}
-
 #[tokio::test]
 async fn deflate_carries_a_512_kib_body_both_ways_compressed() {
     let rig = Rig::start().await;
     let server = PyWsServer::start(&["echo"]).await;
-    let component = linked(
-        &rig,
-        "squeezed",
-        &server.uri(),
-        &[("compression", "deflate")],
-    )
-    .await;
+    let component = rig
+        .linked_both_ways("squeezed", &server.uri(), &[("compression", "deflate")])
+        .await;
     let connected = server.wait_event("connected", |_| true, WAIT).await;
     assert!(
         connected["offered"]
@@ -101,7 +73,7 @@ async fn deflate_carries_a_512_kib_body_both_ways_compressed() {
     assert!(received[0].body == body, "the body came back unchanged");
     let frame_out = &server.events("frame_out")[0];
     assert_eq!(frame_out["rsv1"], true, "{frame_out}");
-    let stats = stats(&component).await;
+    let stats = component.stats("default").await;
     let session = &stats["sessions"][0];
     assert_eq!(session["bytes_out"], envelope, "counted before compression");
     assert_eq!(session["bytes_in"], envelope, "counted after decompression");
@@ -117,16 +89,16 @@ async fn a_compression_bomb_is_refused_without_inflating_it() {
     // 64 MiB of one letter: about 64 KiB on the wire, 64 times max_message_bytes inflated.
     let bomb = 64 * 1024 * 1024;
     let server = PyWsServer::start(&["bomb", &bomb.to_string()]).await;
-    let component = linked(
-        &rig,
-        "target",
-        &server.uri(),
-        &[
-            ("compression", "deflate"),
-            ("reconnect_initial_delay_ms", "50"),
-        ],
-    )
-    .await;
+    let component = rig
+        .linked_both_ways(
+            "target",
+            &server.uri(),
+            &[
+                ("compression", "deflate"),
+                ("reconnect_initial_delay_ms", "50"),
+            ],
+        )
+        .await;
     let before = rig.provider.peak_rss_kib();
     rig.provider
         .logs
@@ -148,7 +120,7 @@ async fn a_compression_bomb_is_refused_without_inflating_it() {
     let received = component.wait_received(1, WAIT).await;
     assert_eq!(received[0].subject, "after.bomb");
     assert_eq!(server.events("connected").len(), 2);
-    let stats = stats(&component).await;
+    let stats = component.stats("default").await;
     assert_eq!(stats["sessions"][0]["dropped_oversized"], 1);
     assert_eq!(stats["sessions"][0]["delivered"], 1);
     // Inflating it would have taken 64 MiB; the decompression stopped at the limit.
@@ -163,7 +135,9 @@ async fn a_compression_bomb_is_refused_without_inflating_it() {
 async fn a_server_that_declines_deflate_gets_plain_frames() {
     let rig = Rig::start().await;
     let server = PyWsServer::start(&["decline"]).await;
-    let component = linked(&rig, "plain", &server.uri(), &[("compression", "deflate")]).await;
+    let component = rig
+        .linked_both_ways("plain", &server.uri(), &[("compression", "deflate")])
+        .await;
     let connected = server.wait_event("connected", |_| true, WAIT).await;
     assert!(connected["offered"].as_str().is_some(), "{connected}");
     assert_eq!(connected["negotiated"], json!([]));
@@ -192,7 +166,9 @@ async fn a_server_that_declines_deflate_gets_plain_frames() {
 async fn without_compression_nothing_is_offered() {
     let rig = Rig::start().await;
     let server = PyWsServer::start(&["echo"]).await;
-    let component = linked(&rig, "default-settings", &server.uri(), &[]).await;
+    let component = rig
+        .linked_both_ways("default-settings", &server.uri(), &[])
+        .await;
     component
         .publish_when_ready("default", "small", &b"hi"[..], WAIT)
         .await;

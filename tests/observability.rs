@@ -15,41 +15,22 @@ use wasmcloud_provider_sdk::core::OtelConfig;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-async fn stats(component: &PlayedComponent, link: &str) -> Value {
-    let answer = component
-        .request(link, "$ws.stats", &b""[..], 0)
-        .await
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&answer.body).unwrap()
-}
-
 /// Waits until the caller's first session in `$ws.stats` has `counter` = `value`.
 async fn wait_counter(component: &PlayedComponent, link: &str, counter: &str, value: u64) {
     wait_until(&format!("{counter} is {value}"), WAIT, || async {
-        stats(component, link).await["sessions"][0][counter] == value
+        component.stats(link).await["sessions"][0][counter] == value
     })
     .await;
 }
 
-/// Puts `component`'s consumer and handler links (one session) to `uri`; returns the played
-/// component once its session is open.
+/// `component`'s two links to `uri`, once its session is connected.
 async fn linked_both_ways(
     rig: &Rig,
     component: &str,
     uri: &str,
     extra: &[(&str, &str)],
 ) -> PlayedComponent {
-    let mut config = vec![("uri", uri)];
-    config.extend_from_slice(extra);
-    let provider = &rig.provider;
-    provider
-        .put_link(&provider.consumer_link(component, "default", &config))
-        .await;
-    provider
-        .put_link(&provider.handler_link(component, "default", &config))
-        .await;
-    let played = rig.component(component).await;
+    let played = rig.linked_both_ways(component, uri, extra).await;
     wait_counter(&played, "default", "connects", 1).await;
     played
 }
@@ -131,11 +112,11 @@ async fn stats_count_a_scripted_scenario_exactly() {
     server.drop_connections();
     wait_counter(&component, "default", "connects", 2).await;
     wait_until("the session is open again", WAIT, || async {
-        stats(&component, "default").await["sessions"][0]["state"] == "open"
+        component.stats("default").await["sessions"][0]["state"] == "open"
     })
     .await;
 
-    let now = stats(&component, "default").await;
+    let now = component.stats("default").await;
     let session = &now["sessions"][0];
     let expected = json!({
         "connects": 2,
@@ -178,14 +159,14 @@ async fn stats_count_a_scripted_scenario_exactly() {
         .delete_link(&provider.handler_link("scripted", "default", &config))
         .await;
     wait_until("only the watcher's session is left", WAIT, || async {
-        stats(&watcher, "default").await["provider"]["sessions"] == 1
+        watcher.stats("default").await["provider"]["sessions"] == 1
     })
     .await;
     wait_until(
         "the gone session's counts stay in the totals",
         WAIT,
         || async {
-            let totals = &stats(&watcher, "default").await["provider"];
+            let totals = &watcher.stats("default").await["provider"];
             totals["published"] == 5 && totals["connects"] == 3 && totals["frames_in"] == 9
         },
     )
@@ -359,5 +340,5 @@ async fn health_names_sessions_down_longer_than_their_backoff_cap() {
         rig.provider.health().await.unwrap() == json!({"healthy": true})
     })
     .await;
-    assert_eq!(stats(&watcher, "default").await["provider"]["sessions"], 1);
+    assert_eq!(watcher.stats("default").await["provider"]["sessions"], 1);
 }

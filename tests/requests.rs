@@ -56,15 +56,6 @@ async fn sessions(component: &PlayedComponent, link: &str) -> Vec<Value> {
     }
 }
 
-async fn stats(component: &PlayedComponent, link: &str) -> Value {
-    let answer = component
-        .request(link, "$ws.stats", &b""[..], 0)
-        .await
-        .unwrap()
-        .unwrap();
-    serde_json::from_slice(&answer.body).unwrap()
-}
-
 fn envelope_of(message: &Message) -> Value {
     serde_json::from_slice(&message.clone().into_data()).unwrap()
 }
@@ -120,7 +111,7 @@ async fn two_hundred_concurrent_requests_each_get_their_own_answer() {
         let answer = answer.unwrap().unwrap_or_else(|e| panic!("{body}: {e}"));
         assert_eq!(String::from_utf8_lossy(&answer.body), body);
     }
-    let stats = stats(&component, "default").await;
+    let stats = component.stats("default").await;
     assert_eq!(
         stats["sessions"][0]["requests"], 200,
         "`$ws.` requests are not counted"
@@ -150,7 +141,7 @@ async fn a_request_times_out_cleanly_and_a_late_reply_is_dropped() {
         "took {took:?}"
     );
 
-    let stats = stats(&component, "default").await;
+    let stats = component.stats("default").await;
     let session = &stats["sessions"][0];
     assert_eq!(session["pending_requests"], 0, "nothing leaks");
     assert_eq!(session["request_timeouts"], 1);
@@ -167,7 +158,7 @@ async fn a_request_times_out_cleanly_and_a_late_reply_is_dropped() {
         received[0].subject, "after.late",
         "only the ordinary frame is delivered"
     );
-    let stats = self::stats(&component, "default").await;
+    let stats = component.stats("default").await;
     assert_eq!(stats["sessions"][0]["dropped_unmatched"], 1);
 }
 

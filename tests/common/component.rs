@@ -243,6 +243,16 @@ impl PlayedComponent {
             .map_err(|_| anyhow::anyhow!("request call got no answer within 20 s"))?
     }
 
+    /// The provider's `$ws.stats` answer to a request through `link_name`.
+    pub async fn stats(&self, link_name: &str) -> serde_json::Value {
+        let answer = self
+            .request(link_name, "$ws.stats", &b""[..], 0)
+            .await
+            .expect("the $ws.stats call is answered")
+            .expect("$ws.stats answers");
+        serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON")
+    }
+
     pub fn received(&self) -> Vec<BrokerMessage> {
         self.recorder.received.lock().unwrap().clone()
     }

@@ -81,4 +81,24 @@ impl Rig {
     pub async fn component(&self, id: &str) -> component::PlayedComponent {
         component::PlayedComponent::start(&self.provider, &self.nats.url, id).await
     }
+
+    /// Puts `component`'s consumer and handler links named `default` (one session) to `uri`,
+    /// with `extra` settings, and plays the component.
+    pub async fn linked_both_ways(
+        &self,
+        component: &str,
+        uri: &str,
+        extra: &[(&str, &str)],
+    ) -> component::PlayedComponent {
+        let mut config = vec![("uri", uri)];
+        config.extend_from_slice(extra);
+        let provider = &self.provider;
+        provider
+            .put_link(&provider.consumer_link(component, "default", &config))
+            .await;
+        provider
+            .put_link(&provider.handler_link(component, "default", &config))
+            .await;
+        self.component(component).await
+    }
 }
