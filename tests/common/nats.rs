@@ -4,6 +4,7 @@ use std::net::TcpListener;
 use std::process::Stdio;
 use std::time::Duration;
 
+use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
 
 use super::wait_until;
@@ -50,23 +51,42 @@ impl NatsServer {
     }
 
     async fn launch(store: Option<std::path::PathBuf>) -> Self {
-        let port = free_port();
+        // The server picks its own port (-1) and says which: a port chosen here and released
+        // could be taken by another test's listener before the server binds it.
         let mut args = vec![
             "-a".to_string(),
             "127.0.0.1".into(),
             "-p".into(),
-            port.to_string(),
+            "-1".into(),
         ];
         if let Some(store) = &store {
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
         }
-        let child = Command::new(binary())
+        let mut child = Command::new(binary())
             .args(&args)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("nats-server starts (install it: apt-get install nats-server, or set NATS_SERVER_BIN)");
+        let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let port = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some((_, port)) = line
+                    .split_once("Listening for client connections on ")
+                    .and_then(|(_, addr)| addr.rsplit_once(':'))
+                {
+                    return port.trim().parse::<u16>().ok();
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("nats-server says which port it listens on");
+        // Keep reading its log, so that it never writes into a closed pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let url = format!("nats://127.0.0.1:{port}");
         wait_until(
             "nats-server accepts connections",
