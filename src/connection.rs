@@ -100,15 +100,6 @@ pub enum Compression {
     Deflate,
 }
 
-impl Compression {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Compression::None => "none",
-            Compression::Deflate => "deflate",
-        }
-    }
-}
-
 /// A config key with a value that cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {

@@ -452,8 +452,9 @@ impl Provider for WebSocketMessagingProvider {
     /// their `reconnect_max_delay_ms` (the longest a working server can keep one waiting);
     /// healthy with no message otherwise.
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
-        let mut down: Vec<(Arc<Session>, Duration)> = self
-            .sessions()
+        let sessions = self.sessions();
+        let total = sessions.len();
+        let mut down: Vec<(Arc<Session>, Duration)> = sessions
             .into_iter()
             .filter_map(|s| {
                 let down_for = s.down_for()?;
@@ -484,7 +485,7 @@ impl Provider for WebSocketMessagingProvider {
         let message = format!(
             "{} of {} sessions without a connection: {}",
             down.len(),
-            read(&self.session_storage).len(),
+            total,
             names.join("; ")
         );
         debug!(%message, "health check: unhealthy");

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wasmcloud_provider_sdk::wasmcloud_tracing::{global, Histogram, KeyValue, Meter};
 
-use crate::session::{Session, SessionKey, SessionState};
+use crate::session::{Session, SessionKey};
 use crate::stats::{SessionStats, LATENCY_BOUNDS_MS};
 
 /// The prefix of every metric name.
@@ -77,11 +77,7 @@ pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static
         .u64_observable_gauge(format!("{PREFIX}.sessions_open"))
         .with_description("Sessions with an open connection")
         .with_callback(move |observer| {
-            let open = sessions()
-                .iter()
-                .filter(|s| s.state() == SessionState::Open)
-                .count();
-            observer.observe(open as u64, &[]);
+            observer.observe(Session::count_open(&sessions()) as u64, &[]);
         })
         .build();
 }

@@ -238,6 +238,14 @@ impl Session {
         *self.state.borrow()
     }
 
+    /// How many of `sessions` have an open connection.
+    pub fn count_open(sessions: &[Arc<Session>]) -> usize {
+        sessions
+            .iter()
+            .filter(|s| s.state() == SessionState::Open)
+            .count()
+    }
+
     /// When the current (or last) connection was made; `None` before the first one.
     pub fn connected_at(&self) -> Option<SystemTime> {
         *self.connected_at.lock().unwrap_or_else(|e| e.into_inner())

@@ -143,8 +143,7 @@ pub fn sessions(mine: &[Arc<Session>]) -> Bytes {
 /// sessions one by one.
 pub fn stats(totals: &Totals, all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
     let mut provider = Map::new();
-    let open = all.iter().filter(|s| s.state().as_str() == "open").count();
-    provider.insert("sessions_open".into(), json!(open));
+    provider.insert("sessions_open".into(), json!(Session::count_open(all)));
     provider.insert("sessions".into(), json!(all.len()));
     // Every task of the process (sessions, deliveries, the SDK's): a leak shows up here.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {

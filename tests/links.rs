@@ -341,13 +341,7 @@ async fn bad_provider_config_stops_start_up_with_a_clear_message() {
 
 /// The provider's own count of live tasks, through `$ws.stats`.
 async fn tasks_alive(component: &common::component::PlayedComponent) -> u64 {
-    let stats = component
-        .request("probe", "$ws.stats", &b""[..], 0)
-        .await
-        .unwrap()
-        .unwrap();
-    let stats: serde_json::Value = serde_json::from_slice(&stats.body).unwrap();
-    stats["provider"]["tasks_alive"]
+    component.stats("probe").await["provider"]["tasks_alive"]
         .as_u64()
         .expect("tasks_alive")
 }
