@@ -120,6 +120,12 @@ async fn a_compression_bomb_is_refused_without_inflating_it() {
     let received = component.wait_received(1, WAIT).await;
     assert_eq!(received[0].subject, "after.bomb");
     assert_eq!(server.events("connected").len(), 2);
+    // The provider counts a delivery once the handler's answer is back, a moment after the
+    // handler got it.
+    wait_until("the delivery is counted", WAIT, || async {
+        component.stats("default").await["sessions"][0]["delivered"] == 1
+    })
+    .await;
     let stats = component.stats("default").await;
     assert_eq!(stats["sessions"][0]["dropped_oversized"], 1);
     assert_eq!(stats["sessions"][0]["delivered"], 1);
