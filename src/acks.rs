@@ -66,11 +66,17 @@ impl Acks {
         }
     }
 
-    /// The frame with this id left on a connection (flushed).
+    /// The frame with this id was handed to a connection.
     pub fn written(&self, id: &str) {
         if let Some(entry) = self.lock().get_mut(id) {
             entry.written = true;
         }
+    }
+
+    /// Whether the frame with this id was handed to a connection (and so goes out again after a
+    /// reconnect while its publish waits).
+    pub fn is_written(&self, id: &str) -> bool {
+        self.lock().get(id).is_some_and(|e| e.written)
     }
 
     /// The server acknowledged `id`; false when nothing waits for it (a late or unknown ack).

@@ -37,6 +37,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "inbox_prefix",
     "max_pending",
     "max_in_flight",
+    "delivery_timeout_ms",
     "max_message_bytes",
     "reconnect_initial_delay_ms",
     "reconnect_max_delay_ms",
@@ -60,9 +61,52 @@ fn is_known(key: &str) -> bool {
     KNOWN_KEYS.contains(&key) || key.starts_with(HEADER_PREFIX)
 }
 
-/// The longest `request` wait: the host cuts a component-to-provider call at 10 s, and the answer
-/// must be back before that.
+/// The longest `request` (and `publish`) wait: the host cuts a component-to-provider call at
+/// 10 s, and the answer must be back before that.
 pub const MAX_REQUEST_TIMEOUT_MS: u64 = 9_500;
+
+/// One numeric key: its default and the largest value accepted. Every number has a bound, so that
+/// no value, however large, can overflow a duration, exhaust memory or trip an assertion of a
+/// library (tokio's semaphore refuses more than 2^61 permits, `Instant + Duration` panics on
+/// overflow); a value above it refuses the link with a message that gives the bound.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub key: &'static str,
+    pub default: u64,
+    pub max: u64,
+    /// What the number counts, for messages: "whole seconds", ...
+    pub unit: &'static str,
+    /// Why the bound is what it is, when that is not obvious.
+    pub why: &'static str,
+}
+
+const SECONDS: &str = "whole seconds";
+const MILLISECONDS: &str = "whole milliseconds";
+const HOST_CUT: &str = " (the wasmCloud host cuts a component's call to a provider at 10 s)";
+
+/// Every numeric key with its bound, in the order of the contract's table.
+#[rustfmt::skip]
+pub const BOUNDS: &[Bound] = &[
+    Bound { key: "connect_timeout_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
+    Bound { key: "send_timeout_ms", default: 5_000, max: MAX_REQUEST_TIMEOUT_MS, unit: MILLISECONDS, why: HOST_CUT },
+    Bound { key: "request_timeout_ms", default: 5_000, max: MAX_REQUEST_TIMEOUT_MS, unit: MILLISECONDS, why: HOST_CUT },
+    Bound { key: "max_pending", default: 1024, max: 65_536, unit: "a whole number", why: "" },
+    Bound { key: "max_in_flight", default: 64, max: 65_536, unit: "a whole number", why: "" },
+    Bound { key: "delivery_timeout_ms", default: 10_000, max: 600_000, unit: MILLISECONDS, why: "" },
+    Bound { key: "max_message_bytes", default: 1 << 20, max: 256 << 20, unit: "a whole number of bytes", why: " (256 MiB)" },
+    Bound { key: "reconnect_initial_delay_ms", default: 250, max: 3_600_000, unit: MILLISECONDS, why: "" },
+    Bound { key: "reconnect_max_delay_ms", default: 30_000, max: 3_600_000, unit: MILLISECONDS, why: "" },
+    Bound { key: "reconnect_max_attempts", default: 0, max: 1_000_000, unit: "a whole number of attempts (0 = retry forever)", why: "" },
+    Bound { key: "ping_interval_sec", default: 20, max: 86_400, unit: SECONDS, why: "" },
+    Bound { key: "pong_timeout_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
+];
+
+fn bound(key: &str) -> &'static Bound {
+    BOUNDS
+        .iter()
+        .find(|b| b.key == key)
+        .expect("every numeric key has a bound")
+}
 
 /// Handshake headers the WebSocket client sets itself; a `header.<Name>` may not replace them.
 const RESERVED_HEADERS: &[&str] = &[
@@ -131,11 +175,12 @@ fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
     }
 }
 
-/// The effective settings of one session.
-#[derive(Clone, PartialEq, Eq)]
+/// The effective settings of one session. Two are equal when [`ConnectionConfig::differing_keys`]
+/// finds no key that differs (one comparison for joining a session and for a repeated put).
+#[derive(Clone)]
 pub struct ConnectionConfig {
-    /// `ws://` or `wss://` URL of the server.
-    pub uri: String,
+    /// `ws://` or `wss://` URL of the server; shown with its userinfo and query hidden.
+    pub uri: Uri,
     /// Sent as `Authorization: Bearer <token>`.
     pub auth_token: Option<String>,
     /// Extra handshake headers, by the name as the user wrote it.
@@ -152,6 +197,8 @@ pub struct ConnectionConfig {
     pub inbox_prefix: String,
     pub max_pending: usize,
     pub max_in_flight: usize,
+    /// Deadline of one `handle-message` call.
+    pub delivery_timeout: Duration,
     pub max_message_bytes: usize,
     /// Backoff before reconnect attempt n: d = min(initial * 2^(n-1), max), drawn from [d/2, d].
     pub reconnect_initial_delay: Duration,
@@ -168,6 +215,14 @@ pub struct ConnectionConfig {
     /// Acknowledged delivery (format `json` only).
     pub ack: bool,
 }
+
+impl PartialEq for ConnectionConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.differing_keys(other).is_empty()
+    }
+}
+
+impl Eq for ConnectionConfig {}
 
 impl fmt::Debug for ConnectionConfig {
     // Written by hand so that credentials never reach a log through `{:?}`.
@@ -188,6 +243,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("inbox_prefix", &self.inbox_prefix)
             .field("max_pending", &self.max_pending)
             .field("max_in_flight", &self.max_in_flight)
+            .field("delivery_timeout", &self.delivery_timeout)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("reconnect_initial_delay", &self.reconnect_initial_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
@@ -242,6 +298,11 @@ impl ProviderDefaults {
         };
         merged.parse("default", false)?;
         Ok(defaults)
+    }
+
+    /// Whether the provider's config or secrets set `key`.
+    pub fn sets(&self, key: &str) -> bool {
+        self.config.contains_key(key) || self.secrets.contains_key(key)
     }
 
     /// The same secrets with new plain config (a provider config update).
@@ -320,8 +381,9 @@ impl Layers<'_> {
     }
 
     fn parse(&self, link_name: &str, require_uri: bool) -> Result<ConnectionConfig, ConfigError> {
-        let uri = match self.plain("uri") {
-            Some(uri) => parse_uri(uri)?,
+        // `uri` may carry credentials (userinfo, a `?token=`), so it may come from a secret.
+        let uri = match self.secret_or_plain("uri")? {
+            Some(uri) => parse_uri(&uri)?,
             None if require_uri => {
                 return Err(ConfigError {
                     key: "uri".into(),
@@ -329,7 +391,7 @@ impl Layers<'_> {
                     reason: "required (a ws:// or wss:// URL) but not set in the link's or the provider's config".into(),
                 })
             }
-            None => String::new(),
+            None => Uri::default(),
         };
         let auth_token = self
             .sensitive("auth_token")?
@@ -367,16 +429,8 @@ impl Layers<'_> {
             }
             None => link_name.to_string(),
         };
-        let reconnect_initial_delay = Duration::from_millis(self.number(
-            "reconnect_initial_delay_ms",
-            250,
-            "whole milliseconds",
-        )?);
-        let reconnect_max_delay = Duration::from_millis(self.number(
-            "reconnect_max_delay_ms",
-            30_000,
-            "whole milliseconds",
-        )?);
+        let reconnect_initial_delay = self.millis("reconnect_initial_delay_ms")?;
+        let reconnect_max_delay = self.millis("reconnect_max_delay_ms")?;
         if reconnect_max_delay < reconnect_initial_delay {
             return Err(invalid(
                 "reconnect_max_delay_ms",
@@ -398,11 +452,18 @@ impl Layers<'_> {
             client_cert: self.secret_or_plain("tls_client_cert")?,
             client_key: self.sensitive("tls_client_key")?,
         })?;
-        if tls.is_set() && uri.get(..3).is_some_and(|s| s.eq_ignore_ascii_case("ws:")) {
-            warn!(
-                uri,
-                "the `tls_*` settings are ignored: `uri` is ws:// (plain, no TLS); use wss:// to encrypt"
-            );
+        if tls.is_set() && !uri.is_tls() && !uri.full.is_empty() {
+            // A client key or a CA meant for TLS while the token and headers would go out in
+            // clear: most likely a uri typed wrong, never what the user wants.
+            return Err(invalid(
+                "uri",
+                &uri.shown,
+                format!(
+                    "is ws:// (no TLS), but {} set: use wss:// (the `tls_*` settings and any credentials would otherwise go out in clear, or not be used)",
+                    tls.set_keys().iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                        + if tls.set_keys().len() == 1 { " is" } else { " are" }
+                ),
+            ));
         }
         let compression = match self.plain("compression") {
             None | Some("none") => Compression::None,
@@ -427,53 +488,26 @@ impl Layers<'_> {
             uri,
             auth_token,
             headers,
-            connect_timeout: Duration::from_secs(self.number(
-                "connect_timeout_sec",
-                10,
-                "whole seconds",
-            )?),
+            connect_timeout: self.seconds("connect_timeout_sec")?,
             enable_session_tracking: self.boolean("enable_session_tracking", true)?,
             format,
             raw_subject,
-            send_timeout: Duration::from_millis(self.number(
-                "send_timeout_ms",
-                5000,
-                "whole milliseconds",
-            )?),
-            request_timeout: self.request_timeout()?,
+            send_timeout: self.millis("send_timeout_ms")?,
+            request_timeout: self.millis("request_timeout_ms")?,
             inbox_prefix: self.inbox_prefix()?,
-            max_pending: self.count("max_pending", 1024)?,
-            max_in_flight: self.count("max_in_flight", 64)?,
-            max_message_bytes: self.count("max_message_bytes", 1 << 20)?,
+            max_pending: self.count("max_pending")?,
+            max_in_flight: self.count("max_in_flight")?,
+            delivery_timeout: self.millis("delivery_timeout_ms")?,
+            max_message_bytes: self.count("max_message_bytes")?,
             reconnect_initial_delay,
             reconnect_max_delay,
             reconnect_max_attempts: self.attempts()?,
-            ping_interval: Duration::from_secs(self.number(
-                "ping_interval_sec",
-                20,
-                "whole seconds",
-            )?),
-            pong_timeout: Duration::from_secs(self.number(
-                "pong_timeout_sec",
-                10,
-                "whole seconds",
-            )?),
+            ping_interval: self.seconds("ping_interval_sec")?,
+            pong_timeout: self.seconds("pong_timeout_sec")?,
             tls,
             compression,
             ack,
         })
-    }
-
-    fn request_timeout(&self) -> Result<Duration, ConfigError> {
-        let ms = self.number("request_timeout_ms", 5000, "whole milliseconds")?;
-        if ms > MAX_REQUEST_TIMEOUT_MS {
-            return Err(invalid(
-                "request_timeout_ms",
-                &ms.to_string(),
-                format!("at most {MAX_REQUEST_TIMEOUT_MS}: the wasmCloud host cuts a component's call to a provider at 10 s"),
-            ));
-        }
-        Ok(Duration::from_millis(ms))
     }
 
     fn inbox_prefix(&self) -> Result<String, ConfigError> {
@@ -496,36 +530,52 @@ impl Layers<'_> {
         Ok(prefix.to_string())
     }
 
-    /// A whole number of at least 1.
-    fn number(&self, key: &str, default: u64, unit: &str) -> Result<u64, ConfigError> {
-        match self.plain(key) {
-            None => Ok(default),
-            Some(value) => match value.trim().parse::<u64>() {
-                Ok(0) => Err(invalid(key, value, format!("must be at least 1 ({unit})"))),
-                Ok(n) => Ok(n),
-                Err(_) => Err(invalid(key, value, format!("expected {unit}"))),
-            },
-        }
-    }
-
-    fn count(&self, key: &str, default: usize) -> Result<usize, ConfigError> {
-        let n = self.number(key, default as u64, "a whole number")?;
-        usize::try_from(n).map_err(|_| invalid(key, &n.to_string(), "too large"))
-    }
-
-    /// `reconnect_max_attempts`: a whole number, 0 meaning forever.
-    fn attempts(&self) -> Result<u32, ConfigError> {
-        const KEY: &str = "reconnect_max_attempts";
-        match self.plain(KEY) {
-            None => Ok(0),
-            Some(value) => value.trim().parse::<u32>().map_err(|_| {
-                invalid(
-                    KEY,
+    /// A numeric key within its [`Bound`]: at least 1 (0 too for `reconnect_max_attempts`, where
+    /// it means forever), at most the bound.
+    fn number(&self, key: &str) -> Result<u64, ConfigError> {
+        let bound = bound(key);
+        let min = u64::from(key != "reconnect_max_attempts");
+        let Some(value) = self.plain(key) else {
+            return Ok(bound.default);
+        };
+        let unit = bound.unit;
+        match value.trim().parse::<u64>() {
+            Ok(n) if n < min => Err(invalid(key, value, format!("must be at least 1 ({unit})"))),
+            Ok(n) if n > bound.max => Err(invalid(
+                key,
+                value,
+                format!("at most {}{} ({unit})", bound.max, bound.why),
+            )),
+            Ok(n) => Ok(n),
+            // Digits only, but more than a u64 holds: still a number above the bound.
+            Err(_)
+                if !value.trim().is_empty() && value.trim().bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Err(invalid(
+                    key,
                     value,
-                    "expected a whole number of attempts (0 = retry forever)",
-                )
-            }),
+                    format!("at most {}{} ({unit})", bound.max, bound.why),
+                ))
+            }
+            Err(_) => Err(invalid(key, value, format!("expected {unit}"))),
         }
+    }
+
+    fn millis(&self, key: &str) -> Result<Duration, ConfigError> {
+        self.number(key).map(Duration::from_millis)
+    }
+
+    fn seconds(&self, key: &str) -> Result<Duration, ConfigError> {
+        self.number(key).map(Duration::from_secs)
+    }
+
+    fn count(&self, key: &str) -> Result<usize, ConfigError> {
+        // Every bound fits in a usize of 32 bits or more.
+        Ok(usize::try_from(self.number(key)?).unwrap_or(usize::MAX))
+    }
+
+    fn attempts(&self) -> Result<u32, ConfigError> {
+        Ok(u32::try_from(self.number("reconnect_max_attempts")?).unwrap_or(u32::MAX))
     }
 
     fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
@@ -538,16 +588,83 @@ impl Layers<'_> {
     }
 }
 
-fn parse_uri(value: &str) -> Result<String, ConfigError> {
+/// A server's URL. It may carry credentials (a password in its userinfo, a token in its query),
+/// so wherever it is shown, in logs, errors, health and `$ws.sessions`, it is shown as
+/// [`Uri::shown`]: userinfo and query replaced by `***`. `Display` and `Debug` show that form;
+/// only [`Uri::full`] (what is dialled) holds the rest.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Uri {
+    full: String,
+    shown: String,
+}
+
+impl Uri {
+    /// The URL as given, credentials included: for dialling only, never to show.
+    pub fn full(&self) -> &str {
+        &self.full
+    }
+
+    /// The URL as shown: `ws://***@host/path?***`.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// Whether the scheme is `wss`.
+    pub fn is_tls(&self) -> bool {
+        self.full
+            .get(..4)
+            .is_some_and(|s| s.eq_ignore_ascii_case("wss:"))
+    }
+}
+
+impl fmt::Display for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+impl fmt::Debug for Uri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.shown, f)
+    }
+}
+
+/// `value` with whatever may be a credential replaced by `***`: the userinfo (between `://` and
+/// the `@` before the path) and the query and fragment. Works on text that is not a valid URL
+/// too, since it also words the errors about bad ones.
+pub fn redact_uri(value: &str) -> String {
+    let (scheme, rest) = match value.find("://") {
+        Some(at) => value.split_at(at + 3),
+        None => ("", value),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let host = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let tail = match tail.find(['?', '#']) {
+        Some(at) => format!("{}{}***", &tail[..at], &tail[at..at + 1]),
+        None => tail.to_string(),
+    };
+    format!("{scheme}{host}{tail}")
+}
+
+fn parse_uri(value: &str) -> Result<Uri, ConfigError> {
+    let shown = redact_uri(value);
+    // The URL library's messages do not quote the input; ours shows the redacted form.
     let url =
-        url::Url::parse(value).map_err(|e| invalid("uri", value, format!("not a URL ({e})")))?;
+        url::Url::parse(value).map_err(|e| invalid("uri", &shown, format!("not a URL ({e})")))?;
     if !matches!(url.scheme(), "ws" | "wss") {
-        return Err(invalid("uri", value, "expected a ws:// or wss:// URL"));
+        return Err(invalid("uri", &shown, "expected a ws:// or wss:// URL"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(invalid("uri", value, "the URL has no host"));
+        return Err(invalid("uri", &shown, "the URL has no host"));
     }
-    Ok(value.to_string())
+    Ok(Uri {
+        full: value.to_string(),
+        shown,
+    })
 }
 
 fn check_header_name(key: &str, name: &str) -> Result<(), ConfigError> {
@@ -610,66 +727,87 @@ impl ConnectionConfig {
     }
 
     /// The keys whose effective values differ between two configs: a link may only join a
-    /// session whose settings equal its own.
+    /// session whose settings equal its own. Every field is destructured by name, so a setting
+    /// added to [`ConnectionConfig`] does not compile until it is compared here too.
     pub fn differing_keys(&self, other: &Self) -> Vec<String> {
+        let ConnectionConfig {
+            uri,
+            auth_token,
+            headers,
+            connect_timeout,
+            enable_session_tracking,
+            format,
+            raw_subject,
+            send_timeout,
+            request_timeout,
+            inbox_prefix,
+            max_pending,
+            max_in_flight,
+            delivery_timeout,
+            max_message_bytes,
+            reconnect_initial_delay,
+            reconnect_max_delay,
+            reconnect_max_attempts,
+            ping_interval,
+            pong_timeout,
+            tls,
+            compression,
+            ack,
+        } = self;
         let mut keys = Vec::new();
         let mut check = |key: &str, same: bool| {
             if !same {
                 keys.push(key.to_string());
             }
         };
-        check("uri", self.uri == other.uri);
-        check("auth_token", self.auth_token == other.auth_token);
+        check("uri", *uri == other.uri);
+        check("auth_token", *auth_token == other.auth_token);
         check(
             "connect_timeout_sec",
-            self.connect_timeout == other.connect_timeout,
+            *connect_timeout == other.connect_timeout,
         );
         check(
             "enable_session_tracking",
-            self.enable_session_tracking == other.enable_session_tracking,
+            *enable_session_tracking == other.enable_session_tracking,
         );
-        check("format", self.format == other.format);
-        check("raw_subject", self.raw_subject == other.raw_subject);
-        check("send_timeout_ms", self.send_timeout == other.send_timeout);
+        check("format", *format == other.format);
+        check("raw_subject", *raw_subject == other.raw_subject);
+        check("send_timeout_ms", *send_timeout == other.send_timeout);
         check(
             "request_timeout_ms",
-            self.request_timeout == other.request_timeout,
+            *request_timeout == other.request_timeout,
         );
-        check("inbox_prefix", self.inbox_prefix == other.inbox_prefix);
-        check("max_pending", self.max_pending == other.max_pending);
-        check("max_in_flight", self.max_in_flight == other.max_in_flight);
+        check("inbox_prefix", *inbox_prefix == other.inbox_prefix);
+        check("max_pending", *max_pending == other.max_pending);
+        check("max_in_flight", *max_in_flight == other.max_in_flight);
+        check(
+            "delivery_timeout_ms",
+            *delivery_timeout == other.delivery_timeout,
+        );
         check(
             "max_message_bytes",
-            self.max_message_bytes == other.max_message_bytes,
+            *max_message_bytes == other.max_message_bytes,
         );
         check(
             "reconnect_initial_delay_ms",
-            self.reconnect_initial_delay == other.reconnect_initial_delay,
+            *reconnect_initial_delay == other.reconnect_initial_delay,
         );
         check(
             "reconnect_max_delay_ms",
-            self.reconnect_max_delay == other.reconnect_max_delay,
+            *reconnect_max_delay == other.reconnect_max_delay,
         );
         check(
             "reconnect_max_attempts",
-            self.reconnect_max_attempts == other.reconnect_max_attempts,
+            *reconnect_max_attempts == other.reconnect_max_attempts,
         );
-        check(
-            "ping_interval_sec",
-            self.ping_interval == other.ping_interval,
-        );
-        check("pong_timeout_sec", self.pong_timeout == other.pong_timeout);
-        check("compression", self.compression == other.compression);
-        check("ack", self.ack == other.ack);
-        keys.extend(
-            self.tls
-                .differing_keys(&other.tls)
-                .into_iter()
-                .map(String::from),
-        );
-        let names: BTreeSet<&String> = self.headers.keys().chain(other.headers.keys()).collect();
+        check("ping_interval_sec", *ping_interval == other.ping_interval);
+        check("pong_timeout_sec", *pong_timeout == other.pong_timeout);
+        check("compression", *compression == other.compression);
+        check("ack", *ack == other.ack);
+        keys.extend(tls.differing_keys(&other.tls).into_iter().map(String::from));
+        let names: BTreeSet<&String> = headers.keys().chain(other.headers.keys()).collect();
         for name in names {
-            if self.headers.get(name) != other.headers.get(name) {
+            if headers.get(name) != other.headers.get(name) {
                 keys.push(format!("{HEADER_PREFIX}{name}"));
             }
         }
@@ -717,7 +855,7 @@ mod tests {
             &[("uri", "ws://127.0.0.1:9/x")],
         )
         .unwrap();
-        assert_eq!(cfg.uri, "ws://127.0.0.1:9/x");
+        assert_eq!(cfg.uri.full(), "ws://127.0.0.1:9/x");
         assert_eq!(cfg.auth_token, None);
         assert!(cfg.headers.is_empty());
         assert_eq!(cfg.connect_timeout, Duration::from_secs(10));
@@ -791,13 +929,13 @@ mod tests {
         )
         .unwrap();
         let cfg = link(&defaults, &[("uri", "ws://b:2")]).unwrap();
-        assert_eq!(cfg.uri, "ws://b:2");
+        assert_eq!(cfg.uri.full(), "ws://b:2");
         assert_eq!(
             cfg.max_pending, 10,
             "a key the link does not set keeps the default"
         );
         let cfg = link(&defaults, &[]).unwrap();
-        assert_eq!(cfg.uri, "ws://a:1");
+        assert_eq!(cfg.uri.full(), "ws://a:1");
     }
 
     #[test]
@@ -1013,6 +1151,80 @@ mod tests {
         );
     }
 
+    #[test]
+    fn uris_are_shown_without_userinfo_and_query() {
+        for (given, shown) in [
+            ("ws://u:zq1@host:80/p?token=zq2", "ws://***@host:80/p?***"),
+            ("wss://host/p#frag", "wss://host/p#***"),
+            ("ws://host", "ws://host"),
+            ("ws://user@host?x", "ws://***@host?***"),
+            ("not a url @ all?zq", "***@ all?***"),
+            ("ws://a@b@host/x@y", "ws://***@host/x@y"),
+        ] {
+            assert_eq!(redact_uri(given), shown, "{given}");
+        }
+        let d = ProviderDefaults::default();
+        let cfg = link(&d, &[("uri", "ws://u:zq1@h/p?token=zq2")]).unwrap();
+        assert_eq!(cfg.uri.full(), "ws://u:zq1@h/p?token=zq2");
+        assert_eq!(cfg.uri.to_string(), "ws://***@h/p?***");
+        assert!(!format!("{cfg:?}").contains("zq"));
+        let err = link(&d, &[("uri", "http://u:zq1@h/?t=zq2")]).unwrap_err();
+        assert!(!err.to_string().contains("zq"), "{err}");
+        // From a secret, the uri is taken before plain config.
+        let cfg = ConnectionConfig::from_link(
+            &d,
+            "c",
+            "l",
+            &map(&[("uri", "ws://plain")]),
+            &secrets(&[("uri", "ws://secret/?t=zq")]),
+        )
+        .unwrap();
+        assert_eq!(cfg.uri.full(), "ws://secret/?t=zq");
+    }
+
+    #[test]
+    fn tls_settings_with_a_plain_uri_refuse_the_link() {
+        let pem = ca_pem();
+        let err = link(
+            &ProviderDefaults::default(),
+            &[("uri", "ws://h/?token=zq"), ("tls_ca", &pem)],
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `uri` 'ws://h/?***': is ws:// (no TLS), but `tls_ca` is set: use wss:// (the `tls_*` settings and any credentials would otherwise go out in clear, or not be used)"
+        );
+        assert!(link(
+            &ProviderDefaults::default(),
+            &[("uri", "wss://h"), ("tls_ca", &pem)]
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn numbers_past_their_bound_or_a_u64_are_refused_with_the_bound() {
+        let d = ProviderDefaults::default();
+        for bound in BOUNDS {
+            for value in [
+                "18446744073709551615",
+                "99999999999999999999999",
+                "2305843009213693952",
+            ] {
+                let err = link(&d, &[("uri", "ws://h"), (bound.key, value)]).unwrap_err();
+                assert_eq!(err.key, bound.key);
+                assert!(
+                    err.to_string().contains(&format!("at most {}", bound.max)),
+                    "{err}"
+                );
+            }
+        }
+        let err = link(&d, &[("uri", "ws://h"), ("send_timeout_ms", "10000")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid `send_timeout_ms` '10000': at most 9500 (the wasmCloud host cuts a component's call to a provider at 10 s) (whole milliseconds)"
+        );
+    }
+
     /// The README's configuration table lists exactly the keys the code knows, and every default
     /// it shows in backticks is the code's default.
     #[test]
@@ -1037,13 +1249,36 @@ mod tests {
         let base = link(&d, &[("uri", "ws://h")]).unwrap();
         let mut checked = 0;
         for row in &rows {
-            let (key, default) = (row[0].trim_matches('`'), row[2]);
+            let (key, default, max) = (row[0].trim_matches('`'), row[2], row[3]);
             if let Some(value) = default.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
                 let explicit = link(&d, &[("uri", "ws://h"), (key, value)]).unwrap();
                 assert_eq!(explicit, base, "README default of `{key}` is `{value}`");
                 checked += 1;
             }
+            match BOUNDS.iter().find(|b| b.key == key) {
+                Some(bound) => {
+                    assert_eq!(max, bound.max.to_string(), "README bound of `{key}`");
+                    assert_eq!(
+                        default,
+                        format!("`{}`", bound.default),
+                        "default of `{key}`"
+                    );
+                    let at_max = bound.max.to_string();
+                    let over = (bound.max + 1).to_string();
+                    let mut cfg = vec![("uri", "ws://h"), (key, at_max.as_str())];
+                    if key == "reconnect_initial_delay_ms" {
+                        cfg.push(("reconnect_max_delay_ms", "3600000"));
+                    }
+                    assert!(link(&d, &cfg).is_ok(), "`{key}` = its bound is accepted");
+                    let err = link(&d, &[("uri", "ws://h"), (key, over.as_str())]).unwrap_err();
+                    assert!(
+                        err.to_string().contains(&format!("at most {}", bound.max)),
+                        "{err}"
+                    );
+                }
+                None => assert_eq!(max, "-", "`{key}` is not a number"),
+            }
         }
-        assert_eq!(checked, 16, "every default given as a value was checked");
+        assert_eq!(checked, 17, "every default given as a value was checked");
     }
 }

@@ -3,10 +3,17 @@
 //! One delivery task per session takes messages in the order the socket task read them and starts
 //! their invocations in that order. Each message carries a permit of the session's
 //! `max_in_flight` semaphore and releases it when its invocation ends, which is what lets the
-//! socket task read the next frame: at the limit, reading stops and TCP pushes back on the server.
+//! socket task hand over the next one: at the limit, it reads ahead a bounded number of messages,
+//! then stops reading and TCP pushes back on the server.
+//!
+//! Every call has a deadline (`delivery_timeout_ms`) that covers the whole call: the wRPC
+//! transport's own timeout bounds only the start of an invocation, so a result that never comes
+//! back (lost on the lattice, or a handler that never returns) would otherwise hold its slot
+//! forever, and with `max_in_flight = 1` stall the session with nothing logged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
@@ -36,34 +43,75 @@ pub struct Target {
     pub acker: Option<Acker>,
     pub stats: Arc<SessionStats>,
     pub clients: HandlerClients,
+    /// The deadline of one `handle-message` call.
+    pub timeout: Duration,
 }
 
-/// The delivery task of one session.
+/// The delivery task of one session. The component's wRPC client is made on the first message
+/// (it may need a NATS connection) while the calls already running keep being polled.
 pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
     let mut in_flight = FuturesUnordered::new();
+    let mut client: Option<Arc<HandlerClient>> = None;
     loop {
-        tokio::select! {
+        let next = tokio::select! {
             () = cancel.cancelled() => break,
-            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-            next = inbound.recv() => {
-                let Some(Inbound { msg, ack_id, permit }) = next else { break };
-                if !target.handler_linked.load(Ordering::Relaxed) {
-                    stats::bump(&target.stats.dropped_no_handler);
-                    debug!(session = %target.session_id, subject = %msg.subject, "no handler link on this session; message dropped");
-                    continue;
-                }
-                let client = match target.clients.get(&target.key.component).await {
-                    Ok(client) => client,
-                    Err(error) => {
-                        stats::bump(&target.stats.delivery_errors);
-                        warn!(session = %target.session_id, component = %target.key.component, error = %format!("{error:#}"), "cannot reach the component over wRPC; message dropped");
-                        continue;
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
+            next = inbound.recv() => next,
+        };
+        let Some(Inbound {
+            msg,
+            ack_id,
+            permit,
+        }) = next
+        else {
+            break;
+        };
+        if !target.handler_linked.load(Ordering::Relaxed) {
+            stats::bump(&target.stats.dropped_no_handler);
+            debug!(session = %target.session_id, subject = %msg.subject, "no handler link on this session; message dropped");
+            continue;
+        }
+        let ready = match &client {
+            Some(ready) => Arc::clone(ready),
+            None => {
+                let get = target.clients.get(&target.key.component);
+                tokio::pin!(get);
+                let got = loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => break None,
+                        got = &mut get => break Some(got),
+                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
                     }
                 };
-                in_flight.push(deliver(&target, client, msg, ack_id, permit));
+                match got {
+                    None => break,
+                    Some(Ok(ready)) => {
+                        client = Some(Arc::clone(&ready));
+                        ready
+                    }
+                    Some(Err(error)) => {
+                        stats::bump(&target.stats.delivery_errors);
+                        warn!(session = %target.session_id, component = %target.key.component, error = %format!("{error:#}"), subject = %msg.subject, "cannot reach the component over wRPC; message dropped");
+                        continue;
+                    }
+                }
             }
-        }
+        };
+        in_flight.push(deliver(&target, ready, msg, ack_id, permit));
     }
+    // The link went (or the provider stops). What was read but not handed to the component is
+    // counted and reported; calls under way finish (each has its deadline).
+    inbound.close();
+    let mut dropped = 0u64;
+    while let Ok(Inbound { permit, .. }) = inbound.try_recv() {
+        drop(permit);
+        dropped += 1;
+    }
+    if dropped > 0 {
+        stats::add(&target.stats.dropped_on_close, dropped as usize);
+        warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, dropped, "session closed with messages read from the server but not yet delivered; they are dropped (counted as dropped_on_close)");
+    }
+    while in_flight.next().await.is_some() {}
 }
 
 async fn deliver(
@@ -73,24 +121,29 @@ async fn deliver(
     ack_id: Option<String>,
     permit: Option<OwnedSemaphorePermit>,
 ) {
-    let result = client.handle_message(&msg).await;
+    let result =
+        tokio::time::timeout(target.timeout, client.handle_message(&msg, target.timeout)).await;
     drop(permit);
     match result {
-        Ok(Ok(())) => {
+        Ok(Ok(Ok(()))) => {
             stats::bump(&target.stats.delivered);
-            // Only now: a handler error or a crash leaves the message unacknowledged, and the
-            // server may send it again.
+            // Only now: a handler error, a timeout or a crash leaves the message
+            // unacknowledged, and the server may send it again.
             if let (Some(acker), Some(id)) = (&target.acker, ack_id) {
                 acker.ack(&id);
             }
         }
-        Ok(Err(error)) => {
+        Ok(Ok(Err(error))) => {
             stats::bump(&target.stats.delivery_errors);
             warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, %error, "component's handle-message returned an error");
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             stats::bump(&target.stats.delivery_errors);
             warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, error = %format!("{error:#}"), "delivery to the component failed (no result: the component is not running, trapped, or timed out; the host's log says more)");
+        }
+        Err(_) => {
+            stats::bump(&target.stats.delivery_timeouts);
+            warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, timeout_ms = target.timeout.as_millis() as u64, acknowledged = false, "handle-message did not return within delivery_timeout_ms; the call is abandoned and its slot freed");
         }
     }
 }

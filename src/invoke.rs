@@ -53,9 +53,6 @@ impl From<BrokerMessage> for Message {
     }
 }
 
-/// How long one `handle-message` call may take, as with the SDK's client.
-pub const INVOCATION_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// What the provider needs to reach components on the lattice.
 #[derive(Clone)]
 struct Lattice {
@@ -82,10 +79,15 @@ pub struct HandlerClient {
 
 impl HandlerClient {
     /// Delivers `msg`; the outer error is a transport failure or timeout, the inner one the
-    /// component's own error result.
-    pub async fn handle_message(&self, msg: &Message) -> anyhow::Result<Result<(), String>> {
+    /// component's own error result. `timeout` bounds only the start of the invocation (the
+    /// transport's timeout does no more): the caller bounds the whole call.
+    pub async fn handle_message(
+        &self,
+        msg: &Message,
+        timeout: Duration,
+    ) -> anyhow::Result<Result<(), String>> {
         bindings::wasmcloud::messaging::handler::handle_message(
-            &self.client.timeout(INVOCATION_TIMEOUT),
+            &self.client.timeout(timeout),
             Some(self.headers.clone()),
             msg,
         )
@@ -154,6 +156,15 @@ async fn connect() -> anyhow::Result<Lattice> {
     };
     let nats = options
         .name(format!("{}-delivery", crate::PROVIDER_NAME))
+        // A call whose invocation or result was lost ends at its deadline; these say why.
+        .event_callback(|event| async move {
+            match event {
+                delivery_nats::Event::Connected => {
+                    tracing::info!("the deliveries' NATS connection is up")
+                }
+                other => tracing::warn!(event = %other, "the deliveries' NATS connection: a call under way may lose its invocation or result (it then ends at delivery_timeout_ms)"),
+            }
+        })
         .connect(url)
         .await
         .with_context(|| {

@@ -71,6 +71,12 @@ pub const PROVIDER_NAME: &str = "messaging-websocket-provider";
 /// Subjects starting with this prefix belong to the provider and never leave as frames.
 pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
 
+/// How long a link's settings may take to read (`tls_ca_file` is a file) before the link is
+/// refused: the SDK handles links, health and shutdown one at a time.
+const SETTINGS_DEADLINE: Duration = Duration::from_secs(2);
+
+const TLS_CA_FILE: &str = "tls_ca_file";
+
 /// How long shutdown waits for sessions to send their Close frames (the host allows 300 ms).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
 
@@ -166,7 +172,7 @@ impl WebSocketMessagingProvider {
 
     /// Validates a link and attaches it to a session: the session of the other link with the
     /// same key when there is one, else a new one that connects in the background.
-    fn put_link(
+    async fn put_link(
         &self,
         role: Role,
         key: SessionKey,
@@ -179,10 +185,37 @@ impl WebSocketMessagingProvider {
             anyhow!(message)
         };
         let defaults = read(&self.default_config).clone();
-        let cfg =
+        let cfg = if !config.contains_key(TLS_CA_FILE) && !defaults.sets(TLS_CA_FILE) {
             ConnectionConfig::from_link(&defaults, &key.component, &key.link_name, config, secrets)
-                .map_err(|e| refuse(e.to_string()))?;
+                .map_err(|e| refuse(e.to_string()))?
+        } else {
+            // Parsing reads `tls_ca_file`: on a blocking thread, with a deadline, so that a file
+            // on a hung file system (or a FIFO nobody writes) never holds up the SDK's command
+            // loop.
+            let (component, link_name) = (key.component.clone(), key.link_name.clone());
+            let (config, secrets) = (config.clone(), secrets.clone());
+            let parse = tokio::task::spawn_blocking(move || {
+                ConnectionConfig::from_link(&defaults, &component, &link_name, &config, &secrets)
+            });
+            match tokio::time::timeout(SETTINGS_DEADLINE, parse).await {
+                Ok(Ok(parsed)) => parsed.map_err(|e| refuse(e.to_string()))?,
+                Ok(Err(failed)) => {
+                    return Err(refuse(format!("reading the settings failed ({failed})")))
+                }
+                Err(_) => {
+                    return Err(refuse(format!(
+                        "invalid `{TLS_CA_FILE}`: the file could not be read within {} s (a file system that does not answer, or a pipe nobody writes?)",
+                        SETTINGS_DEADLINE.as_secs()
+                    )))
+                }
+            }
+        };
+        self.attach(role, key.clone(), cfg).map_err(refuse)
+    }
 
+    /// Attaches a link with valid settings to its session (the SDK's command loop calls this:
+    /// it never waits).
+    fn attach(&self, role: Role, key: SessionKey, cfg: ConnectionConfig) -> Result<(), String> {
         // Lock order: consumer map, then handler map, then session storage.
         let mut consumers = write(&self.consumer_components);
         let mut handlers = write(&self.handler_components);
@@ -201,7 +234,7 @@ impl WebSocketMessagingProvider {
             Some(session) => {
                 let differ = session.config.differing_keys(&cfg);
                 if !differ.is_empty() {
-                    return Err(refuse(format!(
+                    return Err(format!(
                         "it would share session {} with the {} link of the same component and link name, but its settings differ in {}",
                         session.id,
                         match role {
@@ -209,7 +242,7 @@ impl WebSocketMessagingProvider {
                             Role::Handler => Role::Consumer,
                         },
                         differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-                    )));
+                    ));
                 }
                 info!(%role, %key, session = %session.id, "link joins the existing session");
                 session
@@ -279,7 +312,8 @@ impl WebSocketMessagingProvider {
         mine
     }
 
-    /// Sends `msg` on session `id`, which must belong to `component`.
+    /// Sends `msg` on session `id`, which must belong to `component` and have session tracking
+    /// on; `msg.subject` follows the rules of incoming subjects (so `$ws.` never leaves).
     pub async fn send_to_session(
         &self,
         component: &str,
@@ -287,10 +321,19 @@ impl WebSocketMessagingProvider {
         msg: &BrokerMessage,
     ) -> Result<(), String> {
         let session = read(&self.session_storage).get(id).cloned();
-        match session {
-            Some(session) if session.key.component == component => session.publish(msg).await,
-            _ => Err(format!("component {component} has no session {id}")),
+        let session = match session {
+            Some(session) if session.key.component == component => session,
+            _ => return Err(format!("component {component} has no session {id}")),
+        };
+        if !session.config.enable_session_tracking {
+            return Err(format!(
+                "session {id} (link {}) has session tracking off (enable_session_tracking = false): it cannot be addressed with `$ws.session.{id}.<subject>`",
+                session.key.link_name
+            ));
         }
+        subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
+            .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
+        session.publish(msg).await
     }
 
     async fn publish_message(
@@ -395,7 +438,7 @@ impl Provider for WebSocketMessagingProvider {
             component: source_id.to_string(),
             link_name: link_name.to_string(),
         };
-        self.put_link(Role::Consumer, key, config, secrets)
+        self.put_link(Role::Consumer, key, config, secrets).await
     }
 
     async fn receive_link_config_as_source(
@@ -412,7 +455,7 @@ impl Provider for WebSocketMessagingProvider {
             component: target_id.to_string(),
             link_name: link_name.to_string(),
         };
-        self.put_link(Role::Handler, key, config, secrets)
+        self.put_link(Role::Handler, key, config, secrets).await
     }
 
     async fn delete_link_as_target(&self, info: impl LinkDeleteInfo) -> anyhow::Result<()> {

@@ -15,7 +15,11 @@ use tokio::sync::oneshot;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 
-type Waiter = oneshot::Sender<Result<BrokerMessage, String>>;
+/// A waiting request: where its reply goes, and whether its frame was handed to a connection.
+struct Waiter {
+    reply: oneshot::Sender<Result<BrokerMessage, String>>,
+    written: bool,
+}
 
 /// What became of an incoming message offered to [`Pending::route`].
 pub enum Routed {
@@ -65,7 +69,13 @@ impl Pending {
     pub fn register(&self) -> Ticket {
         let inbox = format!("{}{}", self.inbox_base, crate::session::token(22));
         let (tx, reply) = oneshot::channel();
-        self.lock().insert(inbox.clone(), tx);
+        self.lock().insert(
+            inbox.clone(),
+            Waiter {
+                reply: tx,
+                written: false,
+            },
+        );
         Ticket {
             inbox,
             reply,
@@ -80,7 +90,7 @@ impl Pending {
         }
         match self.lock().remove(&msg.subject) {
             // A request that gave up in the meantime drops its receiver: that is a late reply too.
-            Some(waiter) => match waiter.send(Ok(msg)) {
+            Some(waiter) => match waiter.reply.send(Ok(msg)) {
                 Ok(()) => Routed::Reply,
                 Err(_) => Routed::Late,
             },
@@ -88,10 +98,34 @@ impl Pending {
         }
     }
 
-    /// Fails every waiting request at once (the connection dropped or the session closed).
+    /// The request's frame was handed to a connection: when that connection is lost, the reply
+    /// cannot come.
+    pub fn written(&self, inbox: &str) {
+        if let Some(waiter) = self.lock().get_mut(inbox) {
+            waiter.written = true;
+        }
+    }
+
+    /// Fails the requests whose frames were handed to the connection that was lost. Requests
+    /// whose frames still wait in the queue go out on the next connection and keep waiting.
+    pub fn fail_written(&self, reason: &str) {
+        let mut waiting = self.lock();
+        let lost: Vec<String> = waiting
+            .iter()
+            .filter(|(_, w)| w.written)
+            .map(|(inbox, _)| inbox.clone())
+            .collect();
+        for inbox in lost {
+            if let Some(waiter) = waiting.remove(&inbox) {
+                let _ = waiter.reply.send(Err(reason.to_string()));
+            }
+        }
+    }
+
+    /// Fails every waiting request at once (the session closed).
     pub fn fail_all(&self, reason: &str) {
         for (_, waiter) in self.lock().drain() {
-            let _ = waiter.send(Err(reason.to_string()));
+            let _ = waiter.reply.send(Err(reason.to_string()));
         }
     }
 
@@ -158,6 +192,19 @@ mod tests {
                 "{subject}"
             );
         }
+    }
+
+    #[test]
+    fn a_lost_connection_fails_only_the_requests_it_carried() {
+        let pending = Pending::new("_INBOX", "s");
+        let mut sent = pending.register();
+        let mut queued = pending.register();
+        pending.written(&sent.inbox);
+        pending.fail_written("lost");
+        assert_eq!(sent.reply.try_recv().unwrap().unwrap_err(), "lost");
+        assert!(queued.reply.try_recv().is_err(), "still waiting");
+        assert_eq!(pending.len(), 1);
+        assert!(matches!(pending.route(msg(&queued.inbox)), Routed::Reply));
     }
 
     #[test]

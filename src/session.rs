@@ -11,6 +11,7 @@
 //!
 //! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,8 +86,20 @@ struct Outgoing {
     deadline: Instant,
     /// The caller waiting for the write; `None` when nobody waits (an acknowledgement).
     done: Option<oneshot::Sender<Result<(), String>>>,
-    /// With `ack = true`: the envelope's id, marked written once flushed.
-    ack_id: Option<String>,
+    /// What else waits on this frame once it is handed to the socket.
+    tracked: Tracked,
+}
+
+/// What waits on an outgoing frame besides its caller: marked when the frame is handed to the
+/// socket, so that a connection lost mid-write neither forgets an acknowledged envelope nor
+/// fails a request whose frame never left.
+#[derive(Debug, Clone)]
+enum Tracked {
+    Nothing,
+    /// An envelope of `ack = true` with this id: sent again after a reconnect until acked.
+    Ack(String),
+    /// A request waiting on this inbox: failed when its connection is lost, not before.
+    Request(String),
 }
 
 /// Sends `{"ack": "<id>"}` for incoming envelopes the handler accepted (`ack = true`).
@@ -105,7 +118,7 @@ impl Acker {
             frame: crate::envelope::encode_ack(id),
             deadline: Instant::now() + self.send_timeout,
             done: None,
-            ack_id: None,
+            tracked: Tracked::Nothing,
         };
         if self.queue.try_send(outgoing).is_err() {
             warn!(session = %self.session_id, id, "could not queue the ack (send queue full or closed); the server may send the message again");
@@ -189,6 +202,7 @@ impl Session {
                 acker,
                 stats: Arc::clone(&stats),
                 clients,
+                timeout: config.delivery_timeout,
             },
             inbound_rx,
             cancel.clone(),
@@ -272,7 +286,7 @@ impl Session {
             self.publish_acknowledged(msg, deadline).await
         } else {
             match self.encode(msg, None) {
-                Ok(frame) => self.send(frame, deadline, None).await,
+                Ok(frame) => self.send(frame, deadline, Tracked::Nothing).await,
                 Err(e) => Err(e),
             }
         };
@@ -300,9 +314,12 @@ impl Session {
                 self.config.send_timeout.as_millis()
             )
         };
-        match self.send(frame, deadline, Some(id.clone())).await {
+        match self.send(frame, deadline, Tracked::Ack(id.clone())).await {
             Ok(()) => {}
             Err(_) if Instant::now() >= deadline => return Err(no_ack()),
+            // Handed to a socket whose connection then broke: it goes out again after the
+            // reconnect, so the ack may still come.
+            Err(_) if self.acks.is_written(&id) => {}
             Err(e) => return Err(e),
         }
         match tokio::time::timeout_at(deadline, &mut ticket.acked).await {
@@ -340,7 +357,7 @@ impl Session {
         self.send(
             frame,
             deadline.min(started + self.config.send_timeout),
-            None,
+            Tracked::Request(ticket.inbox.clone()),
         )
         .await?;
         let mut ticket = ticket;
@@ -387,12 +404,7 @@ impl Session {
     }
 
     /// Queues a frame and waits (until `deadline`) until it is written.
-    async fn send(
-        &self,
-        frame: Frame,
-        deadline: Instant,
-        ack_id: Option<String>,
-    ) -> Result<(), String> {
+    async fn send(&self, frame: Frame, deadline: Instant, tracked: Tracked) -> Result<(), String> {
         let attempts = self.gave_up.load(Ordering::Relaxed);
         if attempts > 0 {
             return Err(format!(
@@ -405,7 +417,7 @@ impl Session {
             frame,
             deadline,
             done: Some(done),
-            ack_id,
+            tracked,
         };
         if let Err(e) = self.queue.try_send(outgoing) {
             return Err(match e {
@@ -489,6 +501,79 @@ fn backoff(attempt: u32, initial: Duration, max: Duration) -> Duration {
     half + rand::rng().random_range(Duration::ZERO..=d - half)
 }
 
+/// The bookkeeping of reconnects: the backoff's step and the consecutive failed attempts that
+/// `reconnect_max_attempts` counts. A failed attempt is a connect that failed, or a connection
+/// the server closed before it had been open [`HEALTHY_AFTER`] (a server that accepts the
+/// upgrade and then refuses the credentials); a connection open that long resets both.
+#[derive(Debug)]
+struct Attempts {
+    /// Retries since the last healthy connection: the backoff's n.
+    retries: u32,
+    /// Consecutive failed attempts.
+    failed: u32,
+    /// `reconnect_max_attempts`; 0 = forever.
+    max: u32,
+}
+
+/// What to do after a failed attempt.
+#[derive(Debug, PartialEq, Eq)]
+enum AfterFailure {
+    /// Retry; `first` is the first failure of a run (the one that is logged at warn).
+    Retry { first: bool },
+    /// `reconnect_max_attempts` reached after this many failed attempts.
+    GiveUp(u32),
+}
+
+impl Attempts {
+    fn new(max: u32) -> Self {
+        Attempts {
+            retries: 0,
+            failed: 0,
+            max,
+        }
+    }
+
+    /// A connection attempt failed.
+    fn failed(&mut self) -> AfterFailure {
+        self.failed += 1;
+        if self.max > 0 && self.failed >= self.max {
+            AfterFailure::GiveUp(self.failed)
+        } else {
+            AfterFailure::Retry {
+                first: self.failed == 1,
+            }
+        }
+    }
+
+    /// A connection that had been open for `lasted` was lost; `by_server` when the server closed
+    /// it. Returns the verdict when the loss counts as a failed attempt.
+    fn lost(&mut self, lasted: Duration, by_server: bool) -> Option<AfterFailure> {
+        if lasted >= HEALTHY_AFTER {
+            self.retries = 0;
+            self.failed = 0;
+            None
+        } else if by_server {
+            Some(self.failed())
+        } else {
+            None
+        }
+    }
+
+    /// The wait before the next attempt.
+    fn next_delay(&mut self, initial: Duration, max: Duration) -> Duration {
+        self.retries = self.retries.saturating_add(1);
+        backoff(self.retries, initial, max)
+    }
+}
+
+/// How one connection attempt went.
+enum Attempt {
+    /// Boxed: an open socket is large, and moves once per connection.
+    Opened(Box<socket::Opened>),
+    Failed(String),
+    Cancelled,
+}
+
 /// How the futures of one connection ended: with a Close frame to send first, or not.
 enum Outcome {
     Goodbye(CloseCode, &'static str, End),
@@ -501,8 +586,18 @@ enum Outcome {
 enum End {
     /// The session was closed on purpose.
     Cancelled,
-    /// The connection failed; reconnect.
-    Lost(String),
+    /// The connection failed; reconnect. `by_server`: the server closed it (a Close frame or the
+    /// end of the stream), rather than an error or the keepalive on our side.
+    Lost { reason: String, by_server: bool },
+}
+
+impl End {
+    fn lost(reason: impl Into<String>) -> Self {
+        End::Lost {
+            reason: reason.into(),
+            by_server: false,
+        }
+    }
 }
 
 /// The task that owns the socket.
@@ -524,11 +619,12 @@ struct SocketTask {
 }
 
 impl SocketTask {
+    /// The session's life: attempt, drive the connection while it lasts, wait the backoff, again;
+    /// until the session is closed or gives up. Frames taken from the queue but not yet written
+    /// (`outbox`) outlive a lost connection and go out on the next one.
     async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
-        // Retries since the last healthy connection (the backoff's n), and failed connection
-        // attempts among them (what `reconnect_max_attempts` counts).
-        let mut retries: u32 = 0;
-        let mut failed_attempts: u32 = 0;
+        let mut attempts = Attempts::new(self.config.reconnect_max_attempts);
+        let mut outbox = Vec::with_capacity(WRITE_BATCH);
         let mut ever_connected = false;
         loop {
             self.state.send_replace(if ever_connected {
@@ -536,78 +632,40 @@ impl SocketTask {
             } else {
                 SessionState::Connecting
             });
-            let connect = tokio::time::timeout(self.config.connect_timeout, self.connect());
-            tokio::pin!(connect);
-            let attempt = tokio::select! {
-                () = self.cancel.cancelled() => {
-                    // A handshake under way gets a moment to finish, so that the server, which
-                    // may already count the connection as open, still sees a Close frame.
-                    if let Ok(Ok(Ok(opened))) = tokio::time::timeout(CLOSE_GRACE, &mut connect).await {
-                        let (mut sink, _) = opened.socket.split();
-                        self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
-                    }
-                    break;
-                }
-                r = &mut connect => r,
-            };
-            let error = match attempt {
-                Ok(Ok(opened)) => {
-                    stats::bump(&self.stats.connects);
-                    if ever_connected {
-                        stats::bump(&self.stats.reconnects);
-                    }
+            let failure = match self.attempt().await {
+                Attempt::Cancelled => break,
+                Attempt::Failed(error) => Some((attempts.failed(), error)),
+                Attempt::Opened(opened) => {
+                    self.opened(&opened, ever_connected);
                     ever_connected = true;
-                    *self.connected_at.lock().unwrap_or_else(|e| e.into_inner()) =
-                        Some(SystemTime::now());
-                    *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                    self.state.send_replace(SessionState::Open);
-                    info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, deflate = opened.deflate, "connected");
-                    if self.config.compression == Compression::Deflate && !opened.deflate {
-                        info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "the server declined permessage-deflate; messages go uncompressed");
-                    }
                     let since = Instant::now();
-                    match self.drive(opened.socket, &mut queue).await {
+                    match self.drive(opened.socket, &mut queue, &mut outbox).await {
                         End::Cancelled => break,
-                        End::Lost(reason) => {
-                            *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) =
-                                Some(Instant::now());
-                            self.pending.fail_all(&format!(
-                                "the connection to {} was lost before the reply came ({reason})",
-                                self.config.uri
-                            ));
-                            if since.elapsed() >= HEALTHY_AFTER {
-                                retries = 0;
-                                failed_attempts = 0;
-                            }
-                            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %reason, "disconnected; reconnecting");
-                            None
+                        End::Lost { reason, by_server } => {
+                            self.lost(&reason);
+                            attempts
+                                .lost(since.elapsed(), by_server)
+                                .map(|verdict| (verdict, reason))
                         }
                     }
                 }
-                Ok(Err(e)) => Some(e),
-                Err(_) => Some(format!(
-                    "no handshake within {} s (connect_timeout_sec)",
-                    self.config.connect_timeout.as_secs()
-                )),
             };
-            if let Some(error) = error {
-                failed_attempts += 1;
-                let max = self.config.reconnect_max_attempts;
-                if max > 0 && failed_attempts >= max {
-                    self.gave_up.store(failed_attempts, Ordering::Relaxed);
-                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, attempts = failed_attempts, "gave up connecting (reconnect_max_attempts); the session is closed");
+            match failure {
+                Some((AfterFailure::GiveUp(n), error)) => {
+                    self.gave_up.store(n, Ordering::Relaxed);
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, attempts = n, "gave up connecting (reconnect_max_attempts); the session is closed");
                     break;
                 }
                 // Logged once per run of failures, not on every retry.
-                if failed_attempts == 1 {
-                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, "connection attempt failed; retrying with backoff");
-                } else {
-                    debug!(session = %self.id, attempt = failed_attempts, %error, "connection attempt failed");
+                Some((AfterFailure::Retry { first: true }, error)) => {
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %error, "connection attempt failed; retrying with backoff")
                 }
+                Some((AfterFailure::Retry { first: false }, error)) => {
+                    debug!(session = %self.id, attempt = attempts.failed, %error, "connection attempt failed")
+                }
+                None => {}
             }
-            retries += 1;
-            let delay = backoff(
-                retries,
+            let delay = attempts.next_delay(
                 self.config.reconnect_initial_delay,
                 self.config.reconnect_max_delay,
             );
@@ -626,23 +684,86 @@ impl SocketTask {
         debug!(session = %self.id, "session task ended");
     }
 
-    async fn connect(&self) -> Result<socket::Opened, String> {
-        socket::connect(&self.config).await
+    /// One connection attempt, bounded by `connect_timeout_sec`, given up when the session is
+    /// closed meanwhile.
+    async fn attempt(&self) -> Attempt {
+        let connect =
+            tokio::time::timeout(self.config.connect_timeout, socket::connect(&self.config));
+        tokio::pin!(connect);
+        let result = tokio::select! {
+            () = self.cancel.cancelled() => {
+                // A handshake under way gets a moment to finish, so that the server, which
+                // may already count the connection as open, still sees a Close frame.
+                if let Ok(Ok(Ok(opened))) = tokio::time::timeout(CLOSE_GRACE, &mut connect).await {
+                    let (mut sink, _) = opened.socket.split();
+                    self.say_goodbye(&mut sink, CloseCode::Normal, GOODBYE).await;
+                }
+                return Attempt::Cancelled;
+            }
+            r = &mut connect => r,
+        };
+        match result {
+            Ok(Ok(opened)) => Attempt::Opened(Box::new(opened)),
+            Ok(Err(e)) => Attempt::Failed(e),
+            Err(_) => Attempt::Failed(format!(
+                "no handshake within {} s (connect_timeout_sec)",
+                self.config.connect_timeout.as_secs()
+            )),
+        }
+    }
+
+    /// Bookkeeping and logs of a new connection.
+    fn opened(&self, opened: &socket::Opened, reconnect: bool) {
+        stats::bump(&self.stats.connects);
+        if reconnect {
+            stats::bump(&self.stats.reconnects);
+        }
+        *self.connected_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(SystemTime::now());
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.state.send_replace(SessionState::Open);
+        info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, deflate = opened.deflate, "connected");
+        if self.config.compression == Compression::Deflate && !opened.deflate {
+            info!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, "the server declined permessage-deflate; messages go uncompressed");
+        }
+    }
+
+    /// Bookkeeping and logs of a lost connection: the requests whose frames left on it cannot
+    /// get their replies any more; those still queued go out on the next connection.
+    fn lost(&self, reason: &str) {
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        self.pending.fail_written(&format!(
+            "the connection to {} was lost before the reply came ({reason})",
+            self.config.uri
+        ));
+        warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, uri = %self.config.uri, %reason, "disconnected; reconnecting");
     }
 
     /// Runs one open connection until it ends. Reading, writing and the keepalive watchdog are
     /// three futures polled side by side, so a write stuck on a server that stopped reading
-    /// neither stops frames from being read nor hides a dead connection.
-    async fn drive(&self, socket: Socket, queue: &mut mpsc::Receiver<Outgoing>) -> End {
+    /// neither stops frames from being read nor hides a dead connection. What each loop holds
+    /// when another one ends the connection is kept outside it: the frames not yet written
+    /// (`outbox`, for the next connection) and the messages read ahead but not yet handed to
+    /// delivery (`held`, counted as dropped when the connection ends).
+    async fn drive(
+        &self,
+        socket: Socket,
+        queue: &mut mpsc::Receiver<Outgoing>,
+        outbox: &mut Vec<Outgoing>,
+    ) -> End {
         let (mut sink, mut stream) = socket.split();
         let last_seen = Mutex::new(Instant::now());
         let paused = AtomicBool::new(false);
+        let mut held = VecDeque::new();
         let outcome = tokio::select! {
             () = self.cancel.cancelled() => Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled),
-            outcome = self.read_loop(&mut stream, &last_seen, &paused) => outcome,
-            outcome = self.write_loop(&mut sink, queue) => outcome,
+            outcome = self.read_loop(&mut stream, &last_seen, &paused, &mut held) => outcome,
+            outcome = self.write_loop(&mut sink, queue, outbox) => outcome,
             outcome = self.watchdog(&last_seen, &paused) => outcome,
         };
+        if !held.is_empty() {
+            stats::add(&self.stats.dropped_on_close, held.len());
+            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, dropped = held.len(), "the connection ended with messages read ahead but not yet delivered; they are dropped (counted as dropped_on_close)");
+        }
         match outcome {
             Outcome::Goodbye(code, reason, end) => {
                 self.say_goodbye(&mut sink, code, reason).await;
@@ -666,55 +787,86 @@ impl SocketTask {
         }
     }
 
-    /// Reads frames until the connection ends. A message that finds every in-flight slot taken is
-    /// held, and reading pauses until a slot frees up: one message ahead keeps replies flowing
-    /// (a handler that makes a request on its own session would otherwise wait for a reply
-    /// nobody reads), and no more is buffered.
+    /// Reads frames until the connection ends. Replies are matched as they arrive; other messages
+    /// go to delivery with an in-flight permit. With every permit taken the loop reads ahead,
+    /// holding at most `max_in_flight` undelivered messages (so that a handler that makes a
+    /// request on its own session still gets its reply), and then stops reading until a permit
+    /// frees up: TCP then pushes back on the server.
     async fn read_loop(
         &self,
         stream: &mut SplitStream<Socket>,
         last_seen: &Mutex<Instant>,
         paused: &AtomicBool,
+        held: &mut VecDeque<Inbound>,
     ) -> Outcome {
+        // The server's Close frame, in words, once it came.
+        let mut closed_by_server: Option<String> = None;
         loop {
-            let frame = stream.next().await;
+            let full = held.len() >= self.config.max_in_flight;
+            if paused.swap(full, Ordering::Relaxed) && !full {
+                // Nothing could be read while paused: the keepalive starts afresh.
+                *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+            }
+            let frame = tokio::select! {
+                // The semaphore is never closed.
+                Ok(permit) = Arc::clone(&self.permits).acquire_owned(), if !held.is_empty() => {
+                    if let Some(inbound) = held.pop_front() {
+                        self.deliver(inbound, permit);
+                    }
+                    continue;
+                }
+                frame = stream.next(), if !full => frame,
+            };
             *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-            let held = match frame {
-                None => return Outcome::Done(End::Lost("the server ended the stream".into())),
+            let ended = |what: &str| {
+                let reason = closed_by_server.clone().unwrap_or_else(|| what.to_string());
+                Outcome::Done(End::Lost {
+                    reason,
+                    by_server: true,
+                })
+            };
+            match frame {
+                None => return ended("the server ended the stream"),
                 Some(Ok(frame)) => match frame.opcode() {
-                    OpCode::Text | OpCode::Binary => self.incoming(frame.into_payload()),
+                    OpCode::Text | OpCode::Binary => {
+                        if let Some(inbound) = self.incoming(frame.into_payload()) {
+                            self.hand_over(inbound, held);
+                        }
+                    }
                     OpCode::Close => {
                         // The library answers the Close; the connection ends right after.
-                        debug!(session = %self.id, code = ?frame.close_code(), "server sent Close");
-                        None
+                        let said = close_words(&frame);
+                        debug!(session = %self.id, close = %said, "server sent Close");
+                        closed_by_server = Some(said);
                     }
-                    _ => None, // ping, pong: the library answers pings itself
+                    _ => {} // ping, pong: the library answers pings itself
                 },
                 Some(Err(WebSocketError::FrameTooLarge)) => {
                     stats::bump(&self.stats.dropped_oversized);
                     let max_size = self.config.max_message_bytes;
                     warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, max_size, "refused an incoming message larger than max_message_bytes (after decompression); closing with 1009 and reconnecting");
-                    return Outcome::Flush(End::Lost(format!(
+                    return Outcome::Flush(End::lost(format!(
                         "an incoming message exceeds max_message_bytes ({max_size})"
                     )));
                 }
                 Some(Err(WebSocketError::ConnectionClosed)) => {
-                    return Outcome::Done(End::Lost("the connection was closed".into()))
+                    return ended("the connection was closed")
                 }
-                Some(Err(e)) => return Outcome::Flush(End::Lost(describe(&e))),
-            };
-            if let Some(inbound) = held {
-                paused.store(true, Ordering::Relaxed);
-                // The semaphore is never closed.
-                let permit = Arc::clone(&self.permits).acquire_owned().await;
-                paused.store(false, Ordering::Relaxed);
-                // Nothing could be read while paused: the keepalive starts afresh.
-                *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                if let Ok(permit) = permit {
-                    self.deliver(inbound, permit);
-                }
+                Some(Err(e)) => return Outcome::Flush(End::lost(describe(&e))),
             }
         }
+    }
+
+    /// Hands a message to delivery when a permit is free and nothing read earlier waits;
+    /// otherwise it waits in `held`, in arrival order.
+    fn hand_over(&self, inbound: Inbound, held: &mut VecDeque<Inbound>) {
+        if held.is_empty() {
+            if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
+                self.deliver(inbound, permit);
+                return;
+            }
+        }
+        held.push_back(inbound);
     }
 
     /// Writes queued frames in batches, and a keepalive ping every `ping_interval_sec`.
@@ -722,28 +874,31 @@ impl SocketTask {
         &self,
         sink: &mut SplitSink<Socket, WsFrame>,
         queue: &mut mpsc::Receiver<Outgoing>,
+        outbox: &mut Vec<Outgoing>,
     ) -> Outcome {
-        let mut batch = Vec::with_capacity(WRITE_BATCH);
         let period = self.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + period, period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         if let Err(reason) = self.resend_unacknowledged(sink).await {
-            return Outcome::Done(End::Lost(reason));
+            return Outcome::Done(End::lost(reason));
         }
         loop {
+            if !outbox.is_empty() {
+                // Left over from a connection that broke mid-batch.
+                if let Err(reason) = self.write_batch(sink, outbox).await {
+                    return Outcome::Done(End::lost(reason));
+                }
+            }
             tokio::select! {
-                n = queue.recv_many(&mut batch, WRITE_BATCH) => {
+                n = queue.recv_many(outbox, WRITE_BATCH) => {
                     if n == 0 {
                         // Every handle is gone (the session was dropped as it was closed).
                         return Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled);
                     }
-                    if let Err(reason) = self.write_batch(sink, &mut batch).await {
-                        return Outcome::Done(End::Lost(reason));
-                    }
                 }
                 _ = ping.tick() => {
                     if let Err(e) = sink.send(WsFrame::ping(Bytes::new())).await {
-                        return Outcome::Done(End::Lost(format!("keepalive ping failed: {}", describe(&e))));
+                        return Outcome::Done(End::lost(format!("keepalive ping failed: {}", describe(&e))));
                     }
                 }
             }
@@ -763,7 +918,7 @@ impl SocketTask {
                 .unwrap_or_else(|e| e.into_inner())
                 .elapsed();
             if !paused.load(Ordering::Relaxed) && silent > limit {
-                return Outcome::Done(End::Lost(format!(
+                return Outcome::Done(End::lost(format!(
                     "no pong or other frame for {} s (ping_interval_sec + pong_timeout_sec): the connection is dead",
                     limit.as_secs()
                 )));
@@ -786,7 +941,7 @@ impl SocketTask {
         }
     }
 
-    /// After a reconnect: sends again the envelopes written on the lost connection and never
+    /// After a reconnect: sends again the envelopes handed to the lost connection and never
     /// acknowledged, whose publish still waits.
     async fn resend_unacknowledged(
         &self,
@@ -813,7 +968,10 @@ impl SocketTask {
     }
 
     /// Writes a batch with one flush, then tells each caller. Frames whose caller stopped waiting
-    /// (timed out) are not sent: the caller already got an error.
+    /// (timed out) are not sent: the caller already got an error. A frame is marked (acks,
+    /// requests) as it is handed to the socket, before the write can break, so that whatever
+    /// ends this future mid-write, an acknowledged envelope goes out again after the reconnect
+    /// and a request fails with the connection; frames not yet handed over stay in `batch`.
     async fn write_batch(
         &self,
         sink: &mut SplitSink<Socket, WsFrame>,
@@ -821,19 +979,27 @@ impl SocketTask {
     ) -> Result<(), String> {
         let now = Instant::now();
         let mut written = Vec::with_capacity(batch.len());
-        for out in batch.drain(..) {
+        // Oldest first, taken out one at a time, so that the rest stay put, in order, if this
+        // future is dropped mid-write (a batch is at most WRITE_BATCH frames).
+        while !batch.is_empty() {
+            let out = batch.remove(0);
             if out.done.as_ref().is_some_and(|d| d.is_closed()) || out.deadline <= now {
                 debug!(session = %self.id, "dropping a queued frame whose publish already timed out");
                 continue;
             }
             let len = out.frame.len();
-            if let Err(e) = sink.feed(to_ws(out.frame)).await {
+            match &out.tracked {
+                Tracked::Ack(id) => self.acks.written(id),
+                Tracked::Request(inbox) => self.pending.written(inbox),
+                Tracked::Nothing => {}
+            }
+            let fed = sink.feed(to_ws(out.frame)).await;
+            written.push((out.done, len, out.tracked));
+            if let Err(e) = fed {
                 let reason = format!("write failed: {}", describe(&e));
-                written.push((out.done, len, out.ack_id));
                 self.fail_all(written, &reason);
                 return Err(reason);
             }
-            written.push((out.done, len, out.ack_id));
         }
         if written.is_empty() {
             return Ok(());
@@ -843,12 +1009,9 @@ impl SocketTask {
             self.fail_all(written, &reason);
             return Err(reason);
         }
-        for (done, len, ack_id) in written {
+        for (done, len, _) in written {
             stats::bump(&self.stats.frames_out);
             stats::add(&self.stats.bytes_out, len);
-            if let Some(id) = ack_id {
-                self.acks.written(&id);
-            }
             if let Some(done) = done {
                 let _ = done.send(Ok(()));
             }
@@ -857,15 +1020,12 @@ impl SocketTask {
     }
 
     /// Tells the callers of a batch whose write failed. Acknowledged envelopes are not failed:
-    /// they count as written and go out again after the reconnect while their publish waits.
+    /// they go out again after the reconnect while their publish waits.
     fn fail_all(&self, written: Vec<Written>, reason: &str) {
-        for (done, _, ack_id) in written {
-            let result = match ack_id {
-                Some(id) => {
-                    self.acks.written(&id);
-                    Ok(())
-                }
-                None => Err(format!("{reason} on session {}", self.id)),
+        for (done, _, tracked) in written {
+            let result = match tracked {
+                Tracked::Ack(_) => Ok(()),
+                _ => Err(format!("{reason} on session {}", self.id)),
             };
             if let Some(done) = done {
                 let _ = done.send(result);
@@ -873,8 +1033,8 @@ impl SocketTask {
         }
     }
 
-    /// Decodes one data frame, answers a waiting request with it, or hands it to delivery. Returns
-    /// the message when it must wait for an in-flight slot.
+    /// Decodes one data frame; answers a waiting request with it, or returns the message to
+    /// deliver.
     fn incoming(&self, payload: Bytes) -> Option<Inbound> {
         stats::bump(&self.stats.frames_in);
         stats::add(&self.stats.bytes_in, payload.len());
@@ -883,7 +1043,7 @@ impl SocketTask {
             Ok(Incoming::Ack(id)) => {
                 if !self.acks.acked(&id) {
                     stats::bump(&self.stats.dropped_unmatched);
-                    debug!(session = %self.id, id, "dropped an ack nobody waits for");
+                    debug!(session = %self.id, id = ?id, "dropped an ack nobody waits for");
                 }
                 return None;
             }
@@ -893,26 +1053,23 @@ impl SocketTask {
                 return None;
             }
         };
-        let msg = match self.pending.route(msg) {
-            Routed::Deliver(msg) => msg,
-            Routed::Reply => return None,
+        if let Err(error) = crate::subjects::check_incoming(&msg.subject, msg.reply_to.as_deref()) {
+            stats::bump(&self.stats.dropped_malformed);
+            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
+            return None;
+        }
+        match self.pending.route(msg) {
+            Routed::Deliver(msg) => Some(Inbound {
+                msg: msg.into(),
+                ack_id,
+                permit: None,
+            }),
+            Routed::Reply => None,
             Routed::Late => {
                 stats::bump(&self.stats.dropped_unmatched);
                 debug!(session = %self.id, "dropped a reply whose request no longer waits");
-                return None;
-            }
-        };
-        let held = Inbound {
-            msg: msg.into(),
-            ack_id,
-            permit: None,
-        };
-        match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => {
-                self.deliver(held, permit);
                 None
             }
-            Err(_) => Some(held),
         }
     }
 
@@ -920,17 +1077,27 @@ impl SocketTask {
         inbound.permit = Some(permit);
         // Cannot be full: the channel holds as many messages as there are permits.
         if self.inbound.try_send(inbound).is_err() {
-            debug!(session = %self.id, "delivery task gone; message dropped at close");
+            stats::bump(&self.stats.dropped_on_close);
+            warn!(session = %self.id, "the delivery task is gone (the session is closing); a message is dropped (counted as dropped_on_close)");
         }
     }
 }
 
-/// A frame handed to the socket: its caller, its length and its ack id.
-type Written = (
-    Option<oneshot::Sender<Result<(), String>>>,
-    usize,
-    Option<String>,
-);
+/// A Close frame in words: its code and reason (escaped, since the server chose it).
+fn close_words(frame: &WsFrame) -> String {
+    let code = frame.close_code().map(u16::from);
+    let reason = frame.close_reason().ok().flatten().unwrap_or("");
+    let reason: String = reason.chars().take(123).collect();
+    match code {
+        Some(code) => {
+            format!("the server closed the connection (close code {code}, reason {reason:?})")
+        }
+        None => "the server closed the connection (no close code)".to_string(),
+    }
+}
+
+/// A frame handed to the socket: its caller, its length and what else waits on it.
+type Written = (Option<oneshot::Sender<Result<(), String>>>, usize, Tracked);
 
 /// The WebSocket library's frame for a frame.
 fn to_ws(frame: Frame) -> WsFrame {
@@ -953,6 +1120,34 @@ mod tests {
         assert!(a
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
+
+    #[test]
+    fn attempts_count_failures_and_short_connections_the_server_closed() {
+        let mut attempts = Attempts::new(3);
+        assert_eq!(attempts.failed(), AfterFailure::Retry { first: true });
+        // Open 1 s, closed by the server: a failed attempt.
+        assert_eq!(
+            attempts.lost(Duration::from_secs(1), true),
+            Some(AfterFailure::Retry { first: false })
+        );
+        // Lost on our side (keepalive) within 5 s: not counted.
+        assert_eq!(attempts.lost(Duration::from_secs(1), false), None);
+        assert_eq!(
+            attempts.lost(Duration::from_millis(10), true),
+            Some(AfterFailure::GiveUp(3))
+        );
+        // A healthy connection resets the count and the backoff.
+        let mut attempts = Attempts::new(2);
+        attempts.failed();
+        attempts.next_delay(Duration::from_millis(1), Duration::from_secs(1));
+        assert_eq!(attempts.lost(HEALTHY_AFTER, true), None);
+        assert_eq!((attempts.failed, attempts.retries), (0, 0));
+        assert_eq!(
+            Attempts::new(0).lost(Duration::ZERO, true),
+            Some(AfterFailure::Retry { first: true }),
+            "0 = forever"
+        );
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub struct Opened {
 
 /// Connects to the session's server and makes the WebSocket handshake.
 pub async fn connect(config: &ConnectionConfig) -> Result<Opened, String> {
-    let url = url::Url::parse(&config.uri).map_err(|e| format!("bad uri {}: {e}", config.uri))?;
+    let url =
+        url::Url::parse(config.uri.full()).map_err(|e| format!("bad uri {}: {e}", config.uri))?;
     let host = match url.host() {
         Some(url::Host::Ipv6(address)) => address.to_string(),
         Some(host) => host.to_string(),

@@ -118,6 +118,11 @@ counters! {
     dropped_unmatched,
     /// Frames that arrived while the session had no handler link.
     dropped_no_handler,
+    /// Messages read from the socket but not yet delivered when the connection dropped or the
+    /// link went.
+    dropped_on_close,
+    /// `handle-message` calls abandoned at their `delivery_timeout_ms`.
+    delivery_timeouts,
     /// `request` calls.
     requests,
     /// `request` calls that got no reply in time.

@@ -29,30 +29,61 @@ pub const MAX_SUBJECT_BYTES: usize = 1024;
 /// [`MAX_SUBJECT_BYTES`], no whitespace and no control characters. The error quotes the start of
 /// the value, escaped, so a log line stays one short line.
 pub fn check(what: &str, subject: &str) -> Result<(), String> {
-    let reason = if subject.is_empty() {
-        "it is empty".to_string()
+    match broken_rule(subject) {
+        None => Ok(()),
+        Some(reason) => Err(format!(
+            "invalid {what} {}: {reason}; nothing was sent",
+            quoted(subject)
+        )),
+    }
+}
+
+/// Checks the `subject` and `reply_to` of an envelope a server sent: the rules of [`check`], and
+/// not one of the provider's own `$ws.` subjects, so that a server can neither forge a log line
+/// nor reach what only components may call.
+pub fn check_incoming(subject: &str, reply_to: Option<&str>) -> Result<(), String> {
+    for (what, value) in [("subject", Some(subject)), ("reply_to", reply_to)] {
+        let Some(value) = value else { continue };
+        let reason = broken_rule(value).or_else(|| {
+            value
+                .starts_with(crate::RESERVED_SUBJECT_PREFIX)
+                .then(|| "`$ws.` subjects are the provider's own".to_string())
+        });
+        if let Some(reason) = reason {
+            return Err(format!("invalid {what} {}: {reason}", quoted(value)));
+        }
+    }
+    Ok(())
+}
+
+/// Which subject rule `subject` breaks, if any.
+fn broken_rule(subject: &str) -> Option<String> {
+    if subject.is_empty() {
+        Some("it is empty".to_string())
     } else if subject.len() > MAX_SUBJECT_BYTES {
-        format!(
+        Some(format!(
             "it is {} bytes long, more than {MAX_SUBJECT_BYTES}",
             subject.len()
-        )
-    } else if let Some((at, c)) = subject
-        .char_indices()
-        .find(|(_, c)| c.is_whitespace() || c.is_control())
-    {
-        format!("it contains {c:?} at byte {at} (no whitespace or control characters)")
+        ))
     } else {
-        return Ok(());
-    };
+        subject
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace() || c.is_control())
+            .map(|(at, c)| {
+                format!("it contains {c:?} at byte {at} (no whitespace or control characters)")
+            })
+    }
+}
+
+/// The start of a value, escaped and quoted: at most 64 characters, `...` when cut.
+fn quoted(subject: &str) -> String {
     let shown: String = subject.chars().take(64).collect();
     let more = if shown.len() < subject.len() {
         "..."
     } else {
         ""
     };
-    Err(format!(
-        "invalid {what} {shown:?}{more}: {reason}; nothing was sent"
-    ))
+    format!("{shown:?}{more}")
 }
 
 /// What a provider subject is.
@@ -129,7 +160,7 @@ pub fn sessions(mine: &[Arc<Session>]) -> Bytes {
         .map(|s| SessionInfo {
             id: &s.id,
             link_name: &s.key.link_name,
-            uri: &s.config.uri,
+            uri: s.config.uri.shown(),
             state: s.state().as_str(),
             connected_at: s.connected_at().map(rfc3339),
             frames_in: s.stats.frames_in.load(Ordering::Relaxed),

@@ -218,6 +218,20 @@ impl Tls {
             || self.client_key.is_some()
     }
 
+    /// The TLS keys that are set.
+    pub fn set_keys(&self) -> Vec<&'static str> {
+        [
+            ("tls_ca", self.ca.is_some()),
+            ("tls_ca_file", self.ca_file.is_some()),
+            ("tls_client_cert", self.client_cert.is_some()),
+            ("tls_client_key", self.client_key.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(key, _)| key)
+        .collect()
+    }
+
     /// Whether a client certificate is configured (mutual TLS).
     pub fn has_client_cert(&self) -> bool {
         self.client_cert.is_some()
