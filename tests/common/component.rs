@@ -27,6 +27,9 @@ pub struct Behaviour {
     pub answer_through: Option<String>,
     /// Count messages without keeping them (benchmarks of large bodies).
     pub count_only: bool,
+    /// Make a `request` to subject `ask` through this link before answering, and record its
+    /// result (see [`PlayedComponent::requests_made`]).
+    pub request_through: Option<String>,
 }
 
 /// The provider's client and the component's id.
@@ -42,6 +45,8 @@ struct Recorder {
     running: Arc<AtomicUsize>,
     max_running: Arc<AtomicUsize>,
     gate: Arc<tokio::sync::Semaphore>,
+    /// The results of the requests the handler made (`request_through`).
+    requests: Arc<Mutex<Vec<Result<BrokerMessage, String>>>>,
     /// What the handler needs to call the provider back.
     caller: Arc<Mutex<Option<Caller>>>,
 }
@@ -56,6 +61,7 @@ impl Default for Recorder {
             running: Arc::default(),
             max_running: Arc::default(),
             gate: Arc::new(tokio::sync::Semaphore::new(0)),
+            requests: Arc::default(),
             caller: Arc::default(),
         }
     }
@@ -101,6 +107,23 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
                 self.running.fetch_sub(1, Ordering::SeqCst);
                 return Ok(Err(format!("answering failed: {result:?}")));
             }
+        }
+        let caller = self.caller.lock().unwrap().clone();
+        if let (Some(link), Some((provider, id))) = (&behaviour.request_through, caller) {
+            let result = played::wasmcloud::messaging::consumer::request(
+                &*provider,
+                Some(headers(&id, link)),
+                "ask",
+                &Bytes::from_static(b"question"),
+                3000,
+            )
+            .await;
+            let result = match result {
+                Ok(result) => result,
+                Err(e) => Err(format!("the request call failed: {e:#}")),
+            };
+            self.requests.lock().unwrap().push(result);
+            self.changed.notify_waiters();
         }
         if !behaviour.delay.is_zero() {
             tokio::time::sleep(behaviour.delay).await;
@@ -251,6 +274,27 @@ impl PlayedComponent {
             .expect("the $ws.stats call is answered")
             .expect("$ws.stats answers");
         serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON")
+    }
+
+    /// The results of the requests the handler made, once `n` were made (within `limit`).
+    pub async fn requests_made(
+        &self,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<Result<BrokerMessage, String>> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.recorder.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let made = self.recorder.requests.lock().unwrap().clone();
+            if made.len() >= n {
+                return made;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                panic!("{} of {n} handler requests within {limit:?}", made.len());
+            }
+        }
     }
 
     pub fn received(&self) -> Vec<BrokerMessage> {

@@ -170,11 +170,14 @@ impl ProviderProcess {
         let line = base64::engine::general_purpose::STANDARD
             .encode(serde_json::to_vec(&host_data).unwrap());
 
-        let mut command = Command::new(
-            options
-                .binary
-                .unwrap_or_else(|| std::path::PathBuf::from(BINARY)),
-        );
+        // TEST_PROVIDER_BINARY runs the tests against another build (an older one, to see that a
+        // test fails without its fix).
+        let binary = options.binary.unwrap_or_else(|| {
+            std::env::var_os("TEST_PROVIDER_BINARY")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::path::PathBuf::from(BINARY))
+        });
+        let mut command = Command::new(binary);
         command
             .env_clear()
             .stdin(Stdio::piped())

@@ -43,6 +43,9 @@ enum Command {
     SendMany(Vec<Message>),
     Drop,
     Stall,
+    /// Sends a Close frame with this code and reason, then drops the connection (works while
+    /// stalled: the server still writes, it only stopped reading).
+    Close(u16, String),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -117,6 +120,18 @@ impl WsServer {
         Self::listen(Mode::Respond, 0, None, true).await
     }
 
+    /// Accepts every upgrade, then closes the connection at once with `code` and `reason`.
+    pub async fn closing(code: u16, reason: &str) -> Self {
+        Self::listen_with(
+            Mode::Record,
+            0,
+            None,
+            false,
+            Some((code, reason.to_string())),
+        )
+        .await
+    }
+
     async fn start(mode: Mode) -> Self {
         Self::start_on(mode, 0).await
     }
@@ -130,6 +145,16 @@ impl WsServer {
         port: u16,
         tls: Option<Arc<rustls::ServerConfig>>,
         quiet: bool,
+    ) -> Self {
+        Self::listen_with(mode, port, tls, quiet, None).await
+    }
+
+    async fn listen_with(
+        mode: Mode,
+        port: u16,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        quiet: bool,
+        close_on_open: Option<(u16, String)>,
     ) -> Self {
         // A server restarted on its port may find the old listener not yet closed (its task is
         // aborted, which takes effect at its next poll): retry for a while.
@@ -153,6 +178,7 @@ impl WsServer {
         let frames = Arc::new(Counter::default());
         let conf = Conf {
             mode,
+            close_on_open,
             quiet,
             frames: Arc::clone(&frames),
         };
@@ -313,6 +339,14 @@ impl WsServer {
         }
     }
 
+    /// Sends a Close frame with `code` and `reason` on every connection (stalled or not), then
+    /// drops them.
+    pub fn close_connections(&self, code: u16, reason: &str) {
+        for (_, conn) in std::mem::take(&mut *self.conns.lock().unwrap()) {
+            let _ = conn.send(Command::Close(code, reason.to_string()));
+        }
+    }
+
     /// Drops every connection without a Close frame.
     pub fn drop_connections(&self) {
         for (_, conn) in std::mem::take(&mut *self.conns.lock().unwrap()) {
@@ -353,6 +387,11 @@ async fn serve<S>(
     };
     let headers = seen.lock().unwrap().clone();
     let _ = events.send(Event::Connected { conn, headers });
+    if let Some((code, reason)) = &conf.close_on_open {
+        let _ = ws.send(close_message(*code, reason)).await;
+        let _ = events.send(Event::Ended { conn });
+        return;
+    }
     loop {
         tokio::select! {
             command = commands.recv() => match command {
@@ -371,11 +410,20 @@ async fn serve<S>(
                     sent.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                 }
                 Some(Command::Drop) | None => break,
+                Some(Command::Close(code, reason)) => {
+                    let _ = ws.send(close_message(code, &reason)).await;
+                    break;
+                }
                 Some(Command::Stall) => {
-                    // Hold the socket without touching it until told to drop it.
+                    // Hold the socket without reading until told to close or drop it.
                     while let Some(command) = commands.recv().await {
-                        if matches!(command, Command::Drop) {
-                            break;
+                        match command {
+                            Command::Drop => break,
+                            Command::Close(code, reason) => {
+                                let _ = ws.send(close_message(code, &reason)).await;
+                                break;
+                            }
+                            _ => {}
                         }
                     }
                     break;
@@ -417,9 +465,19 @@ async fn serve<S>(
 #[derive(Clone)]
 struct Conf {
     mode: Mode,
+    /// Close every connection right after the upgrade with this code and reason (a server that
+    /// accepts the upgrade and then refuses the credentials).
+    close_on_open: Option<(u16, String)>,
     /// No `Event::Frame` for data frames (they are only counted).
     quiet: bool,
     frames: Arc<Counter>,
+}
+
+fn close_message(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.to_string().into(),
+    }))
 }
 
 /// The responder's answer to an envelope with a `reply_to`.
