@@ -73,7 +73,7 @@ pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
 
 /// How long a link's settings may take to read (`tls_ca_file` is a file) before the link is
 /// refused: the SDK handles links, health and shutdown one at a time.
-const SETTINGS_DEADLINE: Duration = Duration::from_secs(2);
+const SETTINGS_DEADLINE: Duration = Duration::from_millis(500);
 
 const TLS_CA_FILE: &str = "tls_ca_file";
 
@@ -204,8 +204,8 @@ impl WebSocketMessagingProvider {
                 }
                 Err(_) => {
                     return Err(refuse(format!(
-                        "invalid `{TLS_CA_FILE}`: the file could not be read within {} s (a file system that does not answer, or a pipe nobody writes?)",
-                        SETTINGS_DEADLINE.as_secs()
+                        "invalid `{TLS_CA_FILE}`: the file could not be read within {} ms (a file system that does not answer, or a pipe nobody writes?)",
+                        SETTINGS_DEADLINE.as_millis()
                     )))
                 }
             }

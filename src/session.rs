@@ -789,7 +789,7 @@ impl SocketTask {
 
     /// Reads frames until the connection ends. Replies are matched as they arrive; other messages
     /// go to delivery with an in-flight permit. With every permit taken the loop reads ahead,
-    /// holding at most `max_in_flight` undelivered messages (so that a handler that makes a
+    /// holding at most `max_in_flight + 1` undelivered messages (so that a handler that makes a
     /// request on its own session still gets its reply), and then stops reading until a permit
     /// frees up: TCP then pushes back on the server.
     async fn read_loop(
@@ -802,7 +802,10 @@ impl SocketTask {
         // The server's Close frame, in words, once it came.
         let mut closed_by_server: Option<String> = None;
         loop {
-            let full = held.len() >= self.config.max_in_flight;
+            // One more than `max_in_flight`: with every slot taken, a reply that comes right
+            // behind `max_in_flight` ordinary messages is still read (with `max_in_flight = 1`,
+            // one message in flight, one held, and the reply to the handler's request).
+            let full = held.len() > self.config.max_in_flight;
             if paused.swap(full, Ordering::Relaxed) && !full {
                 // Nothing could be read while paused: the keepalive starts afresh.
                 *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
