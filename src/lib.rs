@@ -80,20 +80,33 @@ const TLS_CA_FILE: &str = "tls_ca_file";
 /// How long shutdown waits for sessions to send their Close frames (the host allows 300 ms).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
 
-/// One link's hold on a session. A consumer link and a handler link with the same
-/// (component, link name) hold the same session.
+/// A session and the links that hold it: a consumer link and a handler link with the same
+/// (component, link name) share one session, which closes when the last of them goes.
 #[derive(Clone)]
-pub struct WebSocketClientBundle {
-    pub session: Arc<Session>,
+struct Linked {
+    session: Arc<Session>,
+    consumer: bool,
+    handler: bool,
 }
 
-impl fmt::Debug for WebSocketClientBundle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.session.fmt(f)
+impl Linked {
+    fn has(&self, role: Role) -> bool {
+        match role {
+            Role::Consumer => self.consumer,
+            Role::Handler => self.handler,
+        }
+    }
+
+    fn set(&mut self, role: Role, linked: bool) {
+        match role {
+            Role::Consumer => self.consumer = linked,
+            Role::Handler => {
+                self.handler = linked;
+                self.session.set_handler_linked(linked);
+            }
+        }
     }
 }
-
-type Bundles = Arc<RwLock<HashMap<SessionKey, WebSocketClientBundle>>>;
 
 /// Which side of the provider a link is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +115,15 @@ enum Role {
     Consumer,
     /// provider -> component: delivery to `handle-message`.
     Handler,
+}
+
+impl Role {
+    fn other(self) -> Role {
+        match self {
+            Role::Consumer => Role::Handler,
+            Role::Handler => Role::Consumer,
+        }
+    }
 }
 
 impl fmt::Display for Role {
@@ -116,14 +138,11 @@ impl fmt::Display for Role {
 /// The provider: its links, keyed by (component, link name), and their sessions.
 #[derive(Clone, Default)]
 pub struct WebSocketMessagingProvider {
-    /// Consumer links (component -> provider), by the source component and link name.
-    consumer_components: Bundles,
-    /// Handler links (provider -> component), by the target component and link name.
-    handler_components: Bundles,
+    /// Every session with the links that hold it, by (component, link name): the one map of
+    /// links and sessions.
+    links: Arc<RwLock<HashMap<SessionKey, Linked>>>,
     /// Provider-level config and secrets: the defaults of every link.
     default_config: Arc<RwLock<ProviderDefaults>>,
-    /// Every live session by its id.
-    session_storage: Arc<RwLock<HashMap<String, Arc<Session>>>>,
     /// One wRPC client per component that receives deliveries.
     handler_clients: HandlerClients,
     /// The counters of sessions that are gone, for the provider's totals.
@@ -153,21 +172,18 @@ impl WebSocketMessagingProvider {
             component: component.to_string(),
             link_name: link_name.to_string(),
         };
-        read(&self.consumer_components)
+        read(&self.links)
             .get(&key)
-            .map(|b| Arc::clone(&b.session))
+            .filter(|l| l.consumer)
+            .map(|l| Arc::clone(&l.session))
     }
 
     /// Every live session.
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        read(&self.session_storage).values().cloned().collect()
-    }
-
-    fn maps(&self, role: Role) -> (&Bundles, &Bundles) {
-        match role {
-            Role::Consumer => (&self.consumer_components, &self.handler_components),
-            Role::Handler => (&self.handler_components, &self.consumer_components),
-        }
+        read(&self.links)
+            .values()
+            .map(|l| Arc::clone(&l.session))
+            .collect()
     }
 
     /// Validates a link and attaches it to a session: the session of the other link with the
@@ -214,99 +230,77 @@ impl WebSocketMessagingProvider {
     }
 
     /// Attaches a link with valid settings to its session (the SDK's command loop calls this:
-    /// it never waits).
+    /// it never waits): the session of the other link with the same key when there is one and
+    /// the settings are equal, else a new one that connects in the background.
     fn attach(&self, role: Role, key: SessionKey, cfg: ConnectionConfig) -> Result<(), String> {
-        // Lock order: consumer map, then handler map, then session storage.
-        let mut consumers = write(&self.consumer_components);
-        let mut handlers = write(&self.handler_components);
-        let (mine, other) = match role {
-            Role::Consumer => (&mut *consumers, &mut *handlers),
-            Role::Handler => (&mut *handlers, &mut *consumers),
-        };
-        if let Some(existing) = mine.get(&key) {
-            if existing.session.config == cfg {
+        let mut links = write(&self.links);
+        if let Some(linked) = links.get_mut(&key) {
+            if linked.has(role) {
+                // The SDK does not pass a second put of a linked link on; should one come, it
+                // changes nothing (new settings take a delete and a put).
                 debug!(%role, %key, "repeated put of an existing link; nothing to do");
                 return Ok(());
             }
+            let differ = linked.session.config.differing_keys(&cfg);
+            if !differ.is_empty() {
+                return Err(format!(
+                    "it would share session {} with the {} link of the same component and link name, but its settings differ in {}",
+                    linked.session.id,
+                    role.other(),
+                    differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                ));
+            }
+            info!(%role, %key, session = %linked.session.id, "link joins the existing session");
+            linked.set(role, true);
+            return Ok(());
         }
-        let shared = other.get(&key).map(|b| Arc::clone(&b.session));
-        let session = match shared {
-            Some(session) => {
-                let differ = session.config.differing_keys(&cfg);
-                if !differ.is_empty() {
-                    return Err(format!(
-                        "it would share session {} with the {} link of the same component and link name, but its settings differ in {}",
-                        session.id,
-                        match role {
-                            Role::Consumer => Role::Handler,
-                            Role::Handler => Role::Consumer,
-                        },
-                        differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-                    ));
-                }
-                info!(%role, %key, session = %session.id, "link joins the existing session");
-                session
-            }
-            None => {
-                let session = Session::start(
-                    key.clone(),
-                    cfg,
-                    self.handler_clients.clone(),
-                    role == Role::Handler,
-                    &self.totals,
-                );
-                write(&self.session_storage).insert(session.id.clone(), Arc::clone(&session));
-                session
-            }
+        let session = Session::start(
+            key.clone(),
+            cfg,
+            self.handler_clients.clone(),
+            role == Role::Handler,
+            &self.totals,
+        );
+        let mut linked = Linked {
+            session,
+            consumer: false,
+            handler: false,
         };
-        if role == Role::Handler {
-            session.set_handler_linked(true);
-        }
-        if let Some(replaced) = mine.insert(key, WebSocketClientBundle { session }) {
-            // The same link put again with other settings: its old session goes.
-            info!(%role, session = %replaced.session.id, "link settings changed; replacing its session");
-            self.close_session(&replaced.session);
-        }
+        linked.set(role, true);
+        links.insert(key, linked);
         Ok(())
     }
 
     fn delete_link(&self, role: Role, key: SessionKey) {
-        let (mine, other) = self.maps(role);
-        let Some(bundle) = write(mine).remove(&key) else {
+        let mut links = write(&self.links);
+        let Some(linked) = links.get_mut(&key).filter(|l| l.has(role)) else {
             debug!(%role, %key, "delete of an unknown link; nothing to do");
             return;
         };
-        if role == Role::Handler {
-            bundle.session.set_handler_linked(false);
-            if !read(&self.handler_components)
-                .keys()
-                .any(|k| k.component == key.component)
-            {
-                self.handler_clients.forget(&key.component);
-            }
-        }
-        let still_shared = read(other)
-            .get(&key)
-            .is_some_and(|b| Arc::ptr_eq(&b.session, &bundle.session));
-        if still_shared {
-            info!(%role, %key, session = %bundle.session.id, "link deleted; the session stays for the other link");
+        linked.set(role, false);
+        let session = Arc::clone(&linked.session);
+        if linked.has(role.other()) {
+            info!(%role, %key, session = %session.id, "link deleted; the session stays for the other link");
         } else {
-            info!(%role, %key, session = %bundle.session.id, "link deleted; closing its session");
-            self.close_session(&bundle.session);
+            info!(%role, %key, session = %session.id, "link deleted; closing its session");
+            links.remove(&key);
+            session.close();
         }
-    }
-
-    fn close_session(&self, session: &Arc<Session>) {
-        session.close();
-        write(&self.session_storage).remove(&session.id);
+        if role == Role::Handler
+            && !links
+                .iter()
+                .any(|(k, l)| l.handler && k.component == key.component)
+        {
+            self.handler_clients.forget(&key.component);
+        }
     }
 
     /// The sessions of `component`, whatever their link names, ordered by link name.
     pub fn list_sessions(&self, component: &str) -> Vec<Arc<Session>> {
-        let mut mine: Vec<_> = read(&self.session_storage)
+        let mut mine: Vec<_> = read(&self.links)
             .values()
-            .filter(|s| s.key.component == component)
-            .cloned()
+            .filter(|l| l.session.key.component == component)
+            .map(|l| Arc::clone(&l.session))
             .collect();
         mine.sort_by(|a, b| a.key.cmp(&b.key));
         mine
@@ -320,7 +314,10 @@ impl WebSocketMessagingProvider {
         id: &str,
         msg: &BrokerMessage,
     ) -> Result<(), String> {
-        let session = read(&self.session_storage).get(id).cloned();
+        let session = read(&self.links)
+            .values()
+            .find(|l| l.session.id == id)
+            .map(|l| Arc::clone(&l.session));
         let session = match session {
             Some(session) if session.key.component == component => session,
             _ => return Err(format!("component {component} has no session {id}")),
@@ -539,12 +536,7 @@ impl Provider for WebSocketMessagingProvider {
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        write(&self.consumer_components).clear();
-        write(&self.handler_components).clear();
-        let sessions: Vec<_> = write(&self.session_storage)
-            .drain()
-            .map(|(_, s)| s)
-            .collect();
+        let sessions: Vec<_> = write(&self.links).drain().map(|(_, l)| l.session).collect();
         for session in &sessions {
             session.close();
         }
