@@ -432,8 +432,10 @@ impl Session {
         }
         match tokio::time::timeout_at(deadline, written).await {
             Ok(Ok(result)) => result,
+            // The connection broke while the frame was being written (it may or may not have
+            // left), or the session closed with it still queued.
             Ok(Err(_)) => Err(format!(
-                "session {} ({}) closed before the message was sent",
+                "session {} ({}) lost its connection or closed before the message was confirmed written; it may not have reached the server",
                 self.id, self.config.uri
             )),
             Err(_) => {
@@ -819,6 +821,8 @@ impl SocketTask {
                     continue;
                 }
                 frame = stream.next(), if !full => frame,
+                // Unreachable (the semaphore is never closed), but never a panic.
+                else => return Outcome::Done(End::lost("the in-flight semaphore was closed")),
             };
             *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let ended = |what: &str| {

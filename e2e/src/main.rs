@@ -2,8 +2,17 @@
 //! WebSocket server, deploys `examples/wadm.yaml`, and shows messages flowing both ways.
 //!
 //! `demo` sends three messages and exits cleanly; `demo --forever` keeps sending until Ctrl-C.
+//!
+//! The host runs in this process and starts the provider as a child that inherits this process's
+//! stdout and stderr, where the provider logs. So that the narration stays readable, the demo
+//! points both descriptors at a log file once the builds are done (the host's log and anything a
+//! child prints go there) and writes the narration to a duplicate of the terminal's stdout taken
+//! just before. `demo --verbose` leaves both on the terminal, the logs interleaved with the
+//! narration.
 
 use std::collections::HashMap;
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,8 +20,63 @@ use base64::Engine as _;
 use wasmcloud_provider_messaging_websocket_e2e::ws::{Event, Message, WsServer};
 use wasmcloud_provider_messaging_websocket_e2e::{artifacts, deploy, repo_root, Lattice};
 
+/// Where the narration goes: the terminal, also after stdout and stderr were sent to the log.
+mod narration {
+    use std::fs::File;
+    use std::io::{self, Write as _};
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    use std::path::Path;
+    use std::sync::{Mutex, OnceLock};
+
+    /// A duplicate of stdout as it was before [`divert`]; unset until then.
+    static TERMINAL: OnceLock<Mutex<File>> = OnceLock::new();
+
+    extern "C" {
+        /// POSIX `dup2`, from the C library every Rust program on Unix links.
+        fn dup2(old: i32, new: i32) -> i32;
+    }
+
+    /// Writes one line of narration where the reader sees it.
+    pub fn line(text: &str) {
+        let line = format!("{text}\n");
+        match TERMINAL.get() {
+            Some(terminal) => {
+                let mut terminal = terminal.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = terminal.write_all(line.as_bytes());
+            }
+            None => {
+                let mut stdout = io::stdout().lock();
+                let _ = stdout.write_all(line.as_bytes());
+                let _ = stdout.flush();
+            }
+        }
+    }
+
+    /// Points this process's stdout and stderr (descriptors 1 and 2) at `log`, truncated: what
+    /// the host logs and what its children (the provider) print goes there from now on, since
+    /// children inherit both. [`line`] keeps writing to the terminal.
+    pub fn divert(log: &Path) -> io::Result<()> {
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = File::create(log)?;
+        io::stdout().flush()?;
+        // Close-on-exec (std's duplicate is): the provider never holds the terminal.
+        let terminal = File::from(io::stdout().as_fd().try_clone_to_owned()?);
+        let _ = TERMINAL.set(Mutex::new(terminal));
+        for fd in [1, 2] {
+            // SAFETY: both descriptors are open; dup2 replaces `fd` atomically, and std's
+            // stdout and stderr keep writing to descriptor 1 and 2, whatever they are.
+            if unsafe { dup2(file.as_raw_fd(), fd) } < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+}
+
 fn say(line: &str) {
-    println!("==> {line}");
+    narration::line(&format!("==> {line}"));
 }
 
 fn show(frame: &str) -> String {
@@ -27,11 +91,76 @@ fn show(frame: &str) -> String {
     format!("{frame}   (subject {}, body {body:?})", value["subject"])
 }
 
+/// `path` relative to the working directory when it is inside it (the script runs from the
+/// repository's root), else as it is.
+fn shown(path: &Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
+        .unwrap_or_else(|| path.to_path_buf())
+        .display()
+        .to_string()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let forever = std::env::args().any(|a| a == "--forever");
+    let verbose = std::env::args().any(|a| a == "--verbose");
+    let log = repo_root().join("target/demo/provider.log");
+    if verbose {
+        say("the provider's and the host's log are shown here (--verbose)");
+    } else {
+        say(&format!(
+            "the provider's and the host's log go to {} (--verbose shows them here)",
+            shown(&log)
+        ));
+    }
+    let result = run(forever, (!verbose).then_some(log.as_path())).await;
+    match &result {
+        Ok(()) if verbose => say("done"),
+        Ok(()) => say(&format!(
+            "done (the provider's and the host's log: {})",
+            shown(&log)
+        )),
+        Err(e) => {
+            say(&format!("the demo failed: {e:#}"));
+            if !verbose {
+                say(&format!(
+                    "the provider's and the host's log: {}",
+                    shown(&log)
+                ));
+            }
+        }
+    }
+    result
+}
+
+/// The demo; with `log`, the host's and the provider's output go to that file once the builds
+/// are done.
+async fn run(forever: bool, log: Option<&Path>) -> anyhow::Result<()> {
     say("building the provider and the echo component (the first build takes a few minutes)");
     artifacts::build(&|line| say(line)).await?;
+
+    if let Some(log) = log {
+        narration::divert(log)
+            .with_context(|| format!("failed to send the log to {}", log.display()))?;
+        // A panic's message goes to stderr, now the log: say it on the terminal too.
+        let log: PathBuf = log.to_path_buf();
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            say(&format!("the demo panicked: {info} (see {})", shown(&log)));
+            report(info);
+        }));
+    }
+    // The host's own log (RUST_LOG, by default warnings), on stderr: the log file, or the
+    // terminal with --verbose.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
 
     let manifest_path = repo_root().join("examples/wadm.yaml");
     let manifest = deploy::read_manifest(&manifest_path).await?;
@@ -70,7 +199,7 @@ async fn main() -> anyhow::Result<()> {
             "body": base64::engine::general_purpose::STANDARD.encode(&body),
         })
         .to_string();
-        println!("server    -> component: {}", show(&frame));
+        narration::line(&format!("server    -> component: {}", show(&frame)));
         server.push(Message::text(frame));
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
@@ -83,9 +212,9 @@ async fn main() -> anyhow::Result<()> {
         )
         .await;
         match answer {
-            Ok(answer) => println!("component -> server:    {}", show(&answer)),
-            Err(_) => println!(
-                "(no answer within 5 s: the handler link may still be joining; sending again)"
+            Ok(answer) => narration::line(&format!("component -> server:    {}", show(&answer))),
+            Err(_) => narration::line(
+                "(no answer within 5 s: the handler link may still be joining; sending again)",
             ),
         }
         if !forever && n >= 3 {
@@ -121,6 +250,5 @@ async fn main() -> anyhow::Result<()> {
         response.message()
     );
     lattice.stop().await?;
-    say("done");
     Ok(())
 }
