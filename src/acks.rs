@@ -2,8 +2,9 @@
 //! `{"ack": "<id>"}`.
 //!
 //! A `publish` registers its frame under a fresh id before queueing it and waits for the ack until
-//! its deadline. The socket task marks a frame written once it is flushed; after a reconnect it
-//! sends every written-but-unacknowledged frame again before anything else (at-least-once). A
+//! its deadline. The socket task marks a frame written as it hands it to the socket (before the
+//! write can break, so a connection lost mid-write never forgets it); after a reconnect it sends
+//! every written-but-unacknowledged frame again before anything else (at-least-once). A
 //! `publish` that gives up drops its [`AckTicket`], which forgets the frame, so it is never sent
 //! again.
 

@@ -1,13 +1,19 @@
 //! A session: one WebSocket connection, owned by one task.
 //!
-//! The task connects (in the background, so putting a link never waits for the network), then
-//! loops: frames queued by `publish` are written in batches (fed, then flushed once), and incoming
-//! data frames are decoded and handed to the delivery task together with a permit of the session's
-//! `max_in_flight` semaphore. With no permit left the task stops reading the socket, so a slow
-//! component pushes back on the server through TCP instead of growing a buffer.
+//! The task's life is explicit in [`SocketTask::run`]: an attempt (in the background, so putting
+//! a link never waits for the network), then `drive` while the connection lasts, then `lost`,
+//! the backoff of [`Attempts`], and the next attempt; until the session is closed or gives up.
+//! While a connection is open, frames queued by `publish` are written in batches (fed, then
+//! flushed once), and incoming data frames are decoded, matched against waiting requests, and
+//! handed to the delivery task with a permit of the session's `max_in_flight` semaphore. With no
+//! permit left the task reads ahead a bounded number of messages (so replies still get through),
+//! then stops reading, so a slow component pushes back on the server through TCP instead of
+//! growing a buffer.
 //!
-//! When the connection fails or drops, the task reconnects with exponential backoff and jitter.
-//! Cancelling the session (link deleted, provider shut down) sends a Close frame and ends the task.
+//! What the connection's futures hold when it ends is kept outside them and accounted for: the
+//! frames not yet written go out on the next connection, acknowledged envelopes handed to the
+//! socket are sent again, requests fail with the connection that carried them, and messages read
+//! ahead but not delivered are counted (`dropped_on_close`) and reported.
 //!
 //! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
 
