@@ -164,11 +164,17 @@ impl PlayedComponent {
         let serving = tokio::spawn(async move {
             let _own = own;
             let mut all = futures::stream::select_all(invocations.into_iter().map(|(_, _, s)| s));
+            // Failures are printed: a call the provider waits for in vain must not fail unseen.
             while let Some(invocation) = all.next().await {
-                if let Ok(fut) = invocation {
-                    tokio::spawn(async move {
-                        let _ = fut.await;
-                    });
+                match invocation {
+                    Ok(fut) => {
+                        tokio::spawn(async move {
+                            if let Err(e) = fut.await {
+                                eprintln!("played component: serving an invocation failed: {e:#}");
+                            }
+                        });
+                    }
+                    Err(e) => eprintln!("played component: accepting an invocation failed: {e:#}"),
                 }
             }
         });
