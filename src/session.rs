@@ -13,7 +13,8 @@
 //! What the connection's futures hold when it ends is kept outside them and accounted for: the
 //! frames not yet written go out on the next connection, acknowledged envelopes handed to the
 //! socket are sent again, requests fail with the connection that carried them, and messages read
-//! ahead but not delivered are counted (`dropped_on_close`) and reported.
+//! ahead are still delivered (only when the session closes are those left counted as
+//! `dropped_on_close` and reported).
 //!
 //! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
 
@@ -21,6 +22,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -30,7 +32,7 @@ use rand::Rng as _;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, PollSemaphore};
 use tracing::{debug, info, warn};
 use wasmcloud_provider_sdk::wasmcloud_tracing::KeyValue;
 use yawc::close::CloseCode;
@@ -633,6 +635,9 @@ impl SocketTask {
     async fn run(self, mut queue: mpsc::Receiver<Outgoing>) {
         let mut attempts = Attempts::new(self.config.reconnect_max_attempts);
         let mut outbox = Vec::with_capacity(WRITE_BATCH);
+        // Messages read ahead but not yet handed to delivery: they outlive a lost connection
+        // (delivered as permits free up, while the session reconnects).
+        let mut held = VecDeque::new();
         let mut ever_connected = false;
         loop {
             self.state.send_replace(if ever_connected {
@@ -640,14 +645,17 @@ impl SocketTask {
             } else {
                 SessionState::Connecting
             });
-            let failure = match self.attempt().await {
+            let failure = match self.attempt(&mut held).await {
                 Attempt::Cancelled => break,
                 Attempt::Failed(error) => Some((attempts.failed(), error)),
                 Attempt::Opened(opened) => {
                     self.opened(&opened, ever_connected);
                     ever_connected = true;
                     let since = Instant::now();
-                    match self.drive(opened.socket, &mut queue, &mut outbox).await {
+                    match self
+                        .drive(opened.socket, &mut queue, &mut outbox, &mut held)
+                        .await
+                    {
                         End::Cancelled => break,
                         End::Lost { reason, by_server } => {
                             self.lost(&reason);
@@ -680,7 +688,12 @@ impl SocketTask {
             tokio::select! {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
+                () = self.drain_held(&mut held) => {}
             }
+        }
+        if !held.is_empty() {
+            stats::add(&self.stats.dropped_on_close, held.len());
+            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, dropped = held.len(), "the session closed with messages read from the server but not yet delivered; they are dropped (counted as dropped_on_close)");
         }
         let attempts = self.gave_up.load(Ordering::Relaxed);
         self.pending.fail_all(&if attempts > 0 {
@@ -692,9 +705,26 @@ impl SocketTask {
         debug!(session = %self.id, "session task ended");
     }
 
+    /// Hands messages read ahead on a connection that is gone to delivery as permits free up,
+    /// in order; never ends (it waits forever once none is left), so it runs beside an attempt
+    /// or a backoff.
+    async fn drain_held(&self, held: &mut VecDeque<Inbound>) {
+        loop {
+            if held.is_empty() {
+                std::future::pending::<()>().await;
+            }
+            // The semaphore is never closed.
+            if let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await {
+                if let Some(inbound) = held.pop_front() {
+                    self.deliver(inbound, permit);
+                }
+            }
+        }
+    }
+
     /// One connection attempt, bounded by `connect_timeout_sec`, given up when the session is
-    /// closed meanwhile.
-    async fn attempt(&self) -> Attempt {
+    /// closed meanwhile; messages read ahead on an earlier connection keep being delivered.
+    async fn attempt(&self, held: &mut VecDeque<Inbound>) -> Attempt {
         let connect =
             tokio::time::timeout(self.config.connect_timeout, socket::connect(&self.config));
         tokio::pin!(connect);
@@ -709,6 +739,8 @@ impl SocketTask {
                 return Attempt::Cancelled;
             }
             r = &mut connect => r,
+            // Never ends: it hands held messages over while the attempt runs.
+            () = self.drain_held(held) => return Attempt::Failed("the read-ahead drain ended".into()),
         };
         match result {
             Ok(Ok(opened)) => Attempt::Opened(Box::new(opened)),
@@ -749,29 +781,26 @@ impl SocketTask {
     /// Runs one open connection until it ends. Reading, writing and the keepalive watchdog are
     /// three futures polled side by side, so a write stuck on a server that stopped reading
     /// neither stops frames from being read nor hides a dead connection. What each loop holds
-    /// when another one ends the connection is kept outside it: the frames not yet written
-    /// (`outbox`, for the next connection) and the messages read ahead but not yet handed to
-    /// delivery (`held`, counted as dropped when the connection ends).
+    /// when another one ends the connection is kept outside it, in `run`: the frames not yet
+    /// written (`outbox`, for the next connection) and the messages read ahead but not yet
+    /// handed to delivery (`held`, delivered as permits free up, even after the connection is
+    /// gone; dropped and counted only when the session closes).
     async fn drive(
         &self,
         socket: Socket,
         queue: &mut mpsc::Receiver<Outgoing>,
         outbox: &mut Vec<Outgoing>,
+        held: &mut VecDeque<Inbound>,
     ) -> End {
         let (mut sink, mut stream) = socket.split();
         let last_seen = Mutex::new(Instant::now());
         let paused = AtomicBool::new(false);
-        let mut held = VecDeque::new();
         let outcome = tokio::select! {
             () = self.cancel.cancelled() => Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled),
-            outcome = self.read_loop(&mut stream, &last_seen, &paused, &mut held) => outcome,
+            outcome = self.read_loop(&mut stream, &last_seen, &paused, held) => outcome,
             outcome = self.write_loop(&mut sink, queue, outbox) => outcome,
             outcome = self.watchdog(&last_seen, &paused) => outcome,
         };
-        if !held.is_empty() {
-            stats::add(&self.stats.dropped_on_close, held.len());
-            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, dropped = held.len(), "the connection ended with messages read ahead but not yet delivered; they are dropped (counted as dropped_on_close)");
-        }
         match outcome {
             Outcome::Goodbye(code, reason, end) => {
                 self.say_goodbye(&mut sink, code, reason).await;
@@ -809,6 +838,9 @@ impl SocketTask {
     ) -> Outcome {
         // The server's Close frame, in words, once it came.
         let mut closed_by_server: Option<String> = None;
+        // Polled by hand, not raced in a `select!`: the wait for a permit stays registered
+        // across turns of the loop, and no `next()` future of the socket is ever dropped.
+        let mut permits = PollSemaphore::new(Arc::clone(&self.permits));
         loop {
             // One more than `max_in_flight`: with every slot taken, a reply that comes right
             // behind `max_in_flight` ordinary messages is still read (with `max_in_flight = 1`,
@@ -818,17 +850,32 @@ impl SocketTask {
                 // Nothing could be read while paused: the keepalive starts afresh.
                 *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             }
-            let frame = tokio::select! {
-                // The semaphore is never closed.
-                Ok(permit) = Arc::clone(&self.permits).acquire_owned(), if !held.is_empty() => {
+            let step = futures::future::poll_fn(|cx| {
+                if !held.is_empty() {
+                    if let Poll::Ready(permit) = permits.poll_acquire(cx) {
+                        return Poll::Ready(Step::Permit(permit));
+                    }
+                }
+                if !full {
+                    if let Poll::Ready(frame) = stream.poll_next_unpin(cx) {
+                        return Poll::Ready(Step::Frame(frame));
+                    }
+                }
+                Poll::Pending
+            })
+            .await;
+            let frame = match step {
+                Step::Permit(Some(permit)) => {
                     if let Some(inbound) = held.pop_front() {
                         self.deliver(inbound, permit);
                     }
                     continue;
                 }
-                frame = stream.next(), if !full => frame,
                 // Unreachable (the semaphore is never closed), but never a panic.
-                else => return Outcome::Done(End::lost("the in-flight semaphore was closed")),
+                Step::Permit(None) => {
+                    return Outcome::Done(End::lost("the in-flight semaphore was closed"))
+                }
+                Step::Frame(frame) => frame,
             };
             *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             let ended = |what: &str| {
@@ -1094,6 +1141,12 @@ impl SocketTask {
             warn!(session = %self.id, "the delivery task is gone (the session is closing); a message is dropped (counted as dropped_on_close)");
         }
     }
+}
+
+/// What the read loop waited for.
+enum Step {
+    Permit(Option<OwnedSemaphorePermit>),
+    Frame(Option<Result<WsFrame, WebSocketError>>),
 }
 
 /// A Close frame in words: its code and reason (escaped, since the server chose it).

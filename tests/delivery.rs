@@ -455,3 +455,30 @@ async fn a_burst_of_garbage_does_not_stop_the_valid_frames_mixed_in() {
     assert_eq!(subjects, expected);
     assert_eq!(server.accepted(), 1, "the session never dropped");
 }
+
+/// One at a time, with the frames written back to back in one burst and the connection closed
+/// right after it (as the benchmark's server does): every frame is delivered, also those read
+/// ahead when the end of the stream came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_read_ahead_when_the_server_closes_are_still_delivered() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig
+        .linked_both_ways("burst", &server.uri(), &[("max_in_flight", "1")])
+        .await;
+    server.connected(WAIT).await;
+    const N: usize = 2000;
+    component.set_behaviour(Behaviour {
+        count_only: true,
+        ..Default::default()
+    });
+    // A first frame on its own (the component's wRPC client is made for it), then the burst.
+    let frame = Message::text(envelope("burst", &[7; 16], None));
+    server.push(frame.clone());
+    assert_eq!(component.wait_count(1, WAIT).await, 1);
+    server.push_many(vec![frame; N]);
+    server.close_connections(1000, "done");
+    assert_eq!(component.wait_count(N + 1, WAIT).await, N + 1);
+    let stats = component.stats("default").await;
+    assert_eq!(stats["sessions"][0]["dropped_on_close"], 0, "{stats}");
+}

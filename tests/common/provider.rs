@@ -147,6 +147,7 @@ impl ProviderProcess {
             match std::env::var("TEST_PROVIDER_LOG_LEVEL").as_deref() {
                 Ok("trace") => Level::Trace,
                 Ok("info") => Level::Info,
+                Ok("warn") => Level::Warn,
                 _ => Level::Debug,
             }
         });
