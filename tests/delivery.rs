@@ -5,24 +5,12 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::component::Behaviour;
 use common::ws::{Event, Message, WsServer};
-use common::Rig;
+use common::{envelope, Rig};
 use serde_json::json;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn envelope(subject: &str, body: &[u8], reply_to: Option<&str>) -> String {
-    let mut value = json!({
-        "subject": subject,
-        "body": base64::engine::general_purpose::STANDARD.encode(body),
-    });
-    if let Some(reply_to) = reply_to {
-        value["reply_to"] = json!(reply_to);
-    }
-    value.to_string()
-}
 
 #[tokio::test]
 async fn server_frames_reach_the_handler_exactly() {

@@ -8,26 +8,13 @@ mod common;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::component::Behaviour;
 use common::ws::{Event, Message, WsServer};
-use common::Rig;
-use serde_json::json;
+use common::{envelope, Rig};
 use wasmcloud_provider_messaging_websocket::connection::BOUNDS;
 use wasmcloud_provider_sdk::core::logging::Level;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-fn envelope(subject: &str, body: &[u8], reply_to: Option<&str>) -> String {
-    let mut value = json!({
-        "subject": subject,
-        "body": base64::engine::general_purpose::STANDARD.encode(body),
-    });
-    if let Some(reply_to) = reply_to {
-        value["reply_to"] = json!(reply_to);
-    }
-    value.to_string()
-}
 
 /// Any u64 (and more) for every numeric key either refuses the link with a message that names
 /// the key or makes a working session; the process never panics. Before: `max_in_flight` near
@@ -237,6 +224,8 @@ async fn messages_read_but_not_delivered_when_the_link_goes_are_counted_and_repo
     let server = WsServer::recorder().await;
     let observer = WsServer::recorder().await;
     let provider = &rig.provider;
+    // Played before the links are put: the first delivery may come at once.
+    let component = rig.component("held").await;
     let config = [("uri", server.uri()), ("max_in_flight", "1".to_string())];
     let config: Vec<(&str, &str)> = config.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let consumer = provider.consumer_link("held", "default", &config);
@@ -246,7 +235,6 @@ async fn messages_read_but_not_delivered_when_the_link_goes_are_counted_and_repo
     provider
         .put_link(&provider.consumer_link("held", "observer", &[("uri", &observer.uri())]))
         .await;
-    let component = rig.component("held").await;
     component.set_behaviour(Behaviour {
         gated: true,
         ..Default::default()

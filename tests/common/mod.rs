@@ -45,6 +45,19 @@ pub mod played {
     });
 }
 
+/// A JSON envelope as a server sends it: `{subject, body (base64), reply_to?}`.
+pub fn envelope(subject: &str, body: &[u8], reply_to: Option<&str>) -> String {
+    use base64::Engine as _;
+    let mut value = serde_json::json!({
+        "subject": subject,
+        "body": base64::engine::general_purpose::STANDARD.encode(body),
+    });
+    if let Some(reply_to) = reply_to {
+        value["reply_to"] = serde_json::json!(reply_to);
+    }
+    value.to_string()
+}
+
 /// A name unique within this test process.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
