@@ -48,7 +48,7 @@ pub struct Target {
 }
 
 /// The delivery task of one session. The component's wRPC client is made on the first message
-/// (it may need a NATS connection) while the calls already running keep being polled.
+/// (it may need a NATS connection), before any call is in flight, and kept for the session.
 pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
     let mut in_flight = FuturesUnordered::new();
     let mut client: Option<Arc<HandlerClient>> = None;
@@ -73,23 +73,19 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
         }
         let ready = match &client {
             Some(ready) => Arc::clone(ready),
+            // Only before the first call: nothing is in flight yet, so waiting here holds up no
+            // invocation. Once made, the client serves the session for good.
             None => {
-                let get = target.clients.get(&target.key.component);
-                tokio::pin!(get);
-                let got = loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => break None,
-                        got = &mut get => break Some(got),
-                        Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
-                    }
+                let got = tokio::select! {
+                    () = cancel.cancelled() => break,
+                    got = target.clients.get(&target.key.component) => got,
                 };
                 match got {
-                    None => break,
-                    Some(Ok(ready)) => {
+                    Ok(ready) => {
                         client = Some(Arc::clone(&ready));
                         ready
                     }
-                    Some(Err(error)) => {
+                    Err(error) => {
                         stats::bump(&target.stats.delivery_errors);
                         warn!(session = %target.session_id, component = %target.key.component, error = %format!("{error:#}"), subject = %msg.subject, "cannot reach the component over wRPC; message dropped");
                         continue;
