@@ -452,16 +452,18 @@ impl Layers<'_> {
             client_cert: self.secret_or_plain("tls_client_cert")?,
             client_key: self.sensitive("tls_client_key")?,
         })?;
-        if tls.is_set() && !uri.is_tls() && !uri.full.is_empty() {
+        let tls_keys = tls.set_keys();
+        if !tls_keys.is_empty() && !uri.is_tls() && !uri.full.is_empty() {
             // A client key or a CA meant for TLS while the token and headers would go out in
             // clear: most likely a uri typed wrong, never what the user wants.
+            let named: Vec<String> = tls_keys.iter().map(|k| format!("`{k}`")).collect();
+            let verb = if named.len() == 1 { "is" } else { "are" };
             return Err(invalid(
                 "uri",
                 &uri.shown,
                 format!(
-                    "is ws:// (no TLS), but {} set: use wss:// (the `tls_*` settings and any credentials would otherwise go out in clear, or not be used)",
-                    tls.set_keys().iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-                        + if tls.set_keys().len() == 1 { " is" } else { " are" }
+                    "is ws:// (no TLS), but {} {verb} set: use wss:// (the `tls_*` settings and any credentials would otherwise go out in clear, or not be used)",
+                    named.join(", ")
                 ),
             ));
         }
@@ -539,25 +541,23 @@ impl Layers<'_> {
             return Ok(bound.default);
         };
         let unit = bound.unit;
-        match value.trim().parse::<u64>() {
-            Ok(n) if n < min => Err(invalid(key, value, format!("must be at least 1 ({unit})"))),
-            Ok(n) if n > bound.max => Err(invalid(
+        let digits = value.trim();
+        let n = match digits.parse::<u64>() {
+            Ok(n) => n,
+            // Digits only, but more than a u64 holds: still a number above the bound.
+            Err(_) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => u64::MAX,
+            Err(_) => return Err(invalid(key, value, format!("expected {unit}"))),
+        };
+        if n < min {
+            Err(invalid(key, value, format!("must be at least 1 ({unit})")))
+        } else if n > bound.max {
+            Err(invalid(
                 key,
                 value,
                 format!("at most {}{} ({unit})", bound.max, bound.why),
-            )),
-            Ok(n) => Ok(n),
-            // Digits only, but more than a u64 holds: still a number above the bound.
-            Err(_)
-                if !value.trim().is_empty() && value.trim().bytes().all(|b| b.is_ascii_digit()) =>
-            {
-                Err(invalid(
-                    key,
-                    value,
-                    format!("at most {}{} ({unit})", bound.max, bound.why),
-                ))
-            }
-            Err(_) => Err(invalid(key, value, format!("expected {unit}"))),
+            ))
+        } else {
+            Ok(n)
         }
     }
 

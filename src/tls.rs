@@ -212,10 +212,7 @@ impl Tls {
 
     /// Whether any TLS setting is given.
     pub fn is_set(&self) -> bool {
-        self.ca.is_some()
-            || self.ca_file.is_some()
-            || self.client_cert.is_some()
-            || self.client_key.is_some()
+        !self.set_keys().is_empty()
     }
 
     /// The TLS keys that are set.
