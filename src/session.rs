@@ -1098,8 +1098,12 @@ impl SocketTask {
     fn incoming(&self, payload: Bytes) -> Option<Inbound> {
         stats::bump(&self.stats.frames_in);
         stats::add(&self.stats.bytes_in, payload.len());
-        let (msg, ack_id) = match self.codec.decode(payload) {
-            Ok(Incoming::Message { msg, id }) => (msg, id.filter(|_| self.config.ack)),
+        // Not an envelope, or one whose subjects break the rules: dropped as malformed alike.
+        let checked = match self.codec.decode(payload) {
+            Ok(Incoming::Message { msg, id }) => {
+                crate::subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
+                    .map(|()| (msg, id.filter(|_| self.config.ack)))
+            }
             Ok(Incoming::Ack(id)) => {
                 if !self.acks.acked(&id) {
                     stats::bump(&self.stats.dropped_unmatched);
@@ -1107,17 +1111,16 @@ impl SocketTask {
                 }
                 return None;
             }
+            Err(error) => Err(error.to_string()),
+        };
+        let (msg, ack_id) = match checked {
+            Ok(message) => message,
             Err(error) => {
                 stats::bump(&self.stats.dropped_malformed);
                 warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
                 return None;
             }
         };
-        if let Err(error) = crate::subjects::check_incoming(&msg.subject, msg.reply_to.as_deref()) {
-            stats::bump(&self.stats.dropped_malformed);
-            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
-            return None;
-        }
         match self.pending.route(msg) {
             Routed::Deliver(msg) => Some(Inbound {
                 msg: msg.into(),
