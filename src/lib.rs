@@ -261,13 +261,15 @@ impl WebSocketMessagingProvider {
             role == Role::Handler,
             &self.totals,
         );
-        let mut linked = Linked {
-            session,
-            consumer: false,
-            handler: false,
-        };
-        linked.set(role, true);
-        links.insert(key, linked);
+        // The session already knows whether a handler link holds it (a frame may come at once).
+        links.insert(
+            key,
+            Linked {
+                session,
+                consumer: role == Role::Consumer,
+                handler: role == Role::Handler,
+            },
+        );
         Ok(())
     }
 

@@ -118,8 +118,8 @@ counters! {
     dropped_unmatched,
     /// Frames that arrived while the session had no handler link.
     dropped_no_handler,
-    /// Messages read from the socket but not yet delivered when the connection dropped or the
-    /// link went.
+    /// Messages read from the socket but not yet delivered when the link went (or the provider
+    /// stopped); a lost connection does not drop them.
     dropped_on_close,
     /// `handle-message` calls abandoned at their `delivery_timeout_ms`.
     delivery_timeouts,
