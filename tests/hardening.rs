@@ -378,16 +378,11 @@ async fn a_request_queued_at_a_disconnect_is_sent_on_the_next_connection_and_ans
     );
     server.close_connections(1001, "going away");
     let (_, answer) = both.await;
-    let sent_again = {
-        let mut sent = false;
-        while let Ok(frame) =
-            tokio::time::timeout(Duration::from_millis(500), server.frame(WAIT)).await
-        {
-            let value: serde_json::Value = serde_json::from_slice(&frame.into_data()).unwrap();
-            sent |= value["subject"] == "the.question";
-        }
-        sent
-    };
+    let sent_again = server
+        .subjects_until_quiet(Duration::from_millis(500))
+        .await
+        .iter()
+        .any(|s| s == "the.question");
     match answer.expect("the call is answered") {
         Ok(reply) => assert_eq!(&reply.body[..], b"42"),
         Err(e) => assert!(!sent_again, "the request failed ({e}) but was sent anyway"),
@@ -624,12 +619,9 @@ async fn sending_to_a_session_checks_the_subject_and_the_target_s_tracking() {
         .unwrap()
         .unwrap();
     // Only the valid ones reached the server: "ready" and "fine".
-    let mut subjects = Vec::new();
-    while let Ok(frame) = tokio::time::timeout(Duration::from_millis(300), server.frame(WAIT)).await
-    {
-        let value: serde_json::Value = serde_json::from_slice(&frame.into_data()).unwrap();
-        subjects.push(value["subject"].as_str().unwrap().to_string());
-    }
+    let subjects = server
+        .subjects_until_quiet(Duration::from_millis(300))
+        .await;
     assert!(
         !subjects.iter().any(|s| s.starts_with("$ws.")),
         "{subjects:?}"

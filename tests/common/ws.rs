@@ -295,6 +295,21 @@ impl WsServer {
         .await
     }
 
+    /// The subjects of the envelopes that arrive until none has come for `quiet`.
+    pub async fn subjects_until_quiet(&self, quiet: Duration) -> Vec<String> {
+        let mut subjects = Vec::new();
+        // The outer timeout ends the wait; the inner limit is only never reached first.
+        let limit = quiet + Duration::from_secs(1);
+        while let Ok(frame) = tokio::time::timeout(quiet, self.frame(limit)).await {
+            let value: serde_json::Value = serde_json::from_slice(&frame.into_data()).unwrap();
+            let subject = value["subject"]
+                .as_str()
+                .expect("an envelope with a subject");
+            subjects.push(subject.to_string());
+        }
+        subjects
+    }
+
     /// Asserts that no data frame arrives within `window`.
     pub async fn no_frame(&self, window: Duration) {
         let mut events = self.events.lock().await;
