@@ -37,7 +37,9 @@ pub const KNOWN_KEYS: &[&str] = &[
     "inbox_prefix",
     "max_pending",
     "max_in_flight",
+    "max_in_flight_bytes",
     "delivery_timeout_ms",
+    "max_publish_rate",
     "max_message_bytes",
     "reconnect_initial_delay_ms",
     "reconnect_max_delay_ms",
@@ -91,8 +93,10 @@ pub const BOUNDS: &[Bound] = &[
     Bound { key: "send_timeout_ms", default: 5_000, max: MAX_REQUEST_TIMEOUT_MS, unit: MILLISECONDS, why: HOST_CUT },
     Bound { key: "request_timeout_ms", default: 5_000, max: MAX_REQUEST_TIMEOUT_MS, unit: MILLISECONDS, why: HOST_CUT },
     Bound { key: "max_pending", default: 1024, max: 65_536, unit: "a whole number", why: "" },
-    Bound { key: "max_in_flight", default: 64, max: 65_536, unit: "a whole number", why: "" },
+    Bound { key: "max_in_flight", default: 1024, max: 65_536, unit: "a whole number", why: "" },
+    Bound { key: "max_in_flight_bytes", default: 16 << 20, max: 1 << 30, unit: "a whole number of bytes", why: " (1 GiB)" },
     Bound { key: "delivery_timeout_ms", default: 10_000, max: 600_000, unit: MILLISECONDS, why: "" },
+    Bound { key: "max_publish_rate", default: 0, max: 1_000_000, unit: "a whole number of messages per second (0 = no limit)", why: "" },
     Bound { key: "max_message_bytes", default: 1 << 20, max: 256 << 20, unit: "a whole number of bytes", why: " (256 MiB)" },
     Bound { key: "reconnect_initial_delay_ms", default: 250, max: 3_600_000, unit: MILLISECONDS, why: "" },
     Bound { key: "reconnect_max_delay_ms", default: 30_000, max: 3_600_000, unit: MILLISECONDS, why: "" },
@@ -100,6 +104,9 @@ pub const BOUNDS: &[Bound] = &[
     Bound { key: "ping_interval_sec", default: 20, max: 86_400, unit: SECONDS, why: "" },
     Bound { key: "pong_timeout_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
 ];
+
+/// The numeric keys where 0 is a value (forever, no limit); every other number is at least 1.
+const ZERO_ALLOWED: &[&str] = &["reconnect_max_attempts", "max_publish_rate"];
 
 fn bound(key: &str) -> &'static Bound {
     BOUNDS
@@ -123,6 +130,8 @@ const RESERVED_HEADERS: &[&str] = &[
 pub enum Format {
     /// One JSON envelope `{subject, body (base64), reply_to}` per frame.
     Json,
+    /// The same envelope as a MessagePack map in a binary frame (`body` as bin, no base64).
+    Msgpack,
     /// The body alone; incoming frames get the subject `raw_subject`.
     Raw,
 }
@@ -131,6 +140,7 @@ impl Format {
     pub fn as_str(self) -> &'static str {
         match self {
             Format::Json => "json",
+            Format::Msgpack => "msgpack",
             Format::Raw => "raw",
         }
     }
@@ -197,8 +207,12 @@ pub struct ConnectionConfig {
     pub inbox_prefix: String,
     pub max_pending: usize,
     pub max_in_flight: usize,
+    /// Bodies of the deliveries in flight, in bytes: reading pauses at either bound.
+    pub max_in_flight_bytes: usize,
     /// Deadline of one `handle-message` call.
     pub delivery_timeout: Duration,
+    /// Outgoing messages per second (publish and request), 0 = no limit.
+    pub max_publish_rate: u32,
     pub max_message_bytes: usize,
     /// Backoff before reconnect attempt n: d = min(initial * 2^(n-1), max), drawn from [d/2, d].
     pub reconnect_initial_delay: Duration,
@@ -243,7 +257,9 @@ impl fmt::Debug for ConnectionConfig {
             .field("inbox_prefix", &self.inbox_prefix)
             .field("max_pending", &self.max_pending)
             .field("max_in_flight", &self.max_in_flight)
+            .field("max_in_flight_bytes", &self.max_in_flight_bytes)
             .field("delivery_timeout", &self.delivery_timeout)
+            .field("max_publish_rate", &self.max_publish_rate)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("reconnect_initial_delay", &self.reconnect_initial_delay)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
@@ -443,8 +459,15 @@ impl Layers<'_> {
         }
         let format = match self.plain("format") {
             None | Some("json") => Format::Json,
+            Some("msgpack") => Format::Msgpack,
             Some("raw") => Format::Raw,
-            Some(other) => return Err(invalid("format", other, "expected `json` or `raw`")),
+            Some(other) => {
+                return Err(invalid(
+                    "format",
+                    other,
+                    "expected `json`, `msgpack` or `raw`",
+                ))
+            }
         };
         let tls = Tls::new(TlsKeys {
             ca: self.secret_or_plain("tls_ca")?,
@@ -483,7 +506,7 @@ impl Layers<'_> {
             return Err(invalid(
                 "ack",
                 "true",
-                "acknowledged delivery needs format json (a raw frame carries no id)",
+                "acknowledged delivery needs format json or msgpack (a raw frame carries no id)",
             ));
         }
         Ok(ConnectionConfig {
@@ -499,7 +522,9 @@ impl Layers<'_> {
             inbox_prefix: self.inbox_prefix()?,
             max_pending: self.count("max_pending")?,
             max_in_flight: self.count("max_in_flight")?,
+            max_in_flight_bytes: self.count("max_in_flight_bytes")?,
             delivery_timeout: self.millis("delivery_timeout_ms")?,
+            max_publish_rate: u32::try_from(self.number("max_publish_rate")?).unwrap_or(u32::MAX),
             max_message_bytes: self.count("max_message_bytes")?,
             reconnect_initial_delay,
             reconnect_max_delay,
@@ -532,11 +557,11 @@ impl Layers<'_> {
         Ok(prefix.to_string())
     }
 
-    /// A numeric key within its [`Bound`]: at least 1 (0 too for `reconnect_max_attempts`, where
-    /// it means forever), at most the bound.
+    /// A numeric key within its [`Bound`]: at least 1 (0 too for the [`ZERO_ALLOWED`] keys),
+    /// at most the bound.
     fn number(&self, key: &str) -> Result<u64, ConfigError> {
         let bound = bound(key);
-        let min = u64::from(key != "reconnect_max_attempts");
+        let min = u64::from(!ZERO_ALLOWED.contains(&key));
         let Some(value) = self.plain(key) else {
             return Ok(bound.default);
         };
@@ -743,7 +768,9 @@ impl ConnectionConfig {
             inbox_prefix,
             max_pending,
             max_in_flight,
+            max_in_flight_bytes,
             delivery_timeout,
+            max_publish_rate,
             max_message_bytes,
             reconnect_initial_delay,
             reconnect_max_delay,
@@ -780,6 +807,14 @@ impl ConnectionConfig {
         check("inbox_prefix", *inbox_prefix == other.inbox_prefix);
         check("max_pending", *max_pending == other.max_pending);
         check("max_in_flight", *max_in_flight == other.max_in_flight);
+        check(
+            "max_in_flight_bytes",
+            *max_in_flight_bytes == other.max_in_flight_bytes,
+        );
+        check(
+            "max_publish_rate",
+            *max_publish_rate == other.max_publish_rate,
+        );
         check(
             "delivery_timeout_ms",
             *delivery_timeout == other.delivery_timeout,
@@ -866,7 +901,9 @@ mod tests {
         assert_eq!(cfg.request_timeout, Duration::from_millis(5000));
         assert_eq!(cfg.inbox_prefix, "_INBOX");
         assert_eq!(cfg.max_pending, 1024);
-        assert_eq!(cfg.max_in_flight, 64);
+        assert_eq!(cfg.max_in_flight, 1024);
+        assert_eq!(cfg.max_in_flight_bytes, 16 << 20);
+        assert_eq!(cfg.max_publish_rate, 0);
         assert_eq!(cfg.max_message_bytes, 1_048_576);
     }
 
@@ -1059,7 +1096,7 @@ mod tests {
             ),
             (
                 &[("uri", "ws://h"), ("format", "xml")],
-                "invalid `format` 'xml': expected `json` or `raw`",
+                "invalid `format` 'xml': expected `json`, `msgpack` or `raw`",
             ),
             (
                 &[("uri", "ws://h"), ("enable_session_tracking", "yes")],
@@ -1279,6 +1316,6 @@ mod tests {
                 None => assert_eq!(max, "-", "`{key}` is not a number"),
             }
         }
-        assert_eq!(checked, 17, "every default given as a value was checked");
+        assert_eq!(checked, 19, "every default given as a value was checked");
     }
 }

@@ -17,21 +17,22 @@ use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::budget::Slot;
 pub use crate::invoke::HandlerClients;
 use crate::invoke::{HandlerClient, Message};
 use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
 
-/// A decoded message on its way to the handler, holding its in-flight permit (taken before it
+/// A decoded message on its way to the handler, holding its in-flight slot (taken before it
 /// is handed over), and the id to acknowledge once the handler accepted it (`ack = true`).
 pub struct Inbound {
     pub msg: Message,
     pub ack_id: Option<String>,
-    pub permit: Option<OwnedSemaphorePermit>,
+    pub permit: Option<Slot>,
 }
 
 /// Where a session's messages go.
@@ -115,7 +116,7 @@ async fn deliver(
     client: Arc<HandlerClient>,
     msg: Message,
     ack_id: Option<String>,
-    permit: Option<OwnedSemaphorePermit>,
+    permit: Option<Slot>,
 ) {
     let result =
         tokio::time::timeout(target.timeout, client.handle_message(&msg, target.timeout)).await;

@@ -2,7 +2,8 @@
 //!
 //! Format `json` (the default) puts one JSON object per frame:
 //! `{"subject": "...", "body": "<standard base64>", "reply_to": "..."}` with `reply_to` omitted
-//! when absent. Format `raw` carries the body alone, for third-party feeds.
+//! when absent. Format `msgpack` carries the same envelope as a MessagePack map in a binary frame,
+//! `body` as bin (no base64). Format `raw` carries the body alone, for third-party feeds.
 //!
 //! This module knows nothing of sockets: it maps [`BrokerMessage`]s to [`Frame`]s, which the
 //! session module turns into the WebSocket library's own message type.
@@ -47,6 +48,8 @@ impl Frame {
 pub enum DecodeError {
     /// The frame is not JSON at all.
     NotJson(String),
+    /// The frame is not MessagePack at all.
+    NotMsgpack(String),
     /// JSON, but not an envelope (no `subject`, wrong types, ...).
     NotEnvelope(String),
     /// `body` is not standard base64.
@@ -57,6 +60,7 @@ impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DecodeError::NotJson(e) => write!(f, "frame is not JSON: {e}"),
+            DecodeError::NotMsgpack(e) => write!(f, "frame is not MessagePack: {e}"),
             DecodeError::NotEnvelope(e) => write!(f, "frame is not a message envelope: {e}"),
             DecodeError::BadBase64(e) => write!(f, "`body` is not standard base64: {e}"),
         }
@@ -130,9 +134,200 @@ fn json_string(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("a string serializes");
 }
 
-/// The acknowledgement of an incoming envelope: `{"ack": "<id>"}`.
+/// The acknowledgement of an incoming JSON envelope: `{"ack": "<id>"}`.
 pub fn encode_ack(id: &str) -> Frame {
     Frame::Text(Bytes::from(serde_json::json!({ "ack": id }).to_string()))
+}
+
+/// Encodes `msg` as a MessagePack map `{subject: str, body: bin, reply_to?: str, id?: str}`,
+/// written into one buffer of the final size.
+pub fn encode_msgpack(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
+    let strings = msg.subject.len() + msg.reply_to.as_ref().map_or(0, String::len);
+    let mut out = Vec::with_capacity(48 + strings + msg.body.len() + id.map_or(0, str::len));
+    let fields = 2 + u32::from(msg.reply_to.is_some()) + u32::from(id.is_some());
+    // Writing into a Vec cannot fail (it grows); the lengths are bounded by max_message_bytes.
+    let _ = rmp::encode::write_map_len(&mut out, fields);
+    msgpack_field(&mut out, "subject", &msg.subject);
+    let _ = rmp::encode::write_str(&mut out, "body");
+    let _ = rmp::encode::write_bin(&mut out, &msg.body);
+    if let Some(reply_to) = &msg.reply_to {
+        msgpack_field(&mut out, "reply_to", reply_to);
+    }
+    if let Some(id) = id {
+        msgpack_field(&mut out, "id", id);
+    }
+    Bytes::from(out)
+}
+
+fn msgpack_field(out: &mut Vec<u8>, key: &str, value: &str) {
+    let _ = rmp::encode::write_str(&mut *out, key);
+    let _ = rmp::encode::write_str(&mut *out, value);
+}
+
+/// The acknowledgement of an incoming MessagePack envelope: the map `{ack: "<id>"}`.
+pub fn encode_msgpack_ack(id: &str) -> Frame {
+    let mut out = Vec::with_capacity(8 + id.len());
+    let _ = rmp::encode::write_map_len(&mut out, 1);
+    msgpack_field(&mut out, "ack", id);
+    Frame::Binary(Bytes::from(out))
+}
+
+/// Decodes a MessagePack frame: a map with the envelope's keys. Unknown keys are ignored; a
+/// missing `body` is an empty body; `body` may be bin or str (its UTF-8 bytes); an `id` that is
+/// not a string is ignored. The body is a slice of `payload`, not a copy.
+pub fn decode_msgpack(payload: &Bytes) -> Result<Incoming, DecodeError> {
+    let frame: MsgpackFrame<'_> = rmp_serde::from_slice(payload).map_err(|e| match e {
+        rmp_serde::decode::Error::InvalidMarkerRead(_)
+        | rmp_serde::decode::Error::InvalidDataRead(_)
+        | rmp_serde::decode::Error::Utf8Error(_)
+        | rmp_serde::decode::Error::TypeMismatch(rmp::Marker::Reserved)
+        | rmp_serde::decode::Error::DepthLimitExceeded => DecodeError::NotMsgpack(e.to_string()),
+        other => DecodeError::NotEnvelope(other.to_string()),
+    })?;
+    let Some(subject) = frame.subject else {
+        return match frame.ack {
+            Some(id) => Ok(Incoming::Ack(id)),
+            None => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
+        };
+    };
+    Ok(Incoming::Message {
+        msg: BrokerMessage {
+            subject,
+            body: frame.body.map_or_else(Bytes::new, |b| payload.slice_ref(b)),
+            reply_to: frame.reply_to,
+        },
+        id: frame.id,
+    })
+}
+
+/// An incoming MessagePack frame. Read by hand (a map and nothing else: serde's derived reader
+/// would also take an array, field by position), borrowing the body from the frame.
+#[derive(Default)]
+struct MsgpackFrame<'a> {
+    subject: Option<String>,
+    body: Option<&'a [u8]>,
+    reply_to: Option<String>,
+    /// A string `id` (anything else is ignored).
+    id: Option<String>,
+    /// A string `ack` (anything else is ignored).
+    ack: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Map;
+        impl<'de> serde::de::Visitor<'de> for Map {
+            type Value = MsgpackFrame<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map with the keys `subject`, `body`, `reply_to`")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut frame = MsgpackFrame::default();
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match &*key {
+                        "subject" => frame.subject = Some(map.next_value()?),
+                        "body" => frame.body = Some(map.next_value::<BorrowedBody<'de>>()?.0),
+                        "reply_to" => frame.reply_to = map.next_value()?,
+                        "id" => frame.id = map.next_value::<AnyString>()?.0,
+                        "ack" => frame.ack = map.next_value::<AnyString>()?.0,
+                        _ => {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(frame)
+            }
+        }
+        deserializer.deserialize_map(Map)
+    }
+}
+
+/// A body borrowed from the frame: bin, or str for its UTF-8 bytes.
+struct BorrowedBody<'a>(&'a [u8]);
+
+impl<'de> Deserialize<'de> for BorrowedBody<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Body;
+        impl<'de> serde::de::Visitor<'de> for Body {
+            type Value = BorrowedBody<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("`body` as bin or str")
+            }
+            fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                Ok(BorrowedBody(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedBody(v.as_bytes()))
+            }
+        }
+        deserializer.deserialize_bytes(Body)
+    }
+}
+
+/// A value kept when it is a string and ignored otherwise (`id`, `ack`).
+struct AnyString(Option<String>);
+
+impl<'de> Deserialize<'de> for AnyString {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> serde::de::Visitor<'de> for Any {
+            type Value = AnyString;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(AnyString(Some(v.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_bytes<E>(self, _: &[u8]) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(AnyString(None))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                AnyString::deserialize(d)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(AnyString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(AnyString(None))
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
 }
 
 /// Decodes a JSON frame. Unknown fields are ignored; a missing `body` is an empty body; an `id`
@@ -190,8 +385,17 @@ impl Codec {
     pub fn encode(&self, msg: &BrokerMessage, id: Option<&str>) -> Frame {
         match self.format {
             Format::Json => Frame::Text(encode_json(msg, id)),
+            Format::Msgpack => Frame::Binary(encode_msgpack(msg, id)),
             Format::Raw if std::str::from_utf8(&msg.body).is_ok() => Frame::Text(msg.body.clone()),
             Format::Raw => Frame::Binary(msg.body.clone()),
+        }
+    }
+
+    /// The acknowledgement of an incoming envelope with this `id`, in the session's format.
+    pub fn encode_ack(&self, id: &str) -> Frame {
+        match self.format {
+            Format::Msgpack => encode_msgpack_ack(id),
+            Format::Json | Format::Raw => encode_ack(id),
         }
     }
 
@@ -199,6 +403,7 @@ impl Codec {
     pub fn decode(&self, payload: Bytes) -> Result<Incoming, DecodeError> {
         match self.format {
             Format::Json => decode_json(&payload),
+            Format::Msgpack => decode_msgpack(&payload),
             Format::Raw => Ok(Incoming::Message {
                 msg: BrokerMessage {
                     subject: self.raw_subject.clone(),
@@ -360,6 +565,145 @@ mod tests {
         }
     }
 
+    fn mp(value: rmpv::Value) -> Bytes {
+        let mut out = Vec::new();
+        rmpv::encode::write_value(&mut out, &value).unwrap();
+        Bytes::from(out)
+    }
+
+    fn map(pairs: &[(&str, rmpv::Value)]) -> rmpv::Value {
+        rmpv::Value::Map(
+            pairs
+                .iter()
+                .map(|(k, v)| (rmpv::Value::from(*k), v.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn msgpack_encodes_exactly_the_contract_map() {
+        let codec = Codec::new(Format::Msgpack, "unused");
+        let frame = codec.encode(
+            &msg("orders.created", b"\x00\xffhi", Some("_INBOX.1")),
+            None,
+        );
+        let Frame::Binary(bytes) = frame else {
+            panic!("a binary frame");
+        };
+        let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(
+            value,
+            map(&[
+                ("subject", "orders.created".into()),
+                ("body", rmpv::Value::Binary(b"\x00\xffhi".to_vec())),
+                ("reply_to", "_INBOX.1".into()),
+            ])
+        );
+        let bytes = encode_msgpack(&msg("a", b"", None), Some("m-1"));
+        let value = rmpv::decode::read_value(&mut &bytes[..]).unwrap();
+        assert_eq!(
+            value,
+            map(&[
+                ("subject", "a".into()),
+                ("body", rmpv::Value::Binary(vec![])),
+                ("id", "m-1".into()),
+            ])
+        );
+        let Frame::Binary(ack) = codec.encode_ack("m-1") else {
+            panic!("a binary ack");
+        };
+        assert_eq!(
+            rmpv::decode::read_value(&mut &ack[..]).unwrap(),
+            map(&[("ack", "m-1".into())])
+        );
+    }
+
+    #[test]
+    fn msgpack_decodes_str_bodies_unknown_keys_and_odd_ids() {
+        let frame = mp(map(&[
+            (
+                "x",
+                rmpv::Value::Array(vec![1.into(), map(&[("y", 2.into())])]),
+            ),
+            ("subject", "s".into()),
+            ("body", "text body".into()),
+            ("reply_to", rmpv::Value::Nil),
+            ("id", 7.into()),
+        ]));
+        match decode_msgpack(&frame).unwrap() {
+            Incoming::Message { msg: m, id } => {
+                assert!(same(&m, &msg("s", b"text body", None)));
+                assert_eq!(id, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let m = message(decode_msgpack(&mp(map(&[("subject", "s".into())]))).unwrap());
+        assert!(m.body.is_empty());
+        match decode_msgpack(&mp(map(&[("ack", "m-9".into())]))).unwrap() {
+            Incoming::Ack(id) => assert_eq!(id, "m-9"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn msgpack_rejects_what_is_not_an_envelope_and_says_why() {
+        let cases: Vec<(Bytes, &str)> = vec![
+            (Bytes::from_static(b""), "frame is not MessagePack"),
+            (Bytes::from_static(&[0xc1]), "frame is not MessagePack"),
+            (
+                mp(map(&[("body", rmpv::Value::Binary(vec![1]))])),
+                "missing field `subject`",
+            ),
+            (mp(map(&[("subject", 5.into())])), "not a message envelope"),
+            (
+                mp(map(&[("subject", "s".into()), ("body", 5.into())])),
+                "not a message envelope",
+            ),
+            (
+                mp(rmpv::Value::Array(vec![
+                    "s".into(),
+                    rmpv::Value::Binary(vec![]),
+                ])),
+                "not a message envelope",
+            ),
+            (
+                Bytes::from_static(br#"{"subject":"s","body":""}"#),
+                "not a message envelope",
+            ),
+            // A map cut short.
+            (
+                mp(map(&[("subject", "s".into())])).slice(..4),
+                "frame is not MessagePack",
+            ),
+        ];
+        for (frame, expected) in cases {
+            let err = decode_msgpack(&frame).unwrap_err().to_string();
+            assert!(err.contains(expected), "{frame:?}: {err}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn msgpack_round_trip_is_byte_exact(
+            subject in "\\PC{1,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            reply_to in proptest::option::of("\\PC{0,40}"),
+            id in proptest::option::of("[a-z0-9-]{1,20}"),
+        ) {
+            let original = msg(&subject, &body, reply_to.as_deref());
+            let codec = Codec::new(Format::Msgpack, "unused");
+            let frame = codec.encode(&original, id.as_deref());
+            prop_assert!(matches!(frame, Frame::Binary(_)));
+            match codec.decode(frame.payload().clone()).unwrap() {
+                Incoming::Message { msg: back, id: back_id } => {
+                    prop_assert!(same(&original, &back));
+                    prop_assert_eq!(back_id, id);
+                }
+                Incoming::Ack(id) => prop_assert!(false, "an ack {}", id),
+            }
+        }
+    }
+
     /// Hostile input: whatever arrives, the decoder answers Ok or a reason, and never panics.
     fn hostile() -> impl Strategy<Value = Vec<u8>> {
         let valid = encode_json(
@@ -415,12 +759,64 @@ mod tests {
         ]
     }
 
+    /// Hostile MessagePack: random bytes, a valid envelope cut or overwritten, deep nesting, and
+    /// lengths that claim far more than the frame holds.
+    fn hostile_msgpack() -> impl Strategy<Value = Vec<u8>> {
+        let valid = encode_msgpack(
+            &msg("orders.created", b"some body bytes", Some("_INBOX.x")),
+            Some("id-1"),
+        )
+        .to_vec();
+        let valid_len = valid.len();
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            (0..valid_len).prop_map({
+                let valid = valid.clone();
+                move |n| valid[..n].to_vec()
+            }),
+            proptest::collection::vec((0..valid_len, any::<u8>()), 1..8).prop_map({
+                let valid = valid.clone();
+                move |edits| {
+                    let mut v = valid.clone();
+                    for (i, b) in edits {
+                        v[i] = b;
+                    }
+                    v
+                }
+            }),
+            // Nested arrays (fixarray of one) as the subject, deeper than any stack allows.
+            (1usize..100_000).prop_map(|depth| {
+                let mut v = vec![0x81, 0xa7];
+                v.extend_from_slice(b"subject");
+                v.extend(std::iter::repeat_n(0x91u8, depth));
+                v.push(0xc0);
+                v
+            }),
+            // A map, str, bin or array header claiming up to 4 GiB.
+            (
+                prop_oneof![Just(0xdfu8), Just(0xdb), Just(0xc6), Just(0xdd)],
+                any::<u32>()
+            )
+                .prop_map(|(marker, len)| {
+                    let mut v = vec![0x81, 0xa4, b'b', b'o', b'd', b'y', marker];
+                    v.extend_from_slice(&len.to_be_bytes());
+                    v
+                }),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(100_000))]
 
         #[test]
         fn hostile_frames_never_panic_the_decoder(input in hostile()) {
             let codec = Codec::new(Format::Json, "unused");
+            let _ = codec.decode(Bytes::from(input));
+        }
+
+        #[test]
+        fn hostile_frames_never_panic_the_msgpack_decoder(input in hostile_msgpack()) {
+            let codec = Codec::new(Format::Msgpack, "unused");
             let _ = codec.decode(Bytes::from(input));
         }
     }

@@ -35,6 +35,7 @@ use wasmcloud_provider_sdk::{
 };
 
 pub mod acks;
+pub mod budget;
 pub mod connection;
 pub mod delivery;
 pub mod envelope;

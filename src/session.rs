@@ -5,10 +5,10 @@
 //! the backoff of [`Attempts`], and the next attempt; until the session is closed or gives up.
 //! While a connection is open, frames queued by `publish` are written in batches (fed, then
 //! flushed once), and incoming data frames are decoded, matched against waiting requests, and
-//! handed to the delivery task with a permit of the session's `max_in_flight` semaphore. With no
-//! permit left the task reads ahead a bounded number of messages (so replies still get through),
-//! then stops reading, so a slow component pushes back on the server through TCP instead of
-//! growing a buffer.
+//! handed to the delivery task with a [`Slot`] of the session's [`Budget`] (`max_in_flight`
+//! messages, `max_in_flight_bytes` of bodies). With no slot left the task reads ahead a bounded
+//! number of messages (so replies still get through), then stops reading, so a slow component
+//! pushes back on the server through TCP instead of growing a buffer.
 //!
 //! What the connection's futures hold when it ends is kept outside them and accounted for: the
 //! frames not yet written go out on the next connection, acknowledged envelopes handed to the
@@ -18,7 +18,6 @@
 //!
 //! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,10 +28,10 @@ use bytes::Bytes;
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use rand::Rng as _;
-use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, PollSemaphore};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wasmcloud_provider_sdk::wasmcloud_tracing::KeyValue;
 use yawc::close::CloseCode;
@@ -40,6 +39,7 @@ use yawc::{Frame as WsFrame, OpCode, WebSocketError};
 
 use crate::acks::Acks;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::budget::{Budget, Held, Slot};
 use crate::connection::{Compression, ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
@@ -114,6 +114,7 @@ enum Tracked {
 #[derive(Clone)]
 pub struct Acker {
     session_id: String,
+    codec: Codec,
     queue: mpsc::Sender<Outgoing>,
     send_timeout: Duration,
 }
@@ -123,7 +124,7 @@ impl Acker {
     /// envelope, which at-least-once delivery allows.
     pub fn ack(&self, id: &str) {
         let outgoing = Outgoing {
-            frame: crate::envelope::encode_ack(id),
+            frame: self.codec.encode_ack(id),
             deadline: Instant::now() + self.send_timeout,
             done: None,
             tracked: Tracked::Nothing,
@@ -155,8 +156,20 @@ pub struct Session {
     acks: Acks,
     /// The failed attempts after which the session gave up; 0 while it has not.
     gave_up: Arc<AtomicU32>,
+    /// `max_publish_rate`: the turns of outgoing messages, when set.
+    rate: Option<RateLimiter>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+type RateLimiter = governor::DefaultDirectRateLimiter;
+
+/// A bucket of one: a message every 1/`per_second` s, never a burst (servers that ban clients
+/// for bursts count messages in short windows).
+fn rate_limiter(per_second: u32) -> Option<RateLimiter> {
+    let rate = std::num::NonZeroU32::new(per_second)?;
+    let quota = governor::Quota::per_second(rate).allow_burst(std::num::NonZeroU32::MIN);
+    Some(governor::RateLimiter::direct(quota))
 }
 
 impl fmt::Debug for Session {
@@ -187,9 +200,9 @@ impl Session {
         // Set before the tasks start: a frame may arrive the moment the connection is up.
         let handler_linked = Arc::new(AtomicBool::new(handler_linked));
         let cancel = CancellationToken::new();
-        // Every delivery holds one permit, and the reader needs one to read a frame, so the
-        // channel to the delivery task can never hold more than `max_in_flight` messages.
-        let permits = Arc::new(Semaphore::new(config.max_in_flight));
+        // Every delivery holds a slot, which takes one of `max_in_flight` permits, so the channel
+        // to the delivery task can never hold more than `max_in_flight` messages.
+        let budget = Budget::new(config.max_in_flight, config.max_in_flight_bytes);
         let (inbound_tx, inbound_rx) = mpsc::channel(config.max_in_flight);
         let connected_at = Arc::new(Mutex::new(None));
         let down_since = Arc::new(Mutex::new(Some(Instant::now())));
@@ -198,6 +211,7 @@ impl Session {
         let acks = Acks::default();
         let acker = config.ack.then(|| Acker {
             session_id: id.clone(),
+            codec: codec.clone(),
             queue: queue.clone(),
             send_timeout: config.send_timeout,
         });
@@ -226,7 +240,7 @@ impl Session {
                 connected_at: Arc::clone(&connected_at),
                 down_since: Arc::clone(&down_since),
                 cancel: cancel.clone(),
-                permits,
+                budget,
                 inbound: inbound_tx,
                 pending: pending.clone(),
                 gave_up: Arc::clone(&gave_up),
@@ -236,6 +250,7 @@ impl Session {
         );
         info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; connecting");
         let metric_attributes = crate::metrics::attributes(&id, &key);
+        let rate = rate_limiter(config.max_publish_rate);
         Arc::new(Session {
             id,
             key,
@@ -251,6 +266,7 @@ impl Session {
             pending,
             acks,
             gave_up,
+            rate,
             cancel,
             tasks: Mutex::new(vec![delivery, socket]),
         })
@@ -345,9 +361,9 @@ impl Session {
         timeout: Duration,
     ) -> Result<BrokerMessage, String> {
         stats::bump(&self.stats.requests);
-        if self.config.format != Format::Json {
+        if self.config.format == Format::Raw {
             return Err(format!(
-                "request needs format json, but link {} uses format {} (a raw frame has no reply_to)",
+                "request needs format json or msgpack, but link {} uses format {} (a raw frame has no reply_to)",
                 self.key.link_name,
                 self.config.format.as_str()
             ));
@@ -411,7 +427,37 @@ impl Session {
         Ok(frame)
     }
 
-    /// Queues a frame and waits (until `deadline`) until it is written.
+    /// Waits for the next turn under `max_publish_rate`, failing at once when it would come
+    /// after `deadline`.
+    async fn turn(&self, deadline: Instant) -> Result<(), String> {
+        use governor::clock::Clock as _;
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        let mut waited = false;
+        loop {
+            let Err(not_until) = rate.check() else {
+                return Ok(());
+            };
+            if !waited {
+                stats::bump(&self.stats.publish_rate_waits);
+                waited = true;
+            }
+            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            if Instant::now() + wait > deadline {
+                return Err(format!(
+                    "no turn under max_publish_rate ({}/s) of session {} within {} ms (send_timeout_ms): too many messages are waiting to go out; nothing was sent",
+                    self.config.max_publish_rate,
+                    self.id,
+                    self.config.send_timeout.as_millis()
+                ));
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Waits for its turn (`max_publish_rate`), queues a frame and waits (until `deadline`)
+    /// until it is written.
     async fn send(&self, frame: Frame, deadline: Instant, tracked: Tracked) -> Result<(), String> {
         let attempts = self.gave_up.load(Ordering::Relaxed);
         if attempts > 0 {
@@ -420,6 +466,7 @@ impl Session {
                 self.id
             ));
         }
+        self.turn(deadline).await?;
         let (done, written) = oneshot::channel();
         let outgoing = Outgoing {
             frame,
@@ -621,7 +668,7 @@ struct SocketTask {
     connected_at: Arc<Mutex<Option<SystemTime>>>,
     down_since: Arc<Mutex<Option<Instant>>>,
     cancel: CancellationToken,
-    permits: Arc<Semaphore>,
+    budget: Budget,
     inbound: mpsc::Sender<Inbound>,
     pending: Pending,
     gave_up: Arc<AtomicU32>,
@@ -637,7 +684,7 @@ impl SocketTask {
         let mut outbox = Vec::with_capacity(WRITE_BATCH);
         // Messages read ahead but not yet handed to delivery: they outlive a lost connection
         // (delivered as permits free up, while the session reconnects).
-        let mut held = VecDeque::new();
+        let mut held = self.budget.held();
         let mut ever_connected = false;
         loop {
             self.state.send_replace(if ever_connected {
@@ -708,15 +755,16 @@ impl SocketTask {
     /// Hands messages read ahead on a connection that is gone to delivery as permits free up,
     /// in order; never ends (it waits forever once none is left), so it runs beside an attempt
     /// or a backoff.
-    async fn drain_held(&self, held: &mut VecDeque<Inbound>) {
+    async fn drain_held(&self, held: &mut Held) {
         loop {
-            if held.is_empty() {
+            let Some(front) = held.front() else {
                 std::future::pending::<()>().await;
-            }
-            // The semaphore is never closed.
-            if let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await {
+                continue;
+            };
+            // The semaphores are never closed.
+            if let Some(slot) = self.budget.take(front).await {
                 if let Some(inbound) = held.pop_front() {
-                    self.deliver(inbound, permit);
+                    self.deliver(inbound, slot);
                 }
             }
         }
@@ -724,7 +772,7 @@ impl SocketTask {
 
     /// One connection attempt, bounded by `connect_timeout_sec`, given up when the session is
     /// closed meanwhile; messages read ahead on an earlier connection keep being delivered.
-    async fn attempt(&self, held: &mut VecDeque<Inbound>) -> Attempt {
+    async fn attempt(&self, held: &mut Held) -> Attempt {
         let connect =
             tokio::time::timeout(self.config.connect_timeout, socket::connect(&self.config));
         tokio::pin!(connect);
@@ -790,7 +838,7 @@ impl SocketTask {
         socket: Socket,
         queue: &mut mpsc::Receiver<Outgoing>,
         outbox: &mut Vec<Outgoing>,
-        held: &mut VecDeque<Inbound>,
+        held: &mut Held,
     ) -> End {
         let (mut sink, mut stream) = socket.split();
         let last_seen = Mutex::new(Instant::now());
@@ -834,26 +882,27 @@ impl SocketTask {
         stream: &mut SplitStream<Socket>,
         last_seen: &Mutex<Instant>,
         paused: &AtomicBool,
-        held: &mut VecDeque<Inbound>,
+        held: &mut Held,
     ) -> Outcome {
         // The server's Close frame, in words, once it came.
         let mut closed_by_server: Option<String> = None;
         // Polled by hand, not raced in a `select!`: the wait for a permit stays registered
         // across turns of the loop, and no `next()` future of the socket is ever dropped.
-        let mut permits = PollSemaphore::new(Arc::clone(&self.permits));
+        let mut slots = self.budget.waiter();
         loop {
-            // One more than `max_in_flight`: with every slot taken, a reply that comes right
-            // behind `max_in_flight` ordinary messages is still read (with `max_in_flight = 1`,
-            // one message in flight, one held, and the reply to the handler's request).
-            let full = held.len() > self.config.max_in_flight;
+            // Full past one more than `max_in_flight` (or past `max_in_flight_bytes`): with every
+            // slot taken, a reply that comes right behind `max_in_flight` ordinary messages is
+            // still read (with `max_in_flight = 1`, one message in flight, one held, and the
+            // reply to the handler's request).
+            let full = held.is_full();
             if paused.swap(full, Ordering::Relaxed) && !full {
                 // Nothing could be read while paused: the keepalive starts afresh.
                 *last_seen.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
             }
             let step = futures::future::poll_fn(|cx| {
-                if !held.is_empty() {
-                    if let Poll::Ready(permit) = permits.poll_acquire(cx) {
-                        return Poll::Ready(Step::Permit(permit));
+                if let Some(front) = held.front() {
+                    if let Poll::Ready(slot) = slots.poll_take(cx, front) {
+                        return Poll::Ready(Step::Slot(slot));
                     }
                 }
                 if !full {
@@ -865,14 +914,14 @@ impl SocketTask {
             })
             .await;
             let frame = match step {
-                Step::Permit(Some(permit)) => {
+                Step::Slot(Some(slot)) => {
                     if let Some(inbound) = held.pop_front() {
-                        self.deliver(inbound, permit);
+                        self.deliver(inbound, slot);
                     }
                     continue;
                 }
-                // Unreachable (the semaphore is never closed), but never a panic.
-                Step::Permit(None) => {
+                // Unreachable (the semaphores are never closed), but never a panic.
+                Step::Slot(None) => {
                     return Outcome::Done(End::lost("the in-flight semaphore was closed"))
                 }
                 Step::Frame(frame) => frame,
@@ -919,10 +968,10 @@ impl SocketTask {
 
     /// Hands a message to delivery when a permit is free and nothing read earlier waits;
     /// otherwise it waits in `held`, in arrival order.
-    fn hand_over(&self, inbound: Inbound, held: &mut VecDeque<Inbound>) {
+    fn hand_over(&self, inbound: Inbound, held: &mut Held) {
         if held.is_empty() {
-            if let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() {
-                self.deliver(inbound, permit);
+            if let Some(slot) = self.budget.try_take(&inbound) {
+                self.deliver(inbound, slot);
                 return;
             }
         }
@@ -1136,8 +1185,8 @@ impl SocketTask {
         }
     }
 
-    fn deliver(&self, mut inbound: Inbound, permit: OwnedSemaphorePermit) {
-        inbound.permit = Some(permit);
+    fn deliver(&self, mut inbound: Inbound, slot: Slot) {
+        inbound.permit = Some(slot);
         // Cannot be full: the channel holds as many messages as there are permits.
         if self.inbound.try_send(inbound).is_err() {
             stats::bump(&self.stats.dropped_on_close);
@@ -1148,7 +1197,7 @@ impl SocketTask {
 
 /// What the read loop waited for.
 enum Step {
-    Permit(Option<OwnedSemaphorePermit>),
+    Slot(Option<Slot>),
     Frame(Option<Result<WsFrame, WebSocketError>>),
 }
 

@@ -106,6 +106,8 @@ counters! {
     published,
     /// `publish` calls that returned an error.
     publish_errors,
+    /// Outgoing messages (publish, request) that waited for their turn under `max_publish_rate`.
+    publish_rate_waits,
     /// Messages the component's `handle-message` accepted.
     delivered,
     /// Deliveries that failed: an error result, or a wRPC failure or timeout.
