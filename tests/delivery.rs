@@ -322,6 +322,88 @@ async fn a_busy_handler_pushes_back_on_the_server() {
 }
 
 #[tokio::test]
+async fn max_in_flight_bytes_bounds_the_bodies_in_flight_and_pauses_reading() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("blocked").await;
+    component.set_behaviour(Behaviour {
+        gated: true,
+        ..Default::default()
+    });
+    // The count allows 1000 at once; the bytes allow two bodies of 90 KB.
+    let link = rig.provider.handler_link(
+        "blocked",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("max_in_flight", "1000"),
+            ("max_in_flight_bytes", "200000"),
+            ("max_message_bytes", "200000"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    server.connected(WAIT).await;
+    const N: usize = 300;
+    let frame = envelope("bulk", &[b'z'; 90_000], None);
+    for _ in 0..N {
+        server.push(Message::text(frame.clone()));
+    }
+    component.wait_received(2, WAIT).await;
+    // A third call would pass the byte bound: none starts, and reading stops (300 frames of
+    // 120 KB on the wire are far more than the socket buffers and the read-ahead hold).
+    let all_sent = tokio::time::timeout(
+        Duration::from_secs(2),
+        common::wait_until("the server wrote every frame", WAIT, || async {
+            server.sent() == N
+        }),
+    )
+    .await;
+    assert!(
+        all_sent.is_err(),
+        "the server wrote all {N} frames while two bodies filled max_in_flight_bytes"
+    );
+    let started = component.wait_count(3, Duration::from_millis(500)).await;
+    assert_eq!(
+        started, 2,
+        "calls started while two bodies filled the byte bound"
+    );
+
+    component.release(N);
+    let received = component.wait_received(N, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), N, "nothing lost once the handler answers");
+    assert_eq!(component.max_concurrent(), 2);
+}
+
+#[tokio::test]
+async fn by_default_1024_deliveries_run_at_once() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("blocked").await;
+    component.set_behaviour(Behaviour {
+        gated: true,
+        ..Default::default()
+    });
+    let link = rig
+        .provider
+        .handler_link("blocked", "default", &[("uri", &server.uri())]);
+    rig.provider.put_link(&link).await;
+    server.connected(WAIT).await;
+    const N: usize = 1200;
+    server.push_many(
+        (0..N)
+            .map(|i| Message::text(envelope(&format!("m.{i}"), &[1; 16], None)))
+            .collect(),
+    );
+    component.wait_received(1024, Duration::from_secs(30)).await;
+    // The 1025th does not start while the first 1024 are held.
+    let started = component.wait_count(1025, Duration::from_secs(1)).await;
+    assert_eq!(started, 1024, "calls started while 1024 were held");
+    component.release(N);
+    component.wait_received(N, Duration::from_secs(60)).await;
+    assert_eq!(component.max_concurrent(), 1024);
+}
+
+#[tokio::test]
 async fn a_component_error_is_logged_with_the_subject() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;

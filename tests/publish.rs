@@ -369,3 +369,107 @@ async fn raw_format_sends_the_body_alone() {
     );
     assert_eq!(server.frame(WAIT).await, Message::binary(binary));
 }
+
+#[tokio::test]
+async fn max_publish_rate_spaces_publishes_at_the_server() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = std::sync::Arc::new(rig.component("limited").await);
+    let link = rig.provider.consumer_link(
+        "limited",
+        "default",
+        &[("uri", &server.uri()), ("max_publish_rate", "50")],
+    );
+    rig.provider.put_link(&link).await;
+    component
+        .publish_when_ready("default", "warm.up", &b""[..], WAIT)
+        .await;
+    server.wait_frames(1, WAIT).await;
+    // 200 publishes from 10 callers at once: at 50/s they need about 4 s, within each call's
+    // send_timeout_ms (5 s) only for the first 250, so all of them get their turn.
+    const N: usize = 200;
+    let mut calls = Vec::new();
+    for caller in 0..10 {
+        let component = std::sync::Arc::clone(&component);
+        calls.push(tokio::spawn(async move {
+            for i in 0..N / 10 {
+                let subject = format!("rate.{caller}.{i}");
+                let result = component
+                    .publish("default", &subject, &b"x"[..], None)
+                    .await;
+                assert_eq!(result.unwrap(), Ok(()), "{subject}");
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    assert_eq!(server.wait_frames(N + 1, WAIT).await, N + 1);
+    // Measured at the server: no window of 50 messages is shorter than the 49 intervals of
+    // 20 ms the limit allows (less a scheduling margin), and the whole run takes about 4 s.
+    let arrivals = server.arrivals()[1..].to_vec();
+    let shortest = arrivals.windows(50).map(|w| w[49] - w[0]).min().unwrap();
+    assert!(
+        shortest >= Duration::from_millis(900),
+        "50 messages reached the server within {shortest:?} at max_publish_rate 50/s"
+    );
+    let total = arrivals[N - 1] - arrivals[0];
+    assert!(
+        total >= Duration::from_millis(3_800),
+        "{N} messages in {total:?}"
+    );
+    let stats = component.stats("default").await;
+    assert!(
+        stats["sessions"][0]["publish_rate_waits"].as_u64().unwrap() > 100,
+        "{stats}"
+    );
+}
+
+#[tokio::test]
+async fn a_publish_that_cannot_get_its_turn_in_time_fails_saying_so() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("limited").await;
+    let link = rig.provider.consumer_link(
+        "limited",
+        "default",
+        &[
+            ("uri", &server.uri()),
+            ("max_publish_rate", "1"),
+            ("send_timeout_ms", "500"),
+        ],
+    );
+    rig.provider.put_link(&link).await;
+    component
+        .publish_when_ready("default", "first", &b""[..], WAIT)
+        .await;
+    // The next turn is a second away, past the 500 ms send_timeout_ms.
+    let started = Instant::now();
+    let err = component
+        .publish("default", "second", &b""[..], None)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        err.contains("no turn under max_publish_rate (1/s)")
+            && err.contains("within 500 ms (send_timeout_ms)")
+            && err.contains("nothing was sent"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "it failed at once"
+    );
+    let subjects = server
+        .subjects_until_quiet(Duration::from_millis(300))
+        .await;
+    assert_eq!(
+        subjects,
+        vec!["first".to_string()],
+        "the refused publish never left"
+    );
+    // Once the turn comes, publishing works again.
+    component
+        .publish_when_ready("default", "third", &b""[..], WAIT)
+        .await;
+}

@@ -58,6 +58,42 @@ pub fn envelope(subject: &str, body: &[u8], reply_to: Option<&str>) -> String {
     value.to_string()
 }
 
+/// A MessagePack envelope as a server sends it: the map `{subject, body (bin), reply_to?, id?}`,
+/// written with rmpv (not the provider's encoder).
+pub fn msgpack_envelope(
+    subject: &str,
+    body: &[u8],
+    reply_to: Option<&str>,
+    id: Option<&str>,
+) -> Vec<u8> {
+    use rmpv::Value;
+    let mut pairs = vec![
+        (Value::from("subject"), Value::from(subject)),
+        (Value::from("body"), Value::Binary(body.to_vec())),
+    ];
+    if let Some(reply_to) = reply_to {
+        pairs.push((Value::from("reply_to"), Value::from(reply_to)));
+    }
+    if let Some(id) = id {
+        pairs.push((Value::from("id"), Value::from(id)));
+    }
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &Value::Map(pairs)).expect("writing to a Vec");
+    out
+}
+
+/// A MessagePack frame read with rmpv: its map's keys (as strings) and values.
+pub fn msgpack_map(bytes: &[u8]) -> std::collections::BTreeMap<String, rmpv::Value> {
+    let value = rmpv::decode::read_value(&mut &bytes[..]).expect("a MessagePack value");
+    let rmpv::Value::Map(pairs) = value else {
+        panic!("a MessagePack map, got {value}");
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| (k.as_str().expect("string keys").to_string(), v))
+        .collect()
+}
+
 /// A name unique within this test process.
 pub fn unique(prefix: &str) -> String {
     static NEXT: AtomicUsize = AtomicUsize::new(0);

@@ -62,6 +62,8 @@ pub struct WsServer {
     accepted: Arc<std::sync::atomic::AtomicUsize>,
     sent: Arc<std::sync::atomic::AtomicUsize>,
     frames: Arc<Counter>,
+    /// When each data frame arrived, in order.
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
     events: tokio::sync::Mutex<mpsc::UnboundedReceiver<Event>>,
     conns: Arc<Mutex<BTreeMap<usize, mpsc::UnboundedSender<Command>>>>,
     accept: tokio::task::JoinHandle<()>,
@@ -181,7 +183,9 @@ impl WsServer {
             close_on_open,
             quiet,
             frames: Arc::clone(&frames),
+            arrivals: Arc::default(),
         };
+        let arrivals = Arc::clone(&conf.arrivals);
         let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
         let accept = tokio::spawn({
             let conns = Arc::clone(&conns);
@@ -220,6 +224,7 @@ impl WsServer {
             addr,
             tls: is_tls,
             frames,
+            arrivals,
             accepted,
             sent,
             events: tokio::sync::Mutex::new(events),
@@ -322,6 +327,11 @@ impl WsServer {
     }
 
     /// How many data frames the server got so far, on every connection.
+    /// When each data frame arrived (stamped by the server as it read the frame), in order.
+    pub fn arrivals(&self) -> Vec<std::time::Instant> {
+        self.arrivals.lock().unwrap().clone()
+    }
+
     pub fn frames(&self) -> usize {
         self.frames.get()
     }
@@ -449,6 +459,7 @@ async fn serve<S>(
                     let _ = events.send(Event::Closed { conn, frame });
                 }
                 Some(Ok(message @ (Message::Text(_) | Message::Binary(_)))) => {
+                    conf.arrivals.lock().unwrap().push(std::time::Instant::now());
                     conf.frames.bump();
                     if !conf.quiet {
                         let _ = events.send(Event::Frame { conn, message: message.clone() });
@@ -486,6 +497,7 @@ struct Conf {
     /// No `Event::Frame` for data frames (they are only counted).
     quiet: bool,
     frames: Arc<Counter>,
+    arrivals: Arc<Mutex<Vec<std::time::Instant>>>,
 }
 
 fn close_message(code: u16, reason: &str) -> Message {
@@ -495,16 +507,59 @@ fn close_message(code: u16, reason: &str) -> Message {
     }))
 }
 
-/// The responder's answer to an envelope with a `reply_to`.
+/// A binary frame holding a MessagePack map (a JSON object starts with `{`, never a map marker).
+fn msgpack_map(message: &Message) -> Option<Vec<(rmpv::Value, rmpv::Value)>> {
+    let Message::Binary(bytes) = message else {
+        return None;
+    };
+    if !matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf)) {
+        return None;
+    }
+    match rmpv::decode::read_value(&mut &bytes[..]).ok()? {
+        rmpv::Value::Map(pairs) => Some(pairs),
+        _ => None,
+    }
+}
+
+fn msgpack_get<'a>(pairs: &'a [(rmpv::Value, rmpv::Value)], key: &str) -> Option<&'a rmpv::Value> {
+    pairs
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
+}
+
+fn msgpack_message(value: rmpv::Value) -> Message {
+    let mut out = Vec::new();
+    rmpv::encode::write_value(&mut out, &value).unwrap();
+    Message::binary(out)
+}
+
+/// The responder's answer to an envelope with a `reply_to` (JSON, or MessagePack in kind).
 fn respond(message: &Message) -> Option<Message> {
+    if let Some(pairs) = msgpack_map(message) {
+        let reply_to = msgpack_get(&pairs, "reply_to")?.as_str()?;
+        let body = msgpack_get(&pairs, "body")?.clone();
+        return Some(msgpack_message(rmpv::Value::Map(vec![
+            ("subject".into(), reply_to.into()),
+            ("body".into(), body),
+        ])));
+    }
     let request: serde_json::Value = serde_json::from_slice(&message.clone().into_data()).ok()?;
     let reply_to = request.get("reply_to")?.as_str()?;
     let answer = serde_json::json!({ "subject": reply_to, "body": request.get("body")? });
     Some(Message::text(answer.to_string()))
 }
 
-/// The acknowledging server's answer to an envelope with a string `id`.
+/// The acknowledging server's answer to an envelope with a string `id` (JSON, or MessagePack in
+/// kind).
 fn acknowledge(message: &Message) -> Option<Message> {
+    if let Some(pairs) = msgpack_map(message) {
+        let id = msgpack_get(&pairs, "id")?.as_str()?;
+        return Some(msgpack_message(rmpv::Value::Map(vec![(
+            "ack".into(),
+            id.into(),
+        )])));
+    }
     let envelope: serde_json::Value = serde_json::from_slice(&message.clone().into_data()).ok()?;
     let id = envelope.get("id")?.as_str()?;
     Some(Message::text(serde_json::json!({ "ack": id }).to_string()))
