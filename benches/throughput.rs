@@ -9,14 +9,18 @@
 //! Phases, for bodies of 16 B, 1 KiB and 64 KiB:
 //! - publish: component calls, 1 and 64 in flight, until the sink has every message;
 //! - delivery: messages pushed by the server (ours) or published on NATS (peer) until the handler
-//!   got them, `max_in_flight` 1 and 64 (the peer has no such bound: one row);
+//!   got them, `max_in_flight` 1 and 64 and the defaults (1024 and 16 MiB; the peer has no such
+//!   bound: one row);
 //! - request: round trips, sequential and 64 in flight, against a responder;
 //! - ceiling: what one wRPC call costs on this lattice, with the same process layout as the
 //!   provider phases: the played component calling a trivial `consumer` (publish returns Ok,
 //!   request echoes) served by a child process (this benchmark re-executed), and a child process
 //!   calling the played component's `handle-message` (the delivery shape).
 //!
-//! Then a soak: publish 1 KiB with 64 in flight for `BENCH_SOAK_SECS` (60), resident memory read
+//! Ours in format `json` and, for publish and request at 64 in flight and delivery at the
+//! defaults, `msgpack` (`BENCH_FORMATS`). Then a burst: `BENCH_BURST` (100000, 0 = none) messages
+//! of 1 KiB delivered at the defaults, with the peak resident memory of both providers. Then a
+//! soak: publish 1 KiB with 64 in flight for `BENCH_SOAK_SECS` (60), resident memory read
 //! at 10 s and at the end.
 //!
 //! `./scripts/bench.sh` builds the peer and runs this (`cargo bench --bench throughput`).
@@ -125,7 +129,12 @@ enum Phase {
     Publish,
     Delivery,
     Request,
+    /// Delivery of `BENCH_BURST` messages at once, at the defaults.
+    Burst,
 }
+
+/// The provider's `max_in_flight` default: the in-flight figure of the rows at the defaults.
+const DEFAULT_IN_FLIGHT: usize = 1024;
 
 impl Phase {
     fn name(self) -> &'static str {
@@ -133,6 +142,7 @@ impl Phase {
             Phase::Publish => "publish",
             Phase::Delivery => "delivery",
             Phase::Request => "request",
+            Phase::Burst => "burst",
         }
     }
 }
@@ -144,6 +154,10 @@ struct Row {
     size: usize,
     /// Calls in flight, or `max_in_flight` for delivery; 0 = unbounded (the peer's delivery).
     in_flight: usize,
+    /// Delivery with no `max_in_flight` / `max_in_flight_bytes` set (their defaults).
+    defaults: bool,
+    /// Our wire format (`json`, `msgpack`); `-` for the peer and the ceiling.
+    format: &'static str,
     messages: usize,
     /// Calls (publish, request) or handler invocations (delivery) per second.
     rate: f64,
@@ -170,6 +184,12 @@ impl Row {
             phase,
             size,
             in_flight,
+            defaults: false,
+            format: if system == System::Websocket {
+                "json"
+            } else {
+                "-"
+            },
             messages,
             rate: 0.0,
             sink_rate: None,
@@ -332,9 +352,16 @@ impl Bench {
         callgrind_control(provider, "-d");
     }
 
-    async fn publish(&self, system: System, size: usize, in_flight: usize) -> Row {
+    async fn publish(
+        &self,
+        system: System,
+        size: usize,
+        in_flight: usize,
+        format: &'static str,
+    ) -> Row {
         let n = self.count(size, in_flight);
         let mut row = Row::new(system, Phase::Publish, size, in_flight, n);
+        row.format = format;
         let provider = self.provider(system).await;
         let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
         let body = body(size);
@@ -344,7 +371,11 @@ impl Bench {
             System::Websocket => {
                 let server = WsServer::counter().await;
                 let uri = server.uri();
-                let config = [("uri", uri.as_str()), ("max_pending", &max_pending)];
+                let config = [
+                    ("uri", uri.as_str()),
+                    ("max_pending", &max_pending),
+                    ("format", format),
+                ];
                 provider
                     .put_link(&provider.consumer_link("bench", "default", &config))
                     .await;
@@ -383,9 +414,30 @@ impl Bench {
         row
     }
 
-    async fn delivery(&self, system: System, size: usize, max_in_flight: usize) -> Row {
-        let n = self.count(size, max_in_flight.max(64));
-        let mut row = Row::new(system, Phase::Delivery, size, max_in_flight, n);
+    /// `max_in_flight` `None`: the defaults (nothing set). `burst`: that many messages, as
+    /// [`Phase::Burst`].
+    async fn delivery(
+        &self,
+        system: System,
+        size: usize,
+        max_in_flight: Option<usize>,
+        format: &'static str,
+        burst: Option<usize>,
+    ) -> Row {
+        let in_flight = max_in_flight.unwrap_or(if system == System::Nats {
+            0
+        } else {
+            DEFAULT_IN_FLIGHT
+        });
+        let n = burst.unwrap_or_else(|| self.count(size, in_flight.max(64)));
+        let phase = if burst.is_some() {
+            Phase::Burst
+        } else {
+            Phase::Delivery
+        };
+        let mut row = Row::new(system, phase, size, in_flight, n);
+        row.defaults = max_in_flight.is_none() && system == System::Websocket;
+        row.format = format;
         let provider = self.provider(system).await;
         let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
         component.set_behaviour(Behaviour {
@@ -400,21 +452,32 @@ impl Bench {
         match system {
             System::Websocket => {
                 let server = WsServer::recorder().await;
-                let limit = max_in_flight.to_string();
+                let limit = max_in_flight.map(|n| n.to_string());
                 let uri = server.uri();
-                let config = [("uri", uri.as_str()), ("max_in_flight", &limit)];
+                let mut config = vec![("uri", uri.as_str()), ("format", format)];
+                if let Some(limit) = &limit {
+                    config.push(("max_in_flight", limit));
+                }
                 provider
                     .put_link(&provider.handler_link("bench", "default", &config))
                     .await;
                 server.connected(WAIT).await;
                 // The handler link's put has been handled once a first frame arrives.
-                let frame = Message::text(
-                    serde_json::json!({
-                        "subject": "bench.delivery",
-                        "body": base64::engine::general_purpose::STANDARD.encode(&payload),
-                    })
-                    .to_string(),
-                );
+                let frame = match format {
+                    "msgpack" => Message::binary(common::msgpack_envelope(
+                        "bench.delivery",
+                        &payload,
+                        None,
+                        None,
+                    )),
+                    _ => Message::text(
+                        serde_json::json!({
+                            "subject": "bench.delivery",
+                            "body": base64::engine::general_purpose::STANDARD.encode(&payload),
+                        })
+                        .to_string(),
+                    ),
+                };
                 server.push(frame.clone());
                 assert_eq!(component.wait_count(1, WAIT).await, 1, "warm-up delivered");
                 before = 1;
@@ -475,9 +538,16 @@ impl Bench {
         row
     }
 
-    async fn request(&self, system: System, size: usize, in_flight: usize) -> Row {
+    async fn request(
+        &self,
+        system: System,
+        size: usize,
+        in_flight: usize,
+        format: &'static str,
+    ) -> Row {
         let n = self.count(size, in_flight);
         let mut row = Row::new(system, Phase::Request, size, in_flight, n);
+        row.format = format;
         let provider = self.provider(system).await;
         let component = PlayedComponent::start(&provider, &self.nats.url, "bench").await;
         let _responder;
@@ -487,7 +557,11 @@ impl Bench {
                 let server = WsServer::quiet_responder().await;
                 let uri = server.uri();
                 provider
-                    .put_link(&provider.consumer_link("bench", "default", &[("uri", &uri)]))
+                    .put_link(&provider.consumer_link(
+                        "bench",
+                        "default",
+                        &[("uri", &uri), ("format", format)],
+                    ))
                     .await;
                 _server = server;
             }
@@ -833,7 +907,8 @@ fn ratios(rows: &mut [Row]) {
                     p.system == System::Nats
                         && p.phase == row.phase
                         && p.size == row.size
-                        && (p.in_flight == row.in_flight || row.phase == Phase::Delivery)
+                        && (p.in_flight == row.in_flight
+                            || matches!(row.phase, Phase::Delivery | Phase::Burst))
                 })
                 .map(|p| row.rate / p.rate);
         }
@@ -844,9 +919,10 @@ fn print(rows: &[Row]) {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     println!(
-        "\n{:<9} {:<8} {:>6} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
+        "\n{:<9} {:<8} {:<7} {:>6} {:>5} {:>7} {:>9} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
         "system",
         "phase",
+        "format",
         "bytes",
         "infl",
         "msgs",
@@ -863,12 +939,15 @@ fn print(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<9} {:<8} {:>6} {:>5} {:>7} {:>9.0} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
+            "{:<9} {:<8} {:<7} {:>6} {:>5} {:>7} {:>9.0} {:>9} {:>8} {:>8} {:>5} {:>5} {:>6} {:>7} {:>7} {:>7}",
             r.system.name(),
             r.phase.name(),
+            r.format,
             r.size,
             if r.in_flight == 0 {
                 "unb".to_string()
+            } else if r.defaults {
+                "def".to_string()
             } else {
                 r.in_flight.to_string()
             },
@@ -937,10 +1016,27 @@ async fn main() {
     if bench.peer.is_some() {
         systems.push(System::Nats);
     }
+    let formats: Vec<&'static str> = list("BENCH_FORMATS", "json,msgpack")
+        .iter()
+        .map(|f| match f.as_str() {
+            "json" => "json",
+            "msgpack" => "msgpack",
+            other => panic!("BENCH_FORMATS: unknown format {other}"),
+        })
+        .collect();
+    let burst = env_or("BENCH_BURST", 100_000usize);
     let mut rows = Vec::new();
     for &size in &sizes {
+        // The delivery ceiling also at the defaults' calls in flight.
+        let mut ceilings: Vec<(Phase, usize)> = Vec::new();
         for &in_flight in &in_flights {
-            for &phase in &phases {
+            ceilings.extend(phases.iter().map(|&phase| (phase, in_flight)));
+        }
+        if phases.contains(&Phase::Delivery) {
+            ceilings.push((Phase::Delivery, DEFAULT_IN_FLIGHT));
+        }
+        for (phase, in_flight) in ceilings {
+            {
                 let row = bench.ceiling(phase, size, in_flight).await;
                 eprintln!(
                     "ceiling {} {size} B x{in_flight}: {:.0}/s",
@@ -950,18 +1046,32 @@ async fn main() {
                 rows.push(row);
             }
         }
+        // (system, format): ours in each format, the peer once.
+        let mut runs: Vec<(System, &'static str)> = Vec::new();
         for &system in &systems {
+            if system == System::Websocket {
+                runs.extend(formats.iter().map(|&f| (system, f)));
+            } else {
+                runs.push((system, "-"));
+            }
+        }
+        for (system, format) in runs {
+            // msgpack: publish and request at 64 in flight, delivery at the defaults.
+            let second_format = format == "msgpack";
             for &in_flight in &in_flights {
+                if second_format && in_flight == 1 {
+                    continue;
+                }
                 for phase in [Phase::Publish, Phase::Request] {
                     if !phases.contains(&phase) {
                         continue;
                     }
                     let row = match phase {
-                        Phase::Publish => bench.publish(system, size, in_flight).await,
-                        _ => bench.request(system, size, in_flight).await,
+                        Phase::Publish => bench.publish(system, size, in_flight, format).await,
+                        _ => bench.request(system, size, in_flight, format).await,
                     };
                     eprintln!(
-                        "{} {} {size} B x{in_flight}: {:.0}/s",
+                        "{} {format} {} {size} B x{in_flight}: {:.0}/s",
                         system.name(),
                         phase.name(),
                         row.rate
@@ -972,21 +1082,42 @@ async fn main() {
             if !phases.contains(&Phase::Delivery) {
                 continue;
             }
-            // The peer has no bound on deliveries in flight: one row.
-            let limits = if system == System::Nats {
-                vec![0]
+            // The peer has no bound on deliveries in flight: one row. None = the defaults.
+            let limits: Vec<Option<usize>> = if system == System::Nats || second_format {
+                vec![None]
             } else {
-                in_flights.clone()
+                in_flights.iter().map(|&n| Some(n)).chain([None]).collect()
             };
             for limit in limits {
-                let row = bench.delivery(system, size, limit).await;
+                let row = bench.delivery(system, size, limit, format, None).await;
                 eprintln!(
-                    "{} delivery {size} B x{limit}: {:.0}/s",
+                    "{} {format} delivery {size} B x{}: {:.0}/s",
                     system.name(),
+                    limit.map_or("default".to_string(), |n| n.to_string()),
                     row.rate
                 );
                 rows.push(row);
             }
+        }
+    }
+    if burst > 0 {
+        for &system in &systems {
+            let format = if system == System::Websocket {
+                "json"
+            } else {
+                "-"
+            };
+            let row = bench
+                .delivery(system, 1024, None, format, Some(burst))
+                .await;
+            eprintln!(
+                "{} burst of {burst} x 1 KiB: {:.0}/s, peak RSS {:.1} MiB, lost {}",
+                system.name(),
+                row.rate,
+                row.peak_rss_kib.unwrap_or_default() as f64 / 1024.0,
+                row.lost
+            );
+            rows.push(row);
         }
     }
     ratios(&mut rows);
