@@ -118,8 +118,7 @@ async fn deliver(
     ack_id: Option<String>,
     permit: Option<Slot>,
 ) {
-    let result =
-        tokio::time::timeout(target.timeout, client.handle_message(&msg, target.timeout)).await;
+    let result = tokio::time::timeout(target.timeout, client.handle_message(&msg)).await;
     drop(permit);
     match result {
         Ok(Ok(Ok(()))) => {

@@ -10,10 +10,8 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context as _;
-use delivery_bindgen::wrpc_transport::InvokeExt as _;
 use tokio::sync::OnceCell;
 use wasmcloud_provider_sdk::load_host_data;
 
@@ -78,16 +76,12 @@ pub struct HandlerClient {
 }
 
 impl HandlerClient {
-    /// Delivers `msg`; the outer error is a transport failure or timeout, the inner one the
-    /// component's own error result. `timeout` bounds only the start of the invocation (the
-    /// transport's timeout does no more): the caller bounds the whole call.
-    pub async fn handle_message(
-        &self,
-        msg: &Message,
-        timeout: Duration,
-    ) -> anyhow::Result<Result<(), String>> {
+    /// Delivers `msg`; the outer error is a transport failure, the inner one the component's own
+    /// error result. Unbounded here: the caller bounds the whole call (the transport's own
+    /// timeout would bound only the start of the invocation, with a second timer per call).
+    pub async fn handle_message(&self, msg: &Message) -> anyhow::Result<Result<(), String>> {
         bindings::wasmcloud::messaging::handler::handle_message(
-            &self.client.timeout(timeout),
+            &self.client,
             Some(self.headers.clone()),
             msg,
         )
