@@ -11,8 +11,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine as _;
+use base64_simd::{AsOut as _, STANDARD};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -104,7 +103,7 @@ pub enum Incoming {
 /// showed that scan and the formatting machinery it came through. The strings are escaped by
 /// serde_json.
 pub fn encode_json(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
-    let body_len = base64::encoded_len(msg.body.len(), true).expect("a body that fits in memory");
+    let body_len = STANDARD.encoded_length(msg.body.len());
     let strings = msg.subject.len() + msg.reply_to.as_ref().map_or(0, String::len);
     let mut out = Vec::with_capacity(48 + strings + body_len + id.map_or(0, str::len));
     out.extend_from_slice(br#"{"subject":"#);
@@ -112,9 +111,7 @@ pub fn encode_json(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
     out.extend_from_slice(br#","body":""#);
     let at = out.len();
     out.resize(at + body_len, 0);
-    STANDARD
-        .encode_slice(&msg.body, &mut out[at..])
-        .expect("the buffer has the base64's exact length");
+    let _ = STANDARD.encode(&msg.body, out[at..].as_out());
     out.push(b'"');
     if let Some(reply_to) = &msg.reply_to {
         out.extend_from_slice(br#","reply_to":"#);
@@ -348,8 +345,8 @@ pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
     };
     let body = match frame.body {
         Some(text) => STANDARD
-            .decode(text.as_bytes())
-            .map_err(|e| DecodeError::BadBase64(e.to_string()))?,
+            .decode_to_vec(text.as_bytes())
+            .map_err(|_| DecodeError::BadBase64(base64_mistake(&text)))?,
         None => Vec::new(),
     };
     Ok(Incoming::Message {
@@ -360,6 +357,24 @@ pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
         },
         id: frame.id.and_then(|v| v.as_str().map(str::to_string)),
     })
+}
+
+/// What is wrong with a `body` the decoder refused (the SIMD decoder says only that it failed):
+/// the first byte outside the alphabet, or the length or padding.
+fn base64_mistake(text: &str) -> String {
+    let alphabet = |c: char| c.is_ascii_alphanumeric() || c == '+' || c == '/';
+    let data = text.trim_end_matches('=');
+    match data.char_indices().find(|&(_, c)| !alphabet(c)) {
+        Some((at, c)) => format!(
+            "invalid character {} at offset {at}",
+            crate::subjects::quoted(c.encode_utf8(&mut [0; 4]))
+        ),
+        None if !text.len().is_multiple_of(4) => format!(
+            "length {} is not a multiple of 4 (standard base64 is padded with '=')",
+            text.len()
+        ),
+        None => "bad padding or trailing bits".to_string(),
+    }
 }
 
 /// Maps messages to frames and back for one session's format.
@@ -480,7 +495,15 @@ mod tests {
             ),
             (
                 br#"{"subject":"s","body":"AA"}"#,
-                "`body` is not standard base64",
+                "`body` is not standard base64: length 2 is not a multiple of 4",
+            ),
+            (
+                br#"{"subject":"s","body":"AB%D"}"#,
+                "`body` is not standard base64: invalid character \"%\" at offset 2",
+            ),
+            (
+                br#"{"subject":"s","body":"AB=="}"#,
+                "`body` is not standard base64: bad padding or trailing bits",
             ),
         ];
         for (frame, expected) in cases {

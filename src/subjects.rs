@@ -76,7 +76,7 @@ fn broken_rule(subject: &str) -> Option<String> {
 }
 
 /// The start of a value, escaped and quoted: at most 64 characters, `...` when cut.
-fn quoted(subject: &str) -> String {
+pub(crate) fn quoted(subject: &str) -> String {
     let shown: String = subject.chars().take(64).collect();
     let more = if shown.len() < subject.len() {
         "..."
