@@ -375,7 +375,7 @@ async fn max_in_flight_bytes_bounds_the_bodies_in_flight_and_pauses_reading() {
 }
 
 #[tokio::test]
-async fn by_default_1024_deliveries_run_at_once() {
+async fn by_default_512_deliveries_run_at_once() {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
     let component = rig.component("blocked").await;
@@ -388,19 +388,19 @@ async fn by_default_1024_deliveries_run_at_once() {
         .handler_link("blocked", "default", &[("uri", &server.uri())]);
     rig.provider.put_link(&link).await;
     server.connected(WAIT).await;
-    const N: usize = 1200;
+    const N: usize = 600;
     server.push_many(
         (0..N)
             .map(|i| Message::text(envelope(&format!("m.{i}"), &[1; 16], None)))
             .collect(),
     );
-    component.wait_received(1024, Duration::from_secs(30)).await;
-    // The 1025th does not start while the first 1024 are held.
-    let started = component.wait_count(1025, Duration::from_secs(1)).await;
-    assert_eq!(started, 1024, "calls started while 1024 were held");
+    component.wait_received(512, Duration::from_secs(30)).await;
+    // The 513th does not start while the first 512 are held.
+    let started = component.wait_count(513, Duration::from_secs(1)).await;
+    assert_eq!(started, 512, "calls started while 512 were held");
     component.release(N);
     component.wait_received(N, Duration::from_secs(60)).await;
-    assert_eq!(component.max_concurrent(), 1024);
+    assert_eq!(component.max_concurrent(), 512);
 }
 
 #[tokio::test]
