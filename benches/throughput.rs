@@ -449,6 +449,10 @@ impl Bench {
         let before;
         let started;
         let cpu;
+        // Our server lives until every message arrived: one that closed its connection with
+        // frames still unread by the provider (its pings) would reset it, and TCP would throw
+        // away what the provider had not read yet.
+        let _server;
         match system {
             System::Websocket => {
                 let server = WsServer::recorder().await;
@@ -484,6 +488,7 @@ impl Bench {
                 cpu = Self::start_measuring(&provider);
                 started = Instant::now();
                 server.push_many(vec![frame; n]);
+                _server = server;
             }
             System::Nats => {
                 let config = self.link_config(system, &[("subscriptions", "bench.delivery")]);
