@@ -849,7 +849,14 @@ async fn child(mode: &str) {
             let (took, seconds, failed) = drive(n, in_flight, |_| {
                 let call =
                     trivial::wasmcloud::messaging::handler::handle_message(&client, None, &msg);
-                async move { flatten(call.await) }
+                // The provider's delivery_timeout_ms: a result lost on the lattice (it happens
+                // here, with no provider involved) fails the call instead of hanging the run.
+                async move {
+                    match tokio::time::timeout(Duration::from_secs(10), call).await {
+                        Ok(result) => flatten(result),
+                        Err(_) => Err("no result within 10 s".to_string()),
+                    }
+                }
             })
             .await;
             let mut row = Row::new(System::Ceiling, Phase::Delivery, 0, in_flight, n);
