@@ -9,7 +9,7 @@
 //! Phases, for bodies of 16 B, 1 KiB and 64 KiB:
 //! - publish: component calls, 1 and 64 in flight, until the sink has every message;
 //! - delivery: messages pushed by the server (ours) or published on NATS (peer) until the handler
-//!   got them, `max_in_flight` 1 and 64 and the defaults (512 and 16 MiB; the peer has no such
+//!   got them, `max_in_flight` 1 and 64 and the defaults (512 and 4 MiB; the peer has no such
 //!   bound: one row);
 //! - request: round trips, sequential and 64 in flight, against a responder;
 //! - ceiling: what one wRPC call costs on this lattice, with the same process layout as the

@@ -94,7 +94,7 @@ pub const BOUNDS: &[Bound] = &[
     Bound { key: "request_timeout_ms", default: 5_000, max: MAX_REQUEST_TIMEOUT_MS, unit: MILLISECONDS, why: HOST_CUT },
     Bound { key: "max_pending", default: 1024, max: 65_536, unit: "a whole number", why: "" },
     Bound { key: "max_in_flight", default: 512, max: 65_536, unit: "a whole number", why: "" },
-    Bound { key: "max_in_flight_bytes", default: 16 << 20, max: 1 << 30, unit: "a whole number of bytes", why: " (1 GiB)" },
+    Bound { key: "max_in_flight_bytes", default: 4 << 20, max: 1 << 30, unit: "a whole number of bytes", why: " (1 GiB)" },
     Bound { key: "delivery_timeout_ms", default: 10_000, max: 600_000, unit: MILLISECONDS, why: "" },
     Bound { key: "max_publish_rate", default: 0, max: 1_000_000, unit: "a whole number of messages per second (0 = no limit)", why: "" },
     Bound { key: "max_message_bytes", default: 1 << 20, max: 256 << 20, unit: "a whole number of bytes", why: " (256 MiB)" },
@@ -902,7 +902,7 @@ mod tests {
         assert_eq!(cfg.inbox_prefix, "_INBOX");
         assert_eq!(cfg.max_pending, 1024);
         assert_eq!(cfg.max_in_flight, 512);
-        assert_eq!(cfg.max_in_flight_bytes, 16 << 20);
+        assert_eq!(cfg.max_in_flight_bytes, 4 << 20);
         assert_eq!(cfg.max_publish_rate, 0);
         assert_eq!(cfg.max_message_bytes, 1_048_576);
     }
