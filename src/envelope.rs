@@ -727,6 +727,25 @@ mod tests {
         }
     }
 
+    /// Random bytes, and a valid frame truncated or with bytes overwritten.
+    fn mangled(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
+        let valid_len = valid.len();
+        prop_oneof![
+            proptest::collection::vec(any::<u8>(), 0..300),
+            (0..valid_len).prop_map({
+                let valid = valid.clone();
+                move |n| valid[..n].to_vec()
+            }),
+            proptest::collection::vec((0..valid_len, any::<u8>()), 1..8).prop_map(move |edits| {
+                let mut v = valid.clone();
+                for (i, b) in edits {
+                    v[i] = b;
+                }
+                v
+            }),
+        ]
+    }
+
     /// Hostile input: whatever arrives, the decoder answers Ok or a reason, and never panics.
     fn hostile() -> impl Strategy<Value = Vec<u8>> {
         let valid = encode_json(
@@ -734,26 +753,8 @@ mod tests {
             Some("id-1"),
         )
         .to_vec();
-        let valid_len = valid.len();
         prop_oneof![
-            // Random bytes.
-            proptest::collection::vec(any::<u8>(), 0..300),
-            // A valid envelope, truncated.
-            (0..valid_len).prop_map({
-                let valid = valid.clone();
-                move |n| valid[..n].to_vec()
-            }),
-            // A valid envelope with bytes overwritten.
-            proptest::collection::vec((0..valid_len, any::<u8>()), 1..8).prop_map({
-                let valid = valid.clone();
-                move |edits| {
-                    let mut v = valid.clone();
-                    for (i, b) in edits {
-                        v[i] = b;
-                    }
-                    v
-                }
-            }),
+            mangled(valid),
             // Deeply nested JSON, in and around the fields.
             (1usize..20_000, 0usize..3).prop_map(|(depth, place)| {
                 let nest = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
@@ -790,23 +791,8 @@ mod tests {
             Some("id-1"),
         )
         .to_vec();
-        let valid_len = valid.len();
         prop_oneof![
-            proptest::collection::vec(any::<u8>(), 0..300),
-            (0..valid_len).prop_map({
-                let valid = valid.clone();
-                move |n| valid[..n].to_vec()
-            }),
-            proptest::collection::vec((0..valid_len, any::<u8>()), 1..8).prop_map({
-                let valid = valid.clone();
-                move |edits| {
-                    let mut v = valid.clone();
-                    for (i, b) in edits {
-                        v[i] = b;
-                    }
-                    v
-                }
-            }),
+            mangled(valid),
             // Nested arrays (fixarray of one) as the subject, deeper than any stack allows.
             (1usize..100_000).prop_map(|depth| {
                 let mut v = vec![0x81, 0xa7];

@@ -266,8 +266,11 @@ async fn deliveries_run_concurrently_up_to_max_in_flight() {
     );
 }
 
-#[tokio::test]
-async fn a_busy_handler_pushes_back_on_the_server() {
+/// A gated handler on a link with `settings`, and a server pushing 300 frames of 90 KB (27 MB,
+/// far more than the kernel's socket buffers and the read-ahead hold): once `in_flight` calls
+/// have started, no other starts and the provider stops reading, so the server's writes stall
+/// short of the total; released, every message arrives. Returns where the server stalled.
+async fn gated_handler_stalls_the_server(settings: &[(&str, &str)], in_flight: usize) -> usize {
     let rig = Rig::start().await;
     let server = WsServer::recorder().await;
     let component = rig.component("blocked").await;
@@ -275,26 +278,19 @@ async fn a_busy_handler_pushes_back_on_the_server() {
         gated: true,
         ..Default::default()
     });
-    let link = rig.provider.handler_link(
-        "blocked",
-        "default",
-        &[
-            ("uri", &server.uri()),
-            ("max_in_flight", "1"),
-            ("max_message_bytes", "200000"),
-        ],
-    );
-    rig.provider.put_link(&link).await;
+    let uri = server.uri();
+    let mut config = vec![("uri", uri.as_str()), ("max_message_bytes", "200000")];
+    config.extend_from_slice(settings);
+    rig.provider
+        .put_link(&rig.provider.handler_link("blocked", "default", &config))
+        .await;
     server.connected(WAIT).await;
-    // 300 frames of 90 KB (27 MB) is far more than the kernel's socket buffers hold.
     const N: usize = 300;
     let frame = envelope("bulk", &[b'z'; 90_000], None);
     for _ in 0..N {
         server.push(Message::text(frame.clone()));
     }
-    component.wait_received(1, WAIT).await;
-    // The handler holds the only in-flight slot, so the provider stops reading: the server's
-    // writes must stall well short of the total instead of the provider buffering it all.
+    component.wait_received(in_flight, WAIT).await;
     let all_sent = tokio::time::timeout(
         Duration::from_secs(2),
         common::wait_until("the server wrote every frame", WAIT, || async {
@@ -304,11 +300,17 @@ async fn a_busy_handler_pushes_back_on_the_server() {
     .await;
     assert!(
         all_sent.is_err(),
-        "the server wrote all {N} frames while the handler was blocked"
+        "the server wrote all {N} frames while {in_flight} calls held the in-flight bound ({settings:?})"
     );
     let stalled_at = server.sent();
     assert!(stalled_at < N, "server wrote {stalled_at} of {N}");
-    assert_eq!(component.received().len(), 1);
+    let started = component
+        .wait_count(in_flight + 1, Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        started, in_flight,
+        "calls started at the bound ({settings:?})"
+    );
 
     component.release(N);
     let received = component.wait_received(N, Duration::from_secs(60)).await;
@@ -318,60 +320,24 @@ async fn a_busy_handler_pushes_back_on_the_server() {
         "nothing lost once the handler answers again"
     );
     assert_eq!(server.sent(), N);
-    eprintln!("server stalled after writing {stalled_at} of {N} frames");
+    assert_eq!(component.max_concurrent(), in_flight);
+    stalled_at
+}
+
+#[tokio::test]
+async fn a_busy_handler_pushes_back_on_the_server() {
+    let stalled_at = gated_handler_stalls_the_server(&[("max_in_flight", "1")], 1).await;
+    eprintln!("server stalled after writing {stalled_at} of 300 frames");
 }
 
 #[tokio::test]
 async fn max_in_flight_bytes_bounds_the_bodies_in_flight_and_pauses_reading() {
-    let rig = Rig::start().await;
-    let server = WsServer::recorder().await;
-    let component = rig.component("blocked").await;
-    component.set_behaviour(Behaviour {
-        gated: true,
-        ..Default::default()
-    });
     // The count allows 1000 at once; the bytes allow two bodies of 90 KB.
-    let link = rig.provider.handler_link(
-        "blocked",
-        "default",
-        &[
-            ("uri", &server.uri()),
-            ("max_in_flight", "1000"),
-            ("max_in_flight_bytes", "200000"),
-            ("max_message_bytes", "200000"),
-        ],
-    );
-    rig.provider.put_link(&link).await;
-    server.connected(WAIT).await;
-    const N: usize = 300;
-    let frame = envelope("bulk", &[b'z'; 90_000], None);
-    for _ in 0..N {
-        server.push(Message::text(frame.clone()));
-    }
-    component.wait_received(2, WAIT).await;
-    // A third call would pass the byte bound: none starts, and reading stops (300 frames of
-    // 120 KB on the wire are far more than the socket buffers and the read-ahead hold).
-    let all_sent = tokio::time::timeout(
-        Duration::from_secs(2),
-        common::wait_until("the server wrote every frame", WAIT, || async {
-            server.sent() == N
-        }),
+    gated_handler_stalls_the_server(
+        &[("max_in_flight", "1000"), ("max_in_flight_bytes", "200000")],
+        2,
     )
     .await;
-    assert!(
-        all_sent.is_err(),
-        "the server wrote all {N} frames while two bodies filled max_in_flight_bytes"
-    );
-    let started = component.wait_count(3, Duration::from_millis(500)).await;
-    assert_eq!(
-        started, 2,
-        "calls started while two bodies filled the byte bound"
-    );
-
-    component.release(N);
-    let received = component.wait_received(N, Duration::from_secs(60)).await;
-    assert_eq!(received.len(), N, "nothing lost once the handler answers");
-    assert_eq!(component.max_concurrent(), 2);
 }
 
 #[tokio::test]
