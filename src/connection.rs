@@ -524,11 +524,11 @@ impl Layers<'_> {
             max_in_flight: self.count("max_in_flight")?,
             max_in_flight_bytes: self.count("max_in_flight_bytes")?,
             delivery_timeout: self.millis("delivery_timeout_ms")?,
-            max_publish_rate: u32::try_from(self.number("max_publish_rate")?).unwrap_or(u32::MAX),
+            max_publish_rate: self.small("max_publish_rate")?,
             max_message_bytes: self.count("max_message_bytes")?,
             reconnect_initial_delay,
             reconnect_max_delay,
-            reconnect_max_attempts: self.attempts()?,
+            reconnect_max_attempts: self.small("reconnect_max_attempts")?,
             ping_interval: self.seconds("ping_interval_sec")?,
             pong_timeout: self.seconds("pong_timeout_sec")?,
             tls,
@@ -599,8 +599,9 @@ impl Layers<'_> {
         Ok(usize::try_from(self.number(key)?).unwrap_or(usize::MAX))
     }
 
-    fn attempts(&self) -> Result<u32, ConfigError> {
-        Ok(u32::try_from(self.number("reconnect_max_attempts")?).unwrap_or(u32::MAX))
+    /// A number whose bound fits in a u32.
+    fn small(&self, key: &str) -> Result<u32, ConfigError> {
+        Ok(u32::try_from(self.number(key)?).unwrap_or(u32::MAX))
     }
 
     fn boolean(&self, key: &str, default: bool) -> Result<bool, ConfigError> {
