@@ -63,15 +63,8 @@ impl Budget {
 
     /// Waits for a slot for `inbound`. `None` only if a semaphore were closed (never).
     pub async fn take(&self, inbound: &Inbound) -> Option<Slot> {
-        let count = Arc::clone(&self.count).acquire_owned().await.ok()?;
-        let bytes = Arc::clone(&self.bytes)
-            .acquire_many_owned(self.weight(inbound))
-            .await
-            .ok()?;
-        Some(Slot {
-            _count: count,
-            _bytes: bytes,
-        })
+        let mut waiter = self.waiter();
+        std::future::poll_fn(|cx| waiter.poll_take(cx, inbound)).await
     }
 
     /// A waiter for slots that can be polled by hand (in the read loop, beside the socket).

@@ -1,9 +1,9 @@
 //! Delivery of incoming messages to a component's `handle-message` over wRPC.
 //!
 //! One delivery task per session takes messages in the order the socket task read them and starts
-//! their invocations in that order. Each message carries a permit of the session's
-//! `max_in_flight` semaphore and releases it when its invocation ends, which is what lets the
-//! socket task hand over the next one: at the limit, it reads ahead a bounded number of messages,
+//! their invocations in that order. Each message carries a slot of the session's budget (one of
+//! `max_in_flight`, its body's bytes of `max_in_flight_bytes`) and releases it when its invocation
+//! ends, which is what lets the socket task hand over the next one: at the limit, it reads ahead a bounded number of messages,
 //! then stops reading and TCP pushes back on the server.
 //!
 //! Every call has a deadline (`delivery_timeout_ms`) that covers the whole call: the wRPC
@@ -32,7 +32,7 @@ use crate::stats::{self, SessionStats};
 pub struct Inbound {
     pub msg: Message,
     pub ack_id: Option<String>,
-    pub permit: Option<Slot>,
+    pub slot: Option<Slot>,
 }
 
 /// Where a session's messages go.
@@ -59,12 +59,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             next = inbound.recv() => next,
         };
-        let Some(Inbound {
-            msg,
-            ack_id,
-            permit,
-        }) = next
-        else {
+        let Some(Inbound { msg, ack_id, slot }) = next else {
             break;
         };
         if !target.handler_linked.load(Ordering::Relaxed) {
@@ -94,21 +89,26 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
                 }
             }
         };
-        in_flight.push(deliver(&target, ready, msg, ack_id, permit));
+        in_flight.push(deliver(&target, ready, msg, ack_id, slot));
     }
     // The link went (or the provider stops). What was read but not handed to the component is
     // counted and reported; calls under way finish (each has its deadline).
     inbound.close();
-    let mut dropped = 0u64;
-    while let Ok(Inbound { permit, .. }) = inbound.try_recv() {
-        drop(permit);
+    let mut dropped = 0;
+    while inbound.try_recv().is_ok() {
         dropped += 1;
     }
-    if dropped > 0 {
-        stats::add(&target.stats.dropped_on_close, dropped as usize);
-        warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, dropped, "session closed with messages read from the server but not yet delivered; they are dropped (counted as dropped_on_close)");
-    }
+    dropped_on_close(&target.stats, &target.session_id, &target.key, dropped);
     while in_flight.next().await.is_some() {}
+}
+
+/// Counts and reports, in one warn line, the messages of a closing session that were read from
+/// the server but never handed to the component (by the socket task or the delivery task).
+pub fn dropped_on_close(stats: &SessionStats, session_id: &str, key: &SessionKey, dropped: usize) {
+    if dropped > 0 {
+        stats::add(&stats.dropped_on_close, dropped);
+        warn!(session = %session_id, component = %key.component, link_name = %key.link_name, dropped, "the session closed with messages read from the server but not yet delivered; they are dropped (counted as dropped_on_close)");
+    }
 }
 
 async fn deliver(
@@ -116,10 +116,10 @@ async fn deliver(
     client: Arc<HandlerClient>,
     msg: Message,
     ack_id: Option<String>,
-    permit: Option<Slot>,
+    slot: Option<Slot>,
 ) {
     let result = tokio::time::timeout(target.timeout, client.handle_message(&msg)).await;
-    drop(permit);
+    drop(slot);
     match result {
         Ok(Ok(Ok(()))) => {
             stats::bump(&target.stats.delivered);

@@ -443,7 +443,7 @@ impl Session {
                 stats::bump(&self.stats.publish_rate_waits);
                 waited = true;
             }
-            let wait = not_until.wait_time_from(governor::clock::DefaultClock::default().now());
+            let wait = not_until.wait_time_from(rate.clock().now());
             if Instant::now() + wait > deadline {
                 return Err(format!(
                     "no turn under max_publish_rate ({}/s) of session {} within {} ms (send_timeout_ms): too many messages are waiting to go out; nothing was sent",
@@ -738,10 +738,7 @@ impl SocketTask {
                 () = self.drain_held(&mut held) => {}
             }
         }
-        if !held.is_empty() {
-            stats::add(&self.stats.dropped_on_close, held.len());
-            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, dropped = held.len(), "the session closed with messages read from the server but not yet delivered; they are dropped (counted as dropped_on_close)");
-        }
+        delivery::dropped_on_close(&self.stats, &self.id, &self.key, held.len());
         let attempts = self.gave_up.load(Ordering::Relaxed);
         self.pending.fail_all(&if attempts > 0 {
             format!("session {} gave up after {attempts} attempts", self.id)
@@ -1174,7 +1171,7 @@ impl SocketTask {
             Routed::Deliver(msg) => Some(Inbound {
                 msg: msg.into(),
                 ack_id,
-                permit: None,
+                slot: None,
             }),
             Routed::Reply => None,
             Routed::Late => {
@@ -1186,7 +1183,7 @@ impl SocketTask {
     }
 
     fn deliver(&self, mut inbound: Inbound, slot: Slot) {
-        inbound.permit = Some(slot);
+        inbound.slot = Some(slot);
         // Cannot be full: the channel holds as many messages as there are permits.
         if self.inbound.try_send(inbound).is_err() {
             stats::bump(&self.stats.dropped_on_close);
