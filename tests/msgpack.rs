@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::component::PlayedComponent;
 use common::ws::{Message, WsServer};
 use common::{msgpack_envelope, msgpack_map, Rig};
 use rmpv::Value;
@@ -19,13 +20,11 @@ fn binary(message: &Message) -> Vec<u8> {
     }
 }
 
-#[tokio::test]
-async fn publish_sends_the_exact_map_in_a_binary_frame() {
-    let rig = Rig::start().await;
-    let server = WsServer::recorder().await;
-    let component = rig.component("publisher").await;
+/// Component `id` with a msgpack consumer link to `server`, once a first publish went through.
+async fn msgpack_consumer(rig: &Rig, server: &WsServer, id: &str) -> PlayedComponent {
+    let component = rig.component(id).await;
     let link = rig.provider.consumer_link(
-        "publisher",
+        id,
         "default",
         &[("uri", &server.uri()), ("format", "msgpack")],
     );
@@ -33,6 +32,14 @@ async fn publish_sends_the_exact_map_in_a_binary_frame() {
     component
         .publish_when_ready("default", "warm.up", &b""[..], WAIT)
         .await;
+    component
+}
+
+#[tokio::test]
+async fn publish_sends_the_exact_map_in_a_binary_frame() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = msgpack_consumer(&rig, &server, "publisher").await;
     let _ = server.frame(WAIT).await;
 
     let all_bytes: Vec<u8> = (0..=255u8).collect();
@@ -149,16 +156,7 @@ async fn server_maps_reach_the_handler_exactly_and_garbage_is_dropped() {
 async fn request_and_reply_in_msgpack() {
     let rig = Rig::start().await;
     let server = WsServer::responder().await;
-    let component = rig.component("asker").await;
-    let link = rig.provider.consumer_link(
-        "asker",
-        "default",
-        &[("uri", &server.uri()), ("format", "msgpack")],
-    );
-    rig.provider.put_link(&link).await;
-    component
-        .publish_when_ready("default", "warm.up", &b""[..], WAIT)
-        .await;
+    let component = msgpack_consumer(&rig, &server, "asker").await;
     let body: Vec<u8> = (0..=255u8).rev().collect();
     let reply = component
         .request("default", "questions.q1", body.clone(), 3000)
