@@ -52,6 +52,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "tls_client_key",
     "compression",
     "ack",
+    "replicas",
+    "failover_sec",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
@@ -103,6 +105,7 @@ pub const BOUNDS: &[Bound] = &[
     Bound { key: "reconnect_max_attempts", default: 0, max: 1_000_000, unit: "a whole number of attempts (0 = retry forever)", why: "" },
     Bound { key: "ping_interval_sec", default: 20, max: 86_400, unit: SECONDS, why: "" },
     Bound { key: "pong_timeout_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
+    Bound { key: "failover_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
 ];
 
 /// The numeric keys where 0 is a value (forever, no limit); every other number is at least 1.
@@ -142,6 +145,24 @@ impl Format {
             Format::Json => "json",
             Format::Msgpack => "msgpack",
             Format::Raw => "raw",
+        }
+    }
+}
+
+/// How several replicas of the provider share a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    /// One replica in the lattice holds the connection; the others stand by and forward.
+    One,
+    /// Every replica holds a connection of its own.
+    All,
+}
+
+impl Replicas {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Replicas::One => "one",
+            Replicas::All => "all",
         }
     }
 }
@@ -228,6 +249,10 @@ pub struct ConnectionConfig {
     pub compression: Compression,
     /// Acknowledged delivery (format `json` only).
     pub ack: bool,
+    /// Whether one replica holds the connection or each replica its own.
+    pub replicas: Replicas,
+    /// How long an owner may be silent before a standby takes its sessions over.
+    pub failover: Duration,
 }
 
 impl PartialEq for ConnectionConfig {
@@ -269,6 +294,8 @@ impl fmt::Debug for ConnectionConfig {
             .field("tls", &self.tls)
             .field("compression", &self.compression)
             .field("ack", &self.ack)
+            .field("replicas", &self.replicas)
+            .field("failover", &self.failover)
             .finish()
     }
 }
@@ -509,6 +536,11 @@ impl Layers<'_> {
                 "acknowledged delivery needs format json or msgpack (a raw frame carries no id)",
             ));
         }
+        let replicas = match self.plain("replicas") {
+            None | Some("one") => Replicas::One,
+            Some("all") => Replicas::All,
+            Some(other) => return Err(invalid("replicas", other, "expected `one` or `all`")),
+        };
         Ok(ConnectionConfig {
             uri,
             auth_token,
@@ -534,6 +566,8 @@ impl Layers<'_> {
             tls,
             compression,
             ack,
+            replicas,
+            failover: self.seconds("failover_sec")?,
         })
     }
 
@@ -781,6 +815,8 @@ impl ConnectionConfig {
             tls,
             compression,
             ack,
+            replicas,
+            failover,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &str, same: bool| {
@@ -840,6 +876,8 @@ impl ConnectionConfig {
         check("pong_timeout_sec", *pong_timeout == other.pong_timeout);
         check("compression", *compression == other.compression);
         check("ack", *ack == other.ack);
+        check("replicas", *replicas == other.replicas);
+        check("failover_sec", *failover == other.failover);
         keys.extend(tls.differing_keys(&other.tls).into_iter().map(String::from));
         let names: BTreeSet<&String> = headers.keys().chain(other.headers.keys()).collect();
         for name in names {
@@ -1317,6 +1355,6 @@ mod tests {
                 None => assert_eq!(max, "-", "`{key}` is not a number"),
             }
         }
-        assert_eq!(checked, 19, "every default given as a value was checked");
+        assert_eq!(checked, 21, "every default given as a value was checked");
     }
 }

@@ -24,6 +24,7 @@ use tracing::{debug, warn};
 use crate::budget::Slot;
 pub use crate::invoke::HandlerClients;
 use crate::invoke::{HandlerClient, Message};
+use crate::lattice::lease::Fence;
 use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
 
@@ -46,6 +47,8 @@ pub struct Target {
     pub clients: HandlerClients,
     /// The deadline of one `handle-message` call.
     pub timeout: Duration,
+    /// With `replicas = one`: this replica delivers only while it holds the session's lease.
+    pub fence: Option<Fence>,
 }
 
 /// The delivery task of one session. The component's wRPC client is made on the first message
@@ -53,6 +56,8 @@ pub struct Target {
 pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: CancellationToken) {
     let mut in_flight = FuturesUnordered::new();
     let mut client: Option<Arc<HandlerClient>> = None;
+    // Whether the last message was dropped for want of the lease: warned once per run.
+    let mut fenced = false;
     loop {
         let next = tokio::select! {
             () = cancel.cancelled() => break,
@@ -62,6 +67,17 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
         let Some(Inbound { msg, ack_id, slot }) = next else {
             break;
         };
+        // Checked at the last moment: a replica that was paused past its lease's deadline
+        // delivers nothing it read, even before its socket task has noticed.
+        if target.fence.as_ref().is_some_and(|f| !f.holds()) {
+            stats::bump(&target.stats.dropped_on_close);
+            if !fenced {
+                warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, "this replica no longer holds the session's lease; messages it read are dropped, not delivered (counted as dropped_on_close)");
+            }
+            fenced = true;
+            continue;
+        }
+        fenced = false;
         if !target.handler_linked.load(Ordering::Relaxed) {
             stats::bump(&target.stats.dropped_no_handler);
             debug!(session = %target.session_id, subject = %msg.subject, "no handler link on this session; message dropped");

@@ -126,44 +126,10 @@ impl HandlerClients {
     }
 }
 
-/// Connects to the lattice's NATS the way the SDK does: HostData's URL and credentials.
+/// The deliveries' own connection to the lattice's NATS.
 async fn connect() -> anyhow::Result<Lattice> {
     let host_data = load_host_data().context("failed to load host data")?;
-    let url = if host_data.lattice_rpc_url.is_empty() {
-        "nats://127.0.0.1:4222"
-    } else {
-        host_data.lattice_rpc_url.as_str()
-    };
-    let options = match (
-        host_data.lattice_rpc_user_jwt.trim(),
-        host_data.lattice_rpc_user_seed.trim(),
-    ) {
-        ("", "") => delivery_nats::ConnectOptions::new(),
-        (jwt, seed) => {
-            let key_pair =
-                Arc::new(nkeys::KeyPair::from_seed(seed).context("invalid lattice_rpc_user_seed")?);
-            delivery_nats::ConnectOptions::with_jwt(jwt.to_string(), move |nonce| {
-                let key_pair = Arc::clone(&key_pair);
-                async move { key_pair.sign(&nonce).map_err(delivery_nats::AuthError::new) }
-            })
-        }
-    };
-    let nats = options
-        .name(format!("{}-delivery", crate::PROVIDER_NAME))
-        // A call whose invocation or result was lost ends at its deadline; these say why.
-        .event_callback(|event| async move {
-            match event {
-                delivery_nats::Event::Connected => {
-                    tracing::info!("the deliveries' NATS connection is up")
-                }
-                other => tracing::warn!(event = %other, "the deliveries' NATS connection: a call under way may lose its invocation or result (it then ends at delivery_timeout_ms)"),
-            }
-        })
-        .connect(url)
-        .await
-        .with_context(|| {
-            format!("failed to connect to the lattice's NATS at {url} for deliveries")
-        })?;
+    let nats = crate::lattice::connect(host_data, "delivery").await?;
     Ok(Lattice {
         nats: Arc::new(nats),
         lattice: host_data.lattice_rpc_prefix.clone(),

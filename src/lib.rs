@@ -15,6 +15,8 @@
 //! - [`subjects`]: the provider's own `$ws.` subjects (session list, stats, send to a session),
 //!   and the rules every subject a component gives must follow.
 //! - [`tls`]: trust roots, client certificates and TLS failures in plain words for `wss://`.
+//! - [`lattice`]: replicas (`replicas = one`): leases in JetStream key-value that make one replica
+//!   own each session, and the forwarding of calls from standbys to the owner.
 //!
 //! Data flows one way per direction: component call -> lookup by (component, link name) ->
 //! session queue -> socket writer; socket reader -> decode -> delivery -> component handler.
@@ -26,6 +28,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
+use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 use wasmcloud_provider_sdk::provider::WrpcClient;
 use wasmcloud_provider_sdk::{
@@ -40,6 +43,7 @@ pub mod connection;
 pub mod delivery;
 pub mod envelope;
 mod invoke;
+pub mod lattice;
 pub mod metrics;
 pub mod requests;
 pub mod session;
@@ -48,9 +52,12 @@ pub mod stats;
 pub mod subjects;
 pub mod tls;
 
-use crate::connection::{ConnectionConfig, ProviderDefaults, MAX_REQUEST_TIMEOUT_MS};
+use crate::connection::{ConnectionConfig, ProviderDefaults, Replicas, MAX_REQUEST_TIMEOUT_MS};
 use crate::delivery::HandlerClients;
-use crate::session::{Session, SessionKey};
+use crate::lattice::forward::{Answer, Call, Unanswered};
+use crate::lattice::lease::{Claim, Fence, Leave};
+use crate::lattice::{Lattice, Replica};
+use crate::session::{Session, SessionKey, SessionState};
 
 /// wRPC bindings generated from `wit/` (world `interfaces`).
 pub mod bindings {
@@ -81,6 +88,12 @@ const TLS_CA_FILE: &str = "tls_ca_file";
 /// How long shutdown waits for sessions to send their Close frames (the host allows 300 ms).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
 
+/// How much longer than the call itself a forwarded call may take (the trip to the owner and back).
+const FORWARD_SLACK: Duration = Duration::from_millis(400);
+
+/// How long `$ws.sessions` and `$ws.stats` wait for another replica's part.
+const DESCRIBE_LIMIT: Duration = Duration::from_millis(1000);
+
 /// A session and the links that hold it: a consumer link and a handler link with the same
 /// (component, link name) share one session, which closes when the last of them goes.
 #[derive(Clone)]
@@ -88,6 +101,8 @@ struct Linked {
     session: Arc<Session>,
     consumer: bool,
     handler: bool,
+    /// With `replicas = one`: this replica's claim on the session's lease.
+    claim: Option<Arc<Claim>>,
 }
 
 impl Linked {
@@ -148,6 +163,28 @@ pub struct WebSocketMessagingProvider {
     handler_clients: HandlerClients,
     /// The counters of sessions that are gone, for the provider's totals.
     totals: stats::Totals,
+    /// How this replica coordinates with the provider's other replicas.
+    replication: Replication,
+}
+
+/// Whether sessions with `replicas = one` can be coordinated between replicas.
+#[derive(Clone, Default)]
+pub enum Replication {
+    /// Not started by a host (the library used on its own): one instance, no leases.
+    #[default]
+    Alone,
+    /// Leases and forwarding through the lattice's NATS.
+    Lattice(Arc<Lattice>),
+    /// The lattice's NATS has no JetStream (the reason): `replicas = one` links are refused.
+    Unavailable(String),
+}
+
+/// Where a call on a session runs.
+enum Route {
+    /// Here: this replica holds the connection (or the session is not shared between replicas).
+    Local,
+    /// At the replica that owns the session.
+    Owner(Arc<Lattice>, Replica),
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -165,6 +202,17 @@ impl WebSocketMessagingProvider {
             default_config: Arc::new(RwLock::new(defaults)),
             ..Default::default()
         }
+    }
+
+    /// The same provider, coordinating with its other replicas as `replication` says.
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
+    }
+
+    /// The session of (component, link name), whichever links hold it.
+    fn session_of(&self, key: &SessionKey) -> Option<Arc<Session>> {
+        read(&self.links).get(key).map(|l| Arc::clone(&l.session))
     }
 
     /// The session a component's call goes through: its consumer link with that link name.
@@ -255,13 +303,46 @@ impl WebSocketMessagingProvider {
             linked.set(role, true);
             return Ok(());
         }
+        let lattice = match (&cfg.replicas, &self.replication) {
+            (Replicas::One, Replication::Lattice(lattice)) => Some(Arc::clone(lattice)),
+            (Replicas::One, Replication::Unavailable(reason)) => {
+                return Err(format!(
+                    "`replicas` is `one`, which needs JetStream on the lattice's NATS to choose the one replica that holds the connection ({reason}); enable JetStream (wadm needs it too), or set `replicas` to `all` for a provider that runs as a single instance"
+                ))
+            }
+            _ => None,
+        };
+        let failover = cfg.failover;
+        let replicated = lattice.as_ref().map(|_| {
+            (
+                lattice::lease_key(&key.component, &key.link_name),
+                Fence::default(),
+            )
+        });
         let session = Session::start(
             key.clone(),
             cfg,
             self.handler_clients.clone(),
             role == Role::Handler,
             &self.totals,
+            replicated.clone(),
         );
+        let claim = lattice.zip(replicated).map(|(lattice, (id, fence))| {
+            let weak = Arc::downgrade(&session);
+            Arc::new(Claim::start(
+                lattice,
+                id,
+                key.component.clone(),
+                key.link_name.clone(),
+                failover,
+                fence,
+                Box::new(move || {
+                    weak.upgrade()
+                        .and_then(|s| s.down_for())
+                        .map(|d| d.as_millis() as u64)
+                }),
+            ))
+        });
         // The session already knows whether a handler link holds it (a frame may come at once).
         links.insert(
             key,
@@ -269,6 +350,7 @@ impl WebSocketMessagingProvider {
                 session,
                 consumer: role == Role::Consumer,
                 handler: role == Role::Handler,
+                claim,
             },
         );
         Ok(())
@@ -286,8 +368,16 @@ impl WebSocketMessagingProvider {
             info!(%role, %key, session = %session.id, "link deleted; the session stays for the other link");
         } else {
             info!(%role, %key, session = %session.id, "link deleted; closing its session");
-            links.remove(&key);
+            let claim = links.remove(&key).and_then(|l| l.claim);
             session.close();
+            if let Some(claim) = claim {
+                // Not waited for here (the SDK's command loop): the Close frame goes out, then
+                // the lease key is deleted.
+                tokio::spawn(async move {
+                    session.wait_closed(SHUTDOWN_GRACE).await;
+                    claim.leave(Leave::Delete, Duration::from_secs(2)).await;
+                });
+            }
         }
         if role == Role::Handler
             && !links
@@ -295,6 +385,36 @@ impl WebSocketMessagingProvider {
                 .any(|(k, l)| l.handler && k.component == key.component)
         {
             self.handler_clients.forget(&key.component);
+        }
+    }
+
+    /// How long `session` has been without a connection, and in which state, for health. On a
+    /// standby that is the owner's word (its lease says how long it has been down), or, when no
+    /// replica holds the session, the time since the last owner's lease lapsed.
+    fn down_for(&self, session: &Session) -> Option<(Duration, String)> {
+        if session.state() != SessionState::Standby {
+            return session
+                .down_for()
+                .map(|d| (d, session.state().as_str().to_string()));
+        }
+        let Replication::Lattice(lattice) = &self.replication else {
+            return None;
+        };
+        let observed = lattice.observed(&session.id)?;
+        match (&observed.lease, lattice.owner_of(&session.id)) {
+            (Some(lease), Some(owner)) => lease.down_ms.map(|ms| {
+                (
+                    Duration::from_millis(ms) + observed.seen.elapsed(),
+                    format!("without a connection at replica {}", owner.host),
+                )
+            }),
+            (lease, _) => {
+                let failover = lease.as_ref().map_or(session.config.failover, |l| {
+                    Duration::from_millis(l.failover_ms)
+                });
+                let orphaned = observed.seen.elapsed().checked_sub(failover)?;
+                Some((orphaned, "held by no replica".to_string()))
+            }
         }
     }
 
@@ -333,7 +453,104 @@ impl WebSocketMessagingProvider {
         }
         subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
             .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
-        session.publish(msg).await
+        self.send_on(&session, msg).await
+    }
+
+    /// Where a call on `session` runs: here when this replica holds its connection (or the
+    /// session is not shared between replicas), else at its owner. While no replica holds it
+    /// (a takeover under way), waits for one until `deadline`.
+    async fn route(&self, session: &Session, deadline: Instant) -> Result<Route, String> {
+        let (Some(fence), Replication::Lattice(lattice)) = (&session.fence, &self.replication)
+        else {
+            return Ok(Route::Local);
+        };
+        let mut changes = lattice.changes();
+        loop {
+            if fence.holds() {
+                return Ok(Route::Local);
+            }
+            if let Some(owner) = lattice.owner_of(&session.id) {
+                if owner != lattice.me {
+                    return Ok(Route::Owner(Arc::clone(lattice), owner));
+                }
+            }
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => return Err(format!(
+                    "no replica of the provider holds session {} ({}) yet (a takeover is under way?); gave up after {} ms (send_timeout_ms); nothing was sent",
+                    session.id,
+                    session.config.uri,
+                    session.config.send_timeout.as_millis()
+                )),
+                () = fence.owned() => {}
+                _ = changes.changed() => {}
+                // The owner's lease may lapse without a change in the bucket.
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
+    }
+
+    /// Runs `call` at the owner of `session` (already routed there) until it answers, following
+    /// the lease to a new owner while the old one is gone (no responders, "not the owner": the
+    /// call never ran there). `Ok(None)`: this replica owns the session now, run it here.
+    async fn forward(
+        &self,
+        session: &Session,
+        call: &Call,
+        deadline: Instant,
+    ) -> Result<Option<Answer>, String> {
+        loop {
+            let (lattice, owner) = match self.route(session, deadline).await? {
+                Route::Local => return Ok(None),
+                Route::Owner(lattice, owner) => (lattice, owner),
+            };
+            let limit = deadline.saturating_duration_since(Instant::now()) + FORWARD_SLACK;
+            match lattice.call(&owner, call, limit).await? {
+                Ok(Answer::NotOwner) | Err(Unanswered::NoResponders) => {
+                    debug!(session = %session.id, owner = %owner.host, "the session's owner is gone; following the lease");
+                    if Instant::now() >= deadline {
+                        return Err(format!(
+                            "replica {} of session {} is gone and no other replica took over within {} ms; nothing was sent",
+                            owner.host,
+                            session.id,
+                            session.config.send_timeout.as_millis()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(answer) => return Ok(Some(answer)),
+                Err(Unanswered::TimedOut) => {
+                    return Err(format!(
+                        "replica {} that holds session {} did not answer within {} ms; the call may or may not have run there",
+                        owner.host,
+                        session.id,
+                        limit.as_millis()
+                    ))
+                }
+                Err(Unanswered::Other(error)) => {
+                    return Err(format!(
+                        "the call could not be forwarded to replica {} that holds session {}: {error}",
+                        owner.host, session.id
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Sends `msg` on `session`, here or at the replica that holds its connection.
+    async fn send_on(&self, session: &Arc<Session>, msg: &BrokerMessage) -> Result<(), String> {
+        let deadline = Instant::now() + session.config.send_timeout;
+        let call = Call::Publish {
+            key: session.key.clone(),
+            msg: msg.clone(),
+        };
+        match self.forward(session, &call, deadline).await? {
+            None => session.publish(msg).await,
+            Some(Answer::Done) => Ok(()),
+            Some(Answer::Failed(error)) => Err(error),
+            Some(other) => Err(format!(
+                "unexpected answer to a forwarded publish: {other:?}"
+            )),
+        }
     }
 
     async fn publish_message(
@@ -350,7 +567,7 @@ impl WebSocketMessagingProvider {
             subjects::check("reply_to", reply_to)?;
         }
         if !msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
-            return session.publish(&msg).await;
+            return self.send_on(&session, &msg).await;
         }
         subjects::check_enabled(&session)?;
         match subjects::parse(&msg.subject) {
@@ -381,12 +598,17 @@ impl WebSocketMessagingProvider {
         if subject.starts_with(RESERVED_SUBJECT_PREFIX) {
             subjects::check_enabled(&session)?;
             let answer = match subjects::parse(&subject) {
-                subjects::Subject::Sessions => subjects::sessions(&self.list_sessions(component)),
-                subjects::Subject::Stats => subjects::stats(
-                    &self.totals,
-                    &self.sessions(),
-                    &self.list_sessions(component),
-                ),
+                subjects::Subject::Sessions => {
+                    let entries = self.describe(component).await;
+                    subjects::sessions(entries.into_iter().map(|(info, _)| info).collect())
+                }
+                subjects::Subject::Stats => {
+                    let entries = self.describe(component).await;
+                    subjects::stats(
+                        self.lattice_totals().await,
+                        entries.into_iter().map(|(_, stats)| stats).collect(),
+                    )
+                }
                 _ => return Err(subjects::unknown(&subject, "request")),
             };
             return Ok(BrokerMessage {
@@ -404,7 +626,181 @@ impl WebSocketMessagingProvider {
             }
             ms => Duration::from_millis(u64::from(ms)),
         };
-        session.request(&subject, body, timeout).await
+        let call = Call::Request {
+            key: session.key.clone(),
+            subject: subject.clone(),
+            body: body.clone(),
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        let deadline = Instant::now() + session.config.send_timeout.min(timeout);
+        match self.forward(&session, &call, deadline).await? {
+            None => session.request(&subject, body, timeout).await,
+            Some(Answer::Reply(reply)) => Ok(reply),
+            Some(Answer::Failed(error)) => Err(error),
+            Some(other) => Err(format!(
+                "unexpected answer to a forwarded request: {other:?}"
+            )),
+        }
+    }
+
+    /// The host id of the replica that holds `session`'s connection, as far as this one knows.
+    fn owner_of(&self, session: &Session) -> Option<String> {
+        match (&session.fence, &self.replication) {
+            (Some(fence), Replication::Lattice(lattice)) => {
+                if fence.holds() {
+                    Some(lattice.me.host.clone())
+                } else {
+                    lattice.owner_of(&session.id).map(|o| o.host)
+                }
+            }
+            _ => self.host_id(),
+        }
+    }
+
+    fn host_id(&self) -> Option<String> {
+        match &self.replication {
+            Replication::Lattice(lattice) => Some(lattice.me.host.clone()),
+            _ => load_host_data().ok().map(|h| h.host_id.clone()),
+        }
+    }
+
+    /// This replica's entries (`$ws.sessions`, `$ws.stats`) of a session.
+    fn describe_here(&self, session: &Session) -> (serde_json::Value, serde_json::Value) {
+        let owner = self.owner_of(session);
+        (
+            subjects::session_info(session, owner.as_deref()),
+            subjects::session_stats(session),
+        )
+    }
+
+    /// The `$ws.sessions` and `$ws.stats` entries of `component`'s sessions, each from the
+    /// replica that holds its connection (this one's own view when the owner does not answer).
+    async fn describe(&self, component: &str) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let mine = self.list_sessions(component);
+        futures::future::join_all(mine.iter().map(|session| async move {
+            let here = || self.describe_here(session);
+            let (Some(fence), Replication::Lattice(lattice)) = (&session.fence, &self.replication)
+            else {
+                return here();
+            };
+            let owner = match lattice.owner_of(&session.id) {
+                Some(owner) if !fence.holds() && owner != lattice.me => owner,
+                _ => return here(),
+            };
+            let call = Call::Describe {
+                key: session.key.clone(),
+            };
+            match lattice.call(&owner, &call, DESCRIBE_LIMIT).await {
+                Ok(Ok(Answer::Json(json))) => {
+                    match serde_json::from_slice::<serde_json::Value>(&json) {
+                        Ok(serde_json::Value::Array(mut pair)) if pair.len() == 2 => {
+                            let stats = pair.pop().unwrap_or_default();
+                            let info = pair.pop().unwrap_or_default();
+                            (info, stats)
+                        }
+                        _ => here(),
+                    }
+                }
+                _ => here(),
+            }
+        }))
+        .await
+    }
+
+    /// `$ws.stats`'s provider object: this replica's counters plus those of every other replica
+    /// that holds one of this replica's sessions.
+    async fn lattice_totals(&self) -> serde_json::Map<String, serde_json::Value> {
+        let sessions = self.sessions();
+        let mut provider = self.local_totals(&sessions);
+        let Replication::Lattice(lattice) = &self.replication else {
+            return provider;
+        };
+        let mut owners: Vec<Replica> = sessions
+            .iter()
+            .filter_map(|s| lattice.owner_of(&s.id))
+            .filter(|o| *o != lattice.me)
+            .collect();
+        owners.sort_by(|a, b| a.instance.cmp(&b.instance));
+        owners.dedup();
+        let answers = futures::future::join_all(
+            owners
+                .iter()
+                .map(|owner| lattice.call(owner, &Call::Totals, DESCRIBE_LIMIT)),
+        )
+        .await;
+        for answer in answers {
+            if let Ok(Ok(Answer::Json(json))) = answer {
+                if let Ok(serde_json::Value::Object(other)) = serde_json::from_slice(&json) {
+                    subjects::add_totals(&mut provider, &other);
+                }
+            }
+        }
+        provider
+    }
+
+    fn local_totals(
+        &self,
+        sessions: &[Arc<Session>],
+    ) -> serde_json::Map<String, serde_json::Value> {
+        let mut provider = subjects::provider_totals(&self.totals, sessions);
+        if let Replication::Lattice(lattice) = &self.replication {
+            for (name, counter) in [
+                ("takeovers", &lattice.takeovers),
+                ("forwarded", &lattice.forwarded),
+                ("served", &lattice.served),
+            ] {
+                provider.insert(
+                    name.into(),
+                    serde_json::json!(counter.load(std::sync::atomic::Ordering::Relaxed)),
+                );
+            }
+        }
+        provider
+    }
+
+    /// Runs a call another replica forwarded to this one, if this one holds the session.
+    async fn serve_forwarded(&self, call: Call) -> Answer {
+        let key = match &call {
+            Call::Publish { key, .. } | Call::Request { key, .. } | Call::Describe { key } => key,
+            Call::Totals => {
+                let totals = self.local_totals(&self.sessions());
+                return Answer::Json(Bytes::from(
+                    serde_json::to_vec(&totals).expect("totals serialize"),
+                ));
+            }
+        };
+        let Some(session) = self.session_of(key) else {
+            return Answer::NotOwner;
+        };
+        if session.fence.as_ref().is_some_and(|f| !f.holds()) {
+            return Answer::NotOwner;
+        }
+        match call {
+            Call::Publish { msg, .. } => match session.publish(&msg).await {
+                Ok(()) => Answer::Done,
+                Err(error) => Answer::Failed(error),
+            },
+            Call::Request {
+                subject,
+                body,
+                timeout_ms,
+                ..
+            } => match session
+                .request(&subject, body, Duration::from_millis(timeout_ms))
+                .await
+            {
+                Ok(reply) => Answer::Reply(reply),
+                Err(error) => Answer::Failed(error),
+            },
+            Call::Describe { .. } => {
+                let (info, stats) = self.describe_here(&session);
+                Answer::Json(Bytes::from(
+                    serde_json::to_vec(&serde_json::json!([info, stats]))
+                        .expect("descriptions serialize"),
+                ))
+            }
+            Call::Totals => Answer::NotOwner,
+        }
     }
 }
 
@@ -497,11 +893,11 @@ impl Provider for WebSocketMessagingProvider {
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
         let sessions = self.sessions();
         let total = sessions.len();
-        let mut down: Vec<(Arc<Session>, Duration)> = sessions
+        let mut down: Vec<(Arc<Session>, Duration, String)> = sessions
             .into_iter()
             .filter_map(|s| {
-                let down_for = s.down_for()?;
-                (down_for > s.config.reconnect_max_delay).then_some((s, down_for))
+                let (down_for, state) = self.down_for(&s)?;
+                (down_for > s.config.reconnect_max_delay).then_some((s, down_for, state))
             })
             .collect();
         if down.is_empty() {
@@ -513,13 +909,13 @@ impl Provider for WebSocketMessagingProvider {
         down.sort_by(|a, b| a.0.key.cmp(&b.0.key));
         let names: Vec<String> = down
             .iter()
-            .map(|(s, down_for)| {
+            .map(|(s, down_for, state)| {
                 format!(
                     "{}/{} to {} ({} for {} s, longer than reconnect_max_delay_ms = {})",
                     s.key.component,
                     s.key.link_name,
                     s.config.uri,
-                    s.state().as_str(),
+                    state,
                     down_for.as_secs(),
                     s.config.reconnect_max_delay.as_millis()
                 )
@@ -539,12 +935,22 @@ impl Provider for WebSocketMessagingProvider {
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
-        let sessions: Vec<_> = write(&self.links).drain().map(|(_, l)| l.session).collect();
+        let linked: Vec<_> = write(&self.links).drain().map(|(_, l)| l).collect();
+        let sessions: Vec<_> = linked.iter().map(|l| Arc::clone(&l.session)).collect();
         for session in &sessions {
             session.close();
         }
-        // Close frames go out in parallel; the host kills the process 300 ms after asking.
-        futures::future::join_all(sessions.iter().map(|s| s.wait_closed(SHUTDOWN_GRACE))).await;
+        // Close frames go out and leases are released (a standby takes over at once), all in
+        // parallel; the host kills the process 300 ms after asking.
+        let closing =
+            futures::future::join_all(sessions.iter().map(|s| s.wait_closed(SHUTDOWN_GRACE)));
+        let leaving = futures::future::join_all(
+            linked
+                .iter()
+                .filter_map(|l| l.claim.as_ref())
+                .map(|c| c.leave(Leave::Release, SHUTDOWN_GRACE)),
+        );
+        futures::future::join(closing, leaving).await;
         info!(sessions = sessions.len(), "provider shut down");
         Ok(())
     }
@@ -582,7 +988,25 @@ pub async fn run() -> anyhow::Result<()> {
     let host_data = load_host_data().context("failed to load host data")?;
     let defaults = ProviderDefaults::new(&host_data.config, &host_data.secrets)
         .map_err(|e| anyhow!("provider config: {e}"))?;
-    let provider = WebSocketMessagingProvider::new(defaults);
+    let replication = match Lattice::start(host_data).await {
+        Ok(lattice) => Replication::Lattice(lattice),
+        Err(error) => {
+            let reason = format!("{error:#}");
+            error!(%reason, "the lattice's NATS has no usable JetStream: links with `replicas = one` (the default) are refused; only `replicas = all` links work");
+            Replication::Unavailable(reason)
+        }
+    };
+    let provider = WebSocketMessagingProvider::new(defaults).with_replication(replication.clone());
+    if let Replication::Lattice(lattice) = &replication {
+        let serving = provider.clone();
+        lattice
+            .serve(Arc::new(move |call| {
+                let provider = serving.clone();
+                Box::pin(async move { provider.serve_forwarded(call).await })
+            }))
+            .await
+            .context("failed to serve calls forwarded by other replicas")?;
+    }
     let observed = provider.clone();
     metrics::register(move || observed.sessions());
     let shutdown = run_provider(provider.clone(), PROVIDER_NAME)

@@ -43,6 +43,7 @@ use crate::budget::{Budget, Held, Slot};
 use crate::connection::{Compression, ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
+use crate::lattice::lease::Fence;
 use crate::requests::{Pending, Routed};
 use crate::socket::{self, describe, Socket};
 use crate::stats::{self, SessionStats, Totals};
@@ -53,6 +54,8 @@ const WRITE_BATCH: usize = 64;
 const CLOSE_GRACE: Duration = Duration::from_millis(100);
 /// The reason of the Close frame sent when a link goes or the provider stops.
 const GOODBYE: &str = "link deleted or provider stopped";
+/// The reason of the Close frame sent when another replica takes the session over.
+const HANDOVER: &str = "another replica of the provider takes this session over";
 /// A connection that stayed open this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
 
@@ -71,6 +74,8 @@ impl fmt::Display for SessionKey {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
+    /// Another replica holds the connection (`replicas = one`); this one stands by.
+    Standby,
     Connecting,
     Open,
     Reconnecting,
@@ -80,6 +85,7 @@ pub enum SessionState {
 impl SessionState {
     pub fn as_str(self) -> &'static str {
         match self {
+            SessionState::Standby => "standby",
             SessionState::Connecting => "connecting",
             SessionState::Open => "open",
             SessionState::Reconnecting => "reconnecting",
@@ -160,6 +166,8 @@ pub struct Session {
     rate: Option<RateLimiter>,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// With `replicas = one`: whether this replica holds the session's lease now.
+    pub fence: Option<Fence>,
 }
 
 type RateLimiter = governor::DefaultDirectRateLimiter;
@@ -184,15 +192,21 @@ impl fmt::Debug for Session {
 }
 
 impl Session {
-    /// Creates the session and starts its tasks; the connection is made in the background.
+    /// Creates the session and starts its tasks; the connection is made in the background, once
+    /// `fence` holds when there is one (`replicas = one`: this replica owns the session). `id` is
+    /// the lattice-wide id of a replicated session; a fresh one when `None`.
     pub fn start(
         key: SessionKey,
         config: ConnectionConfig,
         clients: delivery::HandlerClients,
         handler_linked: bool,
         totals: &Totals,
+        replicated: Option<(String, Fence)>,
     ) -> Arc<Self> {
-        let id = new_session_id();
+        let (id, fence) = match replicated {
+            Some((id, fence)) => (id, Some(fence)),
+            None => (new_session_id(), None),
+        };
         let stats = Arc::new(SessionStats::for_session(totals));
         let codec = Codec::new(config.format, config.raw_subject.clone());
         let (queue, queue_rx) = mpsc::channel(config.max_pending);
@@ -225,6 +239,7 @@ impl Session {
                 stats: Arc::clone(&stats),
                 clients,
                 timeout: config.delivery_timeout,
+                fence: fence.clone(),
             },
             inbound_rx,
             cancel.clone(),
@@ -245,10 +260,15 @@ impl Session {
                 pending: pending.clone(),
                 gave_up: Arc::clone(&gave_up),
                 acks: acks.clone(),
+                fence: fence.clone(),
             }
             .run(queue_rx),
         );
-        info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; connecting");
+        if fence.is_some() {
+            info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; it connects when this replica owns it (replicas = one)");
+        } else {
+            info!(session = %id, component = %key.component, link_name = %key.link_name, uri = %config.uri, "session created; connecting");
+        }
         let metric_attributes = crate::metrics::attributes(&id, &key);
         let rate = rate_limiter(config.max_publish_rate);
         Arc::new(Session {
@@ -269,6 +289,7 @@ impl Session {
             rate,
             cancel,
             tasks: Mutex::new(vec![delivery, socket]),
+            fence,
         })
     }
 
@@ -629,6 +650,8 @@ enum Attempt {
     Opened(Box<socket::Opened>),
     Failed(String),
     Cancelled,
+    /// This replica lost the session's lease meanwhile.
+    Handover,
 }
 
 /// How the futures of one connection ended: with a Close frame to send first, or not.
@@ -643,6 +666,8 @@ enum Outcome {
 enum End {
     /// The session was closed on purpose.
     Cancelled,
+    /// This replica lost the session's lease: another one takes it over.
+    Handover,
     /// The connection failed; reconnect. `by_server`: the server closed it (a Close frame or the
     /// end of the stream), rather than an error or the keepalive on our side.
     Lost { reason: String, by_server: bool },
@@ -673,6 +698,15 @@ struct SocketTask {
     pending: Pending,
     gave_up: Arc<AtomicU32>,
     acks: Acks,
+    fence: Option<Fence>,
+}
+
+/// Resolves when `fence` stops holding; never without a fence (`replicas = all`).
+async fn fence_lost(fence: &Option<Fence>) {
+    match fence {
+        Some(fence) => fence.lost().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl SocketTask {
@@ -687,6 +721,16 @@ impl SocketTask {
         let mut held = self.budget.held();
         let mut ever_connected = false;
         loop {
+            if let Some(fence) = self.fence.as_ref().filter(|f| !f.holds()) {
+                self.stand_by(&mut queue, &mut outbox, &mut held);
+                tokio::select! {
+                    () = self.cancel.cancelled() => break,
+                    () = fence.owned() => {}
+                }
+                // Counted from now: the time as a standby is not time without a connection.
+                *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                attempts = Attempts::new(self.config.reconnect_max_attempts);
+            }
             self.state.send_replace(if ever_connected {
                 SessionState::Reconnecting
             } else {
@@ -694,6 +738,7 @@ impl SocketTask {
             });
             let failure = match self.attempt(&mut held).await {
                 Attempt::Cancelled => break,
+                Attempt::Handover => continue,
                 Attempt::Failed(error) => Some((attempts.failed(), error)),
                 Attempt::Opened(opened) => {
                     self.opened(&opened, ever_connected);
@@ -704,6 +749,7 @@ impl SocketTask {
                         .await
                     {
                         End::Cancelled => break,
+                        End::Handover => continue,
                         End::Lost { reason, by_server } => {
                             self.lost(&reason);
                             attempts
@@ -736,6 +782,7 @@ impl SocketTask {
                 () = self.cancel.cancelled() => break,
                 () = tokio::time::sleep(delay) => {}
                 () = self.drain_held(&mut held) => {}
+                () = fence_lost(&self.fence) => {}
             }
         }
         delivery::dropped_on_close(&self.stats, &self.id, &self.key, held.len());
@@ -747,6 +794,40 @@ impl SocketTask {
         });
         self.state.send_replace(SessionState::Closed);
         debug!(session = %self.id, "session task ended");
+    }
+
+    /// This replica does not own the session (any more): what it holds for the connection is
+    /// given up, with errors for the callers and a count of what was read but not delivered.
+    fn stand_by(
+        &self,
+        queue: &mut mpsc::Receiver<Outgoing>,
+        outbox: &mut Vec<Outgoing>,
+        held: &mut Held,
+    ) {
+        self.state.send_replace(SessionState::Standby);
+        *self.down_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let reason = "this replica does not hold the session's lease (another replica owns it)";
+        while let Ok(outgoing) = queue.try_recv() {
+            outbox.push(outgoing);
+        }
+        for outgoing in outbox.drain(..) {
+            if let Some(done) = outgoing.done {
+                let _ = done.send(Err(format!(
+                    "session {}: {reason}; the message was not sent",
+                    self.id
+                )));
+            }
+        }
+        self.pending
+            .fail_all(&format!("session {}: {reason}", self.id));
+        let mut dropped = 0;
+        while held.pop_front().is_some() {
+            dropped += 1;
+        }
+        if dropped > 0 {
+            stats::add(&self.stats.dropped_on_close, dropped);
+            warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, dropped, "this replica lost the session's lease with messages read but not yet delivered; they are dropped (counted as dropped_on_close)");
+        }
     }
 
     /// Hands messages read ahead on a connection that is gone to delivery as permits free up,
@@ -784,6 +865,7 @@ impl SocketTask {
                 return Attempt::Cancelled;
             }
             r = &mut connect => r,
+            () = fence_lost(&self.fence) => return Attempt::Handover,
             // Never ends: it hands held messages over while the attempt runs.
             () = self.drain_held(held) => return Attempt::Failed("the read-ahead drain ended".into()),
         };
@@ -842,6 +924,7 @@ impl SocketTask {
         let paused = AtomicBool::new(false);
         let outcome = tokio::select! {
             () = self.cancel.cancelled() => Outcome::Goodbye(CloseCode::Normal, GOODBYE, End::Cancelled),
+            () = fence_lost(&self.fence) => Outcome::Goodbye(CloseCode::Away, HANDOVER, End::Handover),
             outcome = self.read_loop(&mut stream, &last_seen, &paused, held) => outcome,
             outcome = self.write_loop(&mut sink, queue, outbox) => outcome,
             outcome = self.watchdog(&last_seen, &paused) => outcome,

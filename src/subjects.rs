@@ -147,32 +147,49 @@ struct SessionInfo<'a> {
     connected_at: Option<String>,
     frames_in: u64,
     frames_out: u64,
+    /// The replica (host id) that holds the connection.
+    owner: Option<&'a str>,
 }
 
 fn rfc3339(at: SystemTime) -> String {
     humantime::format_rfc3339_millis(at).to_string()
 }
 
+/// A session's entry of `$ws.sessions`, as this replica sees it; `owner` is the host holding the
+/// connection.
+pub fn session_info(s: &Session, owner: Option<&str>) -> Value {
+    serde_json::to_value(SessionInfo {
+        id: &s.id,
+        link_name: &s.key.link_name,
+        uri: s.config.uri.shown(),
+        state: s.state().as_str(),
+        connected_at: s.connected_at().map(rfc3339),
+        frames_in: s.stats.frames_in.load(Ordering::Relaxed),
+        frames_out: s.stats.frames_out.load(Ordering::Relaxed),
+        owner,
+    })
+    .expect("session info serializes")
+}
+
 /// The answer to `$ws.sessions`: the caller's sessions, ordered by link name.
-pub fn sessions(mine: &[Arc<Session>]) -> Bytes {
-    let infos: Vec<_> = mine
-        .iter()
-        .map(|s| SessionInfo {
-            id: &s.id,
-            link_name: &s.key.link_name,
-            uri: s.config.uri.shown(),
-            state: s.state().as_str(),
-            connected_at: s.connected_at().map(rfc3339),
-            frames_in: s.stats.frames_in.load(Ordering::Relaxed),
-            frames_out: s.stats.frames_out.load(Ordering::Relaxed),
-        })
-        .collect();
+pub fn sessions(infos: Vec<Value>) -> Bytes {
     Bytes::from(serde_json::to_vec(&infos).expect("session info serializes"))
 }
 
-/// The answer to `$ws.stats`: the provider's counters summed over every session, and the caller's
-/// sessions one by one.
-pub fn stats(totals: &Totals, all: &[Arc<Session>], mine: &[Arc<Session>]) -> Bytes {
+/// A session's entry of `$ws.stats`.
+pub fn session_stats(s: &Session) -> Value {
+    let mut object = Map::new();
+    object.insert("id".into(), json!(s.id));
+    object.insert("link_name".into(), json!(s.key.link_name));
+    object.insert("state".into(), json!(s.state().as_str()));
+    object.insert("pending_requests".into(), json!(s.pending_requests()));
+    s.stats.add_json(&mut object);
+    Value::Object(object)
+}
+
+/// This replica's counters: summed over every session it has (a standby's are the times it held
+/// them), and over the sessions that are gone.
+pub fn provider_totals(totals: &Totals, all: &[Arc<Session>]) -> Map<String, Value> {
     let mut provider = Map::new();
     provider.insert("sessions_open".into(), json!(Session::count_open(all)));
     provider.insert("sessions".into(), json!(all.len()));
@@ -186,18 +203,28 @@ pub fn stats(totals: &Totals, all: &[Arc<Session>], mine: &[Arc<Session>]) -> By
     totals
         .sum(all.iter().map(|s| &*s.stats))
         .add_json(&mut provider);
-    let sessions: Vec<Value> = mine
-        .iter()
-        .map(|s| {
-            let mut object = Map::new();
-            object.insert("id".into(), json!(s.id));
-            object.insert("link_name".into(), json!(s.key.link_name));
-            object.insert("state".into(), json!(s.state().as_str()));
-            object.insert("pending_requests".into(), json!(s.pending_requests()));
-            s.stats.add_json(&mut object);
-            Value::Object(object)
-        })
-        .collect();
+    provider
+}
+
+/// Adds another replica's counters (`sessions_open` and the session counters) to `into`; the
+/// other keys (`sessions`, `tasks_alive`, latencies) stay this replica's.
+pub fn add_totals(into: &mut Map<String, Value>, other: &Map<String, Value>) {
+    let summed = crate::stats::SessionStats::NAMES.iter().copied().chain([
+        "sessions_open",
+        "takeovers",
+        "forwarded",
+        "served",
+    ]);
+    for name in summed {
+        if let Some(n) = other.get(name).and_then(Value::as_u64) {
+            let mine = into.get(name).and_then(Value::as_u64).unwrap_or(0);
+            into.insert(name.into(), json!(mine + n));
+        }
+    }
+}
+
+/// The answer to `$ws.stats`: the provider's counters, and the caller's sessions one by one.
+pub fn stats(provider: Map<String, Value>, sessions: Vec<Value>) -> Bytes {
     let answer = json!({ "provider": provider, "sessions": sessions });
     Bytes::from(serde_json::to_vec(&answer).expect("stats serialize"))
 }

@@ -330,11 +330,17 @@ async fn ws_sessions_lists_exactly_the_callers_sessions() {
                 "frames_out",
                 "id",
                 "link_name",
+                "owner",
                 "state",
                 "uri"
             ]
         );
         assert_eq!(session["link_name"], link);
+        assert_eq!(
+            session["owner"],
+            rig.provider.host_id.as_str(),
+            "the one replica holds it"
+        );
         assert_eq!(session["uri"], server.uri());
         assert_eq!(session["state"], "open");
         let id = session["id"].as_str().unwrap();

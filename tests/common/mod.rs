@@ -12,6 +12,7 @@ pub mod nats;
 pub mod otlp;
 pub mod provider;
 pub mod pyws;
+pub mod replicas;
 pub mod tcp;
 pub mod wait;
 pub mod ws;
@@ -46,6 +47,12 @@ pub mod played {
 }
 
 /// A JSON envelope as a server sends it: `{subject, body (base64), reply_to?}`.
+/// Standard base64 with padding, as the envelope's `body`.
+pub fn b64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
 pub fn envelope(subject: &str, body: &[u8], reply_to: Option<&str>) -> String {
     use base64::Engine as _;
     let mut value = serde_json::json!({

@@ -39,15 +39,22 @@ pub fn free_port() -> u16 {
 }
 
 impl NatsServer {
+    /// With JetStream, as in every wasmCloud lattice (the host's config and data buckets, wadm,
+    /// and the provider's leases of `replicas = one`).
     pub async fn start() -> Self {
-        Self::launch(None).await
-    }
-
-    /// With JetStream, which a wasmCloud host needs (its config and data buckets).
-    pub async fn start_with_jetstream() -> Self {
         let store =
             std::env::temp_dir().join(format!("nats-js-{}-{}", std::process::id(), free_port()));
         Self::launch(Some(store)).await
+    }
+
+    /// The same; kept for the end-to-end test, which says what it needs.
+    pub async fn start_with_jetstream() -> Self {
+        Self::start().await
+    }
+
+    /// Core NATS only: a lattice the provider cannot coordinate replicas on.
+    pub async fn start_without_jetstream() -> Self {
+        Self::launch(None).await
     }
 
     async fn launch(store: Option<std::path::PathBuf>) -> Self {

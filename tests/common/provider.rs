@@ -27,6 +27,8 @@ pub struct ProviderOptions {
     pub links: Vec<InterfaceLinkDefinition>,
     /// The provider's id; a unique one when unset.
     pub provider_key: Option<String>,
+    /// The lattice; a unique one when unset (replicas share one).
+    pub lattice: Option<String>,
     /// The log level the host asks for; debug (or `TEST_PROVIDER_LOG_LEVEL`) when unset.
     pub log_level: Option<Level>,
     /// Another provider binary to start the same way (the benchmark's peer); ours when unset.
@@ -135,7 +137,7 @@ impl ProviderProcess {
 
     /// Starts the provider without waiting for it.
     pub async fn spawn(nats: &NatsServer, options: ProviderOptions) -> Self {
-        let lattice = unique("lattice");
+        let lattice = options.lattice.unwrap_or_else(|| unique("lattice"));
         let provider_key = options
             .provider_key
             .unwrap_or_else(|| unique("ws-provider"));

@@ -349,6 +349,26 @@ impl WsServer {
             .expect("connection alive");
     }
 
+    /// Sends frames on every open connection, as a broadcasting server does; returns on how
+    /// many.
+    pub fn broadcast(&self, messages: Vec<Message>) -> usize {
+        let conns = self.conns.lock().unwrap();
+        conns
+            .values()
+            .filter(|conn| conn.send(Command::SendMany(messages.clone())).is_ok())
+            .count()
+    }
+
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.conns
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|conn| !conn.is_closed())
+            .count()
+    }
+
     /// Sends a frame on the newest connection.
     pub fn push(&self, message: Message) {
         let conns = self.conns.lock().unwrap();
