@@ -464,6 +464,10 @@ impl WebSocketMessagingProvider {
         else {
             return Ok(Route::Local);
         };
+        // The owner's own calls (most of them) go no further than this check.
+        if fence.holds() {
+            return Ok(Route::Local);
+        }
         let mut changes = lattice.changes();
         loop {
             if fence.holds() {
@@ -489,20 +493,23 @@ impl WebSocketMessagingProvider {
         }
     }
 
-    /// Runs `call` at the owner of `session` (already routed there) until it answers, following
-    /// the lease to a new owner while the old one is gone (no responders, "not the owner": the
-    /// call never ran there). `Ok(None)`: this replica owns the session now, run it here.
+    /// Runs the call `make` builds at the owner of `session` until it answers, following the
+    /// lease to a new owner while the old one is gone (no responders, "not the owner": the call
+    /// never ran there). `Ok(None)`: this replica holds the session, run it here. The call is
+    /// built only when it is forwarded: a call on the owner copies nothing.
     async fn forward(
         &self,
         session: &Session,
-        call: &Call,
+        make: impl Fn() -> Call,
         deadline: Instant,
     ) -> Result<Option<Answer>, String> {
+        let mut built = None;
         loop {
             let (lattice, owner) = match self.route(session, deadline).await? {
                 Route::Local => return Ok(None),
                 Route::Owner(lattice, owner) => (lattice, owner),
             };
+            let call = built.get_or_insert_with(&make);
             let limit = deadline.saturating_duration_since(Instant::now()) + FORWARD_SLACK;
             match lattice.call(&owner, call, limit).await? {
                 Ok(Answer::NotOwner) | Err(Unanswered::NoResponders) => {
@@ -539,11 +546,11 @@ impl WebSocketMessagingProvider {
     /// Sends `msg` on `session`, here or at the replica that holds its connection.
     async fn send_on(&self, session: &Arc<Session>, msg: &BrokerMessage) -> Result<(), String> {
         let deadline = Instant::now() + session.config.send_timeout;
-        let call = Call::Publish {
+        let call = || Call::Publish {
             key: session.key.clone(),
             msg: msg.clone(),
         };
-        match self.forward(session, &call, deadline).await? {
+        match self.forward(session, call, deadline).await? {
             None => session.publish(msg).await,
             Some(Answer::Done) => Ok(()),
             Some(Answer::Failed(error)) => Err(error),
@@ -626,14 +633,14 @@ impl WebSocketMessagingProvider {
             }
             ms => Duration::from_millis(u64::from(ms)),
         };
-        let call = Call::Request {
+        let call = || Call::Request {
             key: session.key.clone(),
             subject: subject.clone(),
             body: body.clone(),
             timeout_ms: timeout.as_millis() as u64,
         };
         let deadline = Instant::now() + session.config.send_timeout.min(timeout);
-        match self.forward(&session, &call, deadline).await? {
+        match self.forward(&session, call, deadline).await? {
             None => session.request(&subject, body, timeout).await,
             Some(Answer::Reply(reply)) => Ok(reply),
             Some(Answer::Failed(error)) => Err(error),
