@@ -332,8 +332,7 @@ impl WebSocketMessagingProvider {
             Arc::new(Claim::start(
                 lattice,
                 id,
-                key.component.clone(),
-                key.link_name.clone(),
+                key.clone(),
                 failover,
                 fence,
                 Box::new(move || {
@@ -751,15 +750,8 @@ impl WebSocketMessagingProvider {
     ) -> serde_json::Map<String, serde_json::Value> {
         let mut provider = subjects::provider_totals(&self.totals, sessions);
         if let Replication::Lattice(lattice) = &self.replication {
-            for (name, counter) in [
-                ("takeovers", &lattice.takeovers),
-                ("forwarded", &lattice.forwarded),
-                ("served", &lattice.served),
-            ] {
-                provider.insert(
-                    name.into(),
-                    serde_json::json!(counter.load(std::sync::atomic::Ordering::Relaxed)),
-                );
+            for (name, count) in lattice.counters() {
+                provider.insert(name.into(), serde_json::json!(count));
             }
         }
         provider

@@ -209,12 +209,11 @@ pub fn provider_totals(totals: &Totals, all: &[Arc<Session>]) -> Map<String, Val
 /// Adds another replica's counters (`sessions_open` and the session counters) to `into`; the
 /// other keys (`sessions`, `tasks_alive`, latencies) stay this replica's.
 pub fn add_totals(into: &mut Map<String, Value>, other: &Map<String, Value>) {
-    let summed = crate::stats::SessionStats::NAMES.iter().copied().chain([
-        "sessions_open",
-        "takeovers",
-        "forwarded",
-        "served",
-    ]);
+    let summed = crate::stats::SessionStats::NAMES
+        .iter()
+        .chain(&["sessions_open"])
+        .chain(&crate::lattice::COUNTERS)
+        .copied();
     for name in summed {
         if let Some(n) = other.get(name).and_then(Value::as_u64) {
             let mine = into.get(name).and_then(Value::as_u64).unwrap_or(0);

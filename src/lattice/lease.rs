@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Lattice, Lease};
+use crate::session::SessionKey;
 
 /// Whether this replica may use a session's connection now: it holds the lease and its last
 /// renewal is recent enough. Checked by the socket task (connect, keep open) and right before
@@ -127,14 +128,13 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Starts competing for `key`'s lease; `fence` tells the session when it owns it. `status`
-    /// says how long the session has been down (for the lease's value, which standbys use for
-    /// health).
+    /// Starts competing for the lease `id` of `session`; `fence` tells the session when it owns
+    /// it. `status` says how long the session has been down (for the lease's value, which
+    /// standbys use for health).
     pub fn start(
         lattice: Arc<Lattice>,
-        key: String,
-        component: String,
-        link_name: String,
+        id: String,
+        session: SessionKey,
         failover: Duration,
         fence: Fence,
         status: Status,
@@ -144,9 +144,8 @@ impl Claim {
         let task = tokio::spawn(
             Claimer {
                 lattice,
-                key,
-                component,
-                link_name,
+                key: id,
+                session,
                 failover,
                 fence,
                 status,
@@ -183,9 +182,9 @@ impl Drop for Claim {
 
 struct Claimer {
     lattice: Arc<Lattice>,
+    /// The lease key: the session's id.
     key: String,
-    component: String,
-    link_name: String,
+    session: SessionKey,
     failover: Duration,
     fence: Fence,
     status: Status,
@@ -210,8 +209,8 @@ impl Claimer {
         let lease = Lease {
             owner: self.lattice.me.clone(),
             failover_ms: self.failover.as_millis() as u64,
-            component: self.component.clone(),
-            link_name: self.link_name.clone(),
+            component: self.session.component.clone(),
+            link_name: self.session.link_name.clone(),
             released,
             down_ms: (self.status)(),
         };
@@ -282,12 +281,12 @@ impl Claimer {
                     self.fence.extend(sent + self.failover * 3 / 4);
                     self.lattice.saw(&self.key, renewed, Some(value));
                     if was_lost {
-                        info!(session = %self.key, component = %self.component, link_name = %self.link_name, "the lease is renewed again; this replica reconnects the session");
+                        info!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, "the lease is renewed again; this replica reconnects the session");
                     }
                 }
                 Ok(Err(e)) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     self.fence.revoke();
-                    warn!(session = %self.key, component = %self.component, link_name = %self.link_name, "another replica holds this session's lease now; this replica closed its connection and stands by");
+                    warn!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, "another replica holds this session's lease now; this replica closed its connection and stands by");
                     return Turn::Standby;
                 }
                 failed => {
@@ -298,7 +297,7 @@ impl Claimer {
                     if self.fence.holds() {
                         debug!(session = %self.key, %error, "a lease renewal failed; trying again");
                     } else {
-                        warn!(session = %self.key, component = %self.component, link_name = %self.link_name, %error, "the lease could not be renewed in time (is the lattice's NATS reachable?); this replica closed its connection so that a standby can take over");
+                        warn!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, %error, "the lease could not be renewed in time (is the lattice's NATS reachable?); this replica closed its connection so that a standby can take over");
                     }
                     next = Instant::now() + period / 4;
                 }
@@ -406,11 +405,11 @@ impl Claimer {
         self.lattice.saw(&self.key, won, Some(value));
         match (why, previous) {
             ("silent", Some(old)) => {
-                warn!(session = %self.key, component = %self.component, link_name = %self.link_name, from = %old.owner.host, silent_ms = old.failover_ms, "took the session over from a replica that stopped renewing its lease (failover_sec); what it had read but not delivered is lost unless the server sends it again (ack = true)");
+                warn!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, from = %old.owner.host, silent_ms = old.failover_ms, "took the session over from a replica that stopped renewing its lease (failover_sec); what it had read but not delivered is lost unless the server sends it again (ack = true)");
                 crate::stats::bump(&self.lattice.takeovers);
             }
             (_, previous) => {
-                info!(session = %self.key, component = %self.component, link_name = %self.link_name, lease = why, from = ?previous.map(|p| p.owner.host), "this replica owns the session; connecting")
+                info!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, lease = why, from = ?previous.map(|p| p.owner.host), "this replica owns the session; connecting")
             }
         }
         Some(won)

@@ -110,6 +110,9 @@ fn token(raw: &str) -> String {
         .collect()
 }
 
+/// The names of a replica's own counters in `$ws.stats`'s provider object.
+pub const COUNTERS: [&str; 3] = ["takeovers", "forwarded", "served"];
+
 /// Who a replica is: its host (shown as a session's `owner`) and this run of the process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Replica {
@@ -241,6 +244,17 @@ impl Lattice {
         tokio::spawn(watch_bucket(Arc::downgrade(&lattice), watch));
         info!(bucket = %lattice.bucket, replica = %lattice.me.host, instance = %lattice.me.instance, "replicas coordinate through JetStream key-value");
         Ok(lattice)
+    }
+
+    /// The replica's own counters, named as in [`COUNTERS`].
+    pub fn counters(&self) -> [(&'static str, u64); 3] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [takeovers, forwarded, served] = COUNTERS;
+        [
+            (takeovers, self.takeovers.load(Relaxed)),
+            (forwarded, self.forwarded.load(Relaxed)),
+            (served, self.served.load(Relaxed)),
+        ]
     }
 
     /// Reads what `key` holds now, for a replica that has not seen it change yet.
