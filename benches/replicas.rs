@@ -18,7 +18,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::component::PlayedComponent;
 use common::replicas::Replicas;
 use common::ws::WsServer;
 
@@ -38,15 +37,7 @@ async fn failovers() -> Vec<Duration> {
     let mut times = Vec::new();
     for _ in 0..10 {
         let owner = replicas.owner(LIMIT).await;
-        // The standby has seen the owner's lease.
-        for (i, replica) in replicas.all.iter().enumerate() {
-            if i != owner && !replicas.is_dead(i) {
-                replica
-                    .logs
-                    .wait_for(&["standing by", "holds the session"], LIMIT)
-                    .await;
-            }
-        }
+        replicas.settled(owner, LIMIT).await;
         replicas.signal(owner, "KILL");
         let killed = Instant::now();
         server.connected(LIMIT).await;
@@ -61,13 +52,7 @@ async fn publishes(replicas: usize, calls: usize) -> (f64, Vec<Duration>) {
     let mut set = Replicas::start(replicas, &[]).await;
     set.link_both_ways("bench-forward", &server.uri(), &[])
         .await;
-    let component = PlayedComponent::start_for(
-        &set.lattice,
-        &set.provider_key,
-        &set.nats.url,
-        "bench-forward",
-    )
-    .await;
+    let component = set.component("bench-forward").await;
     server.connected(LIMIT).await;
     component
         .publish_when_ready("default", "warm", &b"w"[..], LIMIT)

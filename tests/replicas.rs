@@ -15,15 +15,20 @@ use tokio_tungstenite::tungstenite::Message;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
-/// The played component, calling whichever replica NATS picks.
-async fn component(replicas: &Replicas, id: &str) -> PlayedComponent {
-    PlayedComponent::start_for(
-        &replicas.lattice,
-        &replicas.provider_key,
-        &replicas.nats.url,
-        id,
-    )
-    .await
+/// Two replicas with both links of `id` to `server` (with `extra` settings), the played
+/// component, and the index of the owner once the standby has seen its lease.
+async fn one_session(
+    server: &WsServer,
+    id: &str,
+    extra: &[(&str, &str)],
+) -> (Replicas, PlayedComponent, usize) {
+    let mut replicas = Replicas::start(2, &[]).await;
+    replicas.link_both_ways(id, &server.uri(), extra).await;
+    let component = replicas.component(id).await;
+    server.connected(LIMIT).await;
+    let owner = replicas.owner(LIMIT).await;
+    replicas.settled(owner, LIMIT).await;
+    (replicas, component, owner)
 }
 
 /// The `$ws.sessions` answer through the link `default`.
@@ -36,28 +41,10 @@ async fn sessions(component: &PlayedComponent) -> Vec<serde_json::Value> {
     serde_json::from_slice(&answer.body).expect("JSON")
 }
 
-/// Waits until a standby has seen the owner's lease (it says so at debug level), so that a
-/// second connection, if any were coming, would be under way.
-async fn standbys_settled(replicas: &Replicas, owner: usize) {
-    for (i, replica) in replicas.all.iter().enumerate() {
-        if i != owner {
-            replica
-                .logs
-                .wait_for(&["standing by", "holds the session"], LIMIT)
-                .await;
-        }
-    }
-}
-
 #[tokio::test]
 async fn two_replicas_hold_one_connection_deliver_once_and_answer_calls_on_either() {
     let server = WsServer::responder().await;
-    let mut replicas = Replicas::start(2, &[]).await;
-    replicas.link_both_ways("rep-one", &server.uri(), &[]).await;
-    let component = component(&replicas, "rep-one").await;
-    server.connected(LIMIT).await;
-    let owner = replicas.owner(LIMIT).await;
-    standbys_settled(&replicas, owner).await;
+    let (replicas, component, owner) = one_session(&server, "rep-one", &[]).await;
     assert_eq!(server.open(), 1, "exactly one replica connects");
 
     // 1000 frames from the server reach the component once each.
@@ -176,7 +163,7 @@ async fn with_replicas_all_every_replica_holds_its_own_connection() {
     replicas
         .link_both_ways("rep-all", &server.uri(), &[("replicas", "all")])
         .await;
-    let component = component(&replicas, "rep-all").await;
+    let component = replicas.component("rep-all").await;
     server.connected(LIMIT).await;
     server.connected(LIMIT).await;
     assert_eq!(server.open(), 2);
@@ -215,18 +202,13 @@ async fn drain(server: &WsServer, quiet: Duration) -> (BTreeSet<String>, Vec<Str
 #[tokio::test]
 async fn when_the_owner_is_killed_a_standby_takes_over_within_failover_sec_and_ack_loses_nothing() {
     let server = WsServer::acking().await;
-    let mut replicas = Replicas::start(2, &[]).await;
-    replicas
-        .link_both_ways(
-            "rep-kill",
-            &server.uri(),
-            &[("ack", "true"), ("failover_sec", "2")],
-        )
-        .await;
-    let component = std::sync::Arc::new(component(&replicas, "rep-kill").await);
-    server.connected(LIMIT).await;
-    let owner = replicas.owner(LIMIT).await;
-    standbys_settled(&replicas, owner).await;
+    let (mut replicas, component, owner) = one_session(
+        &server,
+        "rep-kill",
+        &[("ack", "true"), ("failover_sec", "2")],
+    )
+    .await;
+    let component = std::sync::Arc::new(component);
 
     // Numbered publishes, each retried until Ok, while the owner is killed.
     let published = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -317,15 +299,9 @@ async fn when_the_owner_is_killed_a_standby_takes_over_within_failover_sec_and_a
 #[tokio::test]
 async fn a_paused_owner_gives_its_connection_up_without_delivering_again() {
     let server = WsServer::recorder().await;
-    let mut replicas = Replicas::start(2, &[]).await;
-    replicas
-        .link_both_ways("rep-stop", &server.uri(), &[("failover_sec", "2")])
-        .await;
-    let component = component(&replicas, "rep-stop").await;
-    server.connected(LIMIT).await;
-    let owner = replicas.owner(LIMIT).await;
+    let (mut replicas, component, owner) =
+        one_session(&server, "rep-stop", &[("failover_sec", "2")]).await;
     let standby = 1 - owner;
-    standbys_settled(&replicas, owner).await;
 
     replicas.signal(owner, "STOP");
     server.connected(LIMIT).await;
@@ -368,14 +344,8 @@ async fn a_paused_owner_gives_its_connection_up_without_delivering_again() {
 #[tokio::test]
 async fn when_the_owner_stops_a_standby_takes_over_at_once() {
     let server = WsServer::recorder().await;
-    let mut replicas = Replicas::start(2, &[]).await;
-    replicas
-        .link_both_ways("rep-shut", &server.uri(), &[("failover_sec", "30")])
-        .await;
-    let component = component(&replicas, "rep-shut").await;
-    server.connected(LIMIT).await;
-    let owner = replicas.owner(LIMIT).await;
-    standbys_settled(&replicas, owner).await;
+    let (mut replicas, component, owner) =
+        one_session(&server, "rep-shut", &[("failover_sec", "30")]).await;
     let stopped = Instant::now();
     replicas.all[owner].shutdown().await;
     server.connected(LIMIT).await;

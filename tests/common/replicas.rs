@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use wasmcloud_provider_sdk::core::InterfaceLinkDefinition;
 
+use super::component::PlayedComponent;
 use super::nats::NatsServer;
 use super::provider::{ProviderOptions, ProviderProcess};
 use super::unique;
@@ -123,6 +124,24 @@ impl Replicas {
         self.put_link(&handler).await;
     }
 
+    /// The played component `id`, calling whichever replica NATS picks.
+    pub async fn component(&self, id: &str) -> PlayedComponent {
+        PlayedComponent::start_for(&self.lattice, &self.provider_key, &self.nats.url, id).await
+    }
+
+    /// Waits until every live replica but `owner` has seen the owner's lease (it says so at debug
+    /// level), so that a second connection, if any were coming, would be under way.
+    pub async fn settled(&self, owner: usize, limit: Duration) {
+        for (i, replica) in self.all.iter().enumerate() {
+            if i != owner && !self.dead[i] {
+                replica
+                    .logs
+                    .wait_for(&["standing by", "holds the session"], limit)
+                    .await;
+            }
+        }
+    }
+
     /// The index of the replica whose host id is `host`.
     pub fn by_host(&self, host: &str) -> usize {
         self.all
@@ -160,11 +179,6 @@ impl Replicas {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// Whether replica `i` was killed.
-    pub fn is_dead(&self, i: usize) -> bool {
-        self.dead[i]
     }
 
     /// Sends `signal` (`KILL`, `STOP`, `CONT`) to replica `i`.
