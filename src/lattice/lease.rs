@@ -205,7 +205,8 @@ enum Next {
 const AFTER_DELETE: Duration = Duration::from_millis(500);
 
 impl Claimer {
-    fn value(&self, released: bool) -> bytes::Bytes {
+    /// This replica's lease, and its bytes as the key holds them.
+    fn value(&self, released: bool) -> (Lease, bytes::Bytes) {
         let lease = Lease {
             owner: self.lattice.me.clone(),
             failover_ms: self.failover.as_millis() as u64,
@@ -214,9 +215,10 @@ impl Claimer {
             released,
             down_ms: (self.status)(),
         };
-        serde_json::to_vec(&lease)
+        let bytes = serde_json::to_vec(&lease)
             .expect("a lease serializes")
-            .into()
+            .into();
+        (lease, bytes)
     }
 
     async fn run(self) {
@@ -235,7 +237,7 @@ impl Claimer {
                 Leave::Release => self
                     .lattice
                     .kv
-                    .update(&self.key, self.value(true), revision)
+                    .update(&self.key, self.value(true).1, revision)
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string()),
@@ -271,15 +273,15 @@ impl Claimer {
                 () = tokio::time::sleep_until(next) => {}
             }
             let sent = Instant::now();
-            let value = self.value(false);
-            let update = self.lattice.kv.update(&self.key, value.clone(), revision);
+            let (lease, value) = self.value(false);
+            let update = self.lattice.kv.update(&self.key, value, revision);
             match tokio::time::timeout(period, update).await {
                 Ok(Ok(renewed)) => {
                     let was_lost = !self.fence.holds();
                     revision = renewed;
                     next = sent + period;
                     self.fence.extend(sent + self.failover * 3 / 4);
-                    self.lattice.saw(&self.key, renewed, Some(value));
+                    self.lattice.record(&self.key, renewed, Some(lease));
                     if was_lost {
                         info!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, "the lease is renewed again; this replica reconnects the session");
                     }
@@ -372,19 +374,19 @@ impl Claimer {
     /// check makes one replica win when several try at once.
     async fn take(&self, revision: Option<u64>, why: &str) -> Option<u64> {
         let sent = Instant::now();
-        let value = self.value(false);
+        let (lease, value) = self.value(false);
         let attempt = async {
             match revision {
                 None => self
                     .lattice
                     .kv
-                    .create(&self.key, value.clone())
+                    .create(&self.key, value)
                     .await
                     .map_err(|e| e.to_string()),
                 Some(revision) => self
                     .lattice
                     .kv
-                    .update(&self.key, value.clone(), revision)
+                    .update(&self.key, value, revision)
                     .await
                     .map_err(|e| e.to_string()),
             }
@@ -402,7 +404,7 @@ impl Claimer {
         };
         let previous = self.lattice.observed(&self.key).and_then(|o| o.lease);
         self.fence.extend(sent + self.failover * 3 / 4);
-        self.lattice.saw(&self.key, won, Some(value));
+        self.lattice.record(&self.key, won, Some(lease));
         match (why, previous) {
             ("silent", Some(old)) => {
                 warn!(session = %self.key, component = %self.session.component, link_name = %self.session.link_name, from = %old.owner.host, silent_ms = old.failover_ms, "took the session over from a replica that stopped renewing its lease (failover_sec); what it had read but not delivered is lost unless the server sends it again (ack = true)");

@@ -268,9 +268,19 @@ impl Lattice {
         }
     }
 
-    /// Records what a key holds at `revision` (`None`: deleted). An older revision than the one
-    /// known changes nothing, and the same one keeps the time it was first seen.
+    /// Records what a key holds at `revision` (`None`: deleted), read from the bucket. A
+    /// revision already known (this replica's own writes come back through the watch) is not
+    /// parsed again.
     pub fn saw(&self, key: &str, revision: u64, value: Option<bytes::Bytes>) {
+        let known = self
+            .observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .is_some_and(|known| known.revision >= revision);
+        if known {
+            return;
+        }
         let lease = match value.map(|v| serde_json::from_slice::<Lease>(&v)) {
             None => None,
             Some(Ok(lease)) => Some(lease),
@@ -279,11 +289,19 @@ impl Lattice {
                 None
             }
         };
+        self.record(key, revision, lease);
+    }
+
+    /// Records that `key` holds `lease` at `revision` (`None`: deleted). An older revision than
+    /// the one known changes nothing, and the same one keeps the time it was first seen.
+    pub fn record(&self, key: &str, revision: u64, lease: Option<Lease>) {
         {
             let mut observed = self.observed.lock().unwrap_or_else(|e| e.into_inner());
-            match observed.get(key) {
-                Some(known) if known.revision >= revision => return,
-                _ => {}
+            if observed
+                .get(key)
+                .is_some_and(|known| known.revision >= revision)
+            {
+                return;
             }
             observed.insert(
                 key.to_string(),
