@@ -1,5 +1,6 @@
-//! Applies a wadm manifest to one host through the control interface, the way wadm would: named
-//! config first, then the provider and the components, then the links.
+//! Applies a wadm manifest to the hosts of a lattice through the control interface, the way wadm
+//! would: named config first, then the provider (one instance on each of as many hosts as its
+//! scaler asks for) and the components (on the first host), then the links.
 //!
 //! The manifest is read with wadm's own types (`wadm-types`). `file://./path` images are taken
 //! relative to the repository root, where `wash build` writes them. Overrides replace config
@@ -99,14 +100,43 @@ async fn put_configs(
     Ok(configs.iter().map(|c| c.name.clone()).collect())
 }
 
-/// Deploys `manifest` on `host_id`, waits until the provider is healthy and the component is in
-/// the host's inventory, and puts the links.
+/// The hosts a provider runs on, as wadm places it: a `spreadscaler` of n instances on n hosts (a
+/// host runs one instance of a provider id), a `daemonscaler` on every host, no scaler on one.
+fn provider_hosts<'a>(
+    component: &wadm_types::Component,
+    hosts: &'a [String],
+) -> anyhow::Result<&'a [String]> {
+    let scaler = component.traits.iter().flatten().find(|t| t.is_scaler());
+    let wanted = match scaler {
+        Some(t) if t.trait_type == wadm_types::DAEMONSCALER_TRAIT => hosts.len(),
+        Some(wadm_types::Trait {
+            properties: TraitProperty::SpreadScaler(s),
+            ..
+        }) => s.instances,
+        _ => 1,
+    };
+    ensure!(
+        (1..=hosts.len()).contains(&wanted),
+        "provider {} wants {wanted} instances, and the lattice has {} hosts (one instance per host)",
+        component.name,
+        hosts.len()
+    );
+    Ok(&hosts[..wanted])
+}
+
+/// Deploys `manifest` on `hosts` (the provider on as many as its scaler asks for, the components
+/// on the first), waits until the provider is healthy and the component is in the first host's
+/// inventory, and puts the links.
 pub async fn deploy(
     ctl: &Client,
-    host_id: &str,
+    hosts: &[String],
     manifest: &Manifest,
     overrides: &HashMap<String, String>,
 ) -> anyhow::Result<Deployed> {
+    let host_id = hosts
+        .first()
+        .ok_or_else(|| anyhow!("a lattice without hosts"))?
+        .as_str();
     let mut configs = HashMap::new();
     let ids: HashMap<&str, String> = manifest
         .spec
@@ -132,15 +162,17 @@ pub async fn deploy(
             Properties::Capability { properties } => {
                 let reference = image_ref(&properties.image, &component.name)?;
                 let config = put_configs(ctl, &properties.config, overrides, &mut configs).await?;
-                let response = ctl
-                    .start_provider(host_id, &reference, id, None, config)
-                    .await
-                    .map_err(|e| anyhow!("failed to start provider {id}: {e}"))?;
-                ensure!(
-                    response.succeeded(),
-                    "provider {id} refused: {}",
-                    response.message()
-                );
+                for host in provider_hosts(component, hosts)? {
+                    let response = ctl
+                        .start_provider(host, &reference, id, None, config.clone())
+                        .await
+                        .map_err(|e| anyhow!("failed to start provider {id} on {host}: {e}"))?;
+                    ensure!(
+                        response.succeeded(),
+                        "provider {id} refused on host {host}: {}",
+                        response.message()
+                    );
+                }
                 wait_healthy(ctl, id).await?;
                 provider_id = Some(id.clone());
             }

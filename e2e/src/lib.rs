@@ -43,50 +43,69 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// A nats-server with JetStream and a wasmCloud host (the library the `wasmcloud` binary is built
-/// from) running in this process.
+/// A nats-server with JetStream and wasmCloud hosts (the library the `wasmcloud` binary is built
+/// from) running in this process, all in one lattice.
 pub struct Lattice {
     pub nats: nats::NatsServer,
-    pub host: Option<wasmcloud_test_util::host::WasmCloudTestHost>,
+    hosts: Vec<wasmcloud_test_util::host::WasmCloudTestHost>,
     pub ctl: control_interface::Client,
+    /// The first host's id: where components run.
     pub host_id: String,
+    /// Every host's id, in the order they started.
+    pub host_ids: Vec<String>,
 }
 
 impl Lattice {
+    /// One host.
     pub async fn start(lattice: &str) -> anyhow::Result<Self> {
+        Self::start_hosts(lattice, 1).await
+    }
+
+    /// `n` hosts on one nats-server, as a lattice of `n` machines.
+    pub async fn start_hosts(lattice: &str, n: usize) -> anyhow::Result<Self> {
         let nats = nats::NatsServer::start_with_jetstream().await;
-        let host = wasmcloud_test_util::host::WasmCloudTestHost::start(&nats.url, lattice)
-            .await
-            .context("failed to start the wasmCloud host")?;
+        let mut hosts = Vec::with_capacity(n);
+        for i in 0..n {
+            let host = wasmcloud_test_util::host::WasmCloudTestHost::start(&nats.url, lattice)
+                .await
+                .with_context(|| format!("failed to start wasmCloud host {}", i + 1))?;
+            hosts.push(host);
+        }
         // A short request timeout: a health request racing a provider's exit must not stall 10 s.
         let client = async_nats::ConnectOptions::new()
             .request_timeout(Some(std::time::Duration::from_secs(2)))
             .connect(&nats.url)
             .await
             .context("failed to connect the control client")?;
-        let ctl = host.get_ctl_client(Some(client)).await?;
-        let host_id = host.host_id();
+        let ctl = hosts[0].get_ctl_client(Some(client)).await?;
+        let host_ids: Vec<String> = hosts.iter().map(|h| h.host_id()).collect();
         Ok(Lattice {
             nats,
-            host: Some(host),
+            hosts,
             ctl,
-            host_id,
+            host_id: host_ids[0].clone(),
+            host_ids,
         })
     }
 
-    /// The directory the host copies provider binaries into; it never cleans it itself.
+    /// The directory the first host copies provider binaries into; it never cleans it itself.
     pub fn provider_cache(&self) -> PathBuf {
-        std::env::temp_dir()
-            .join("wasmcloudcache")
-            .join(&self.host_id)
+        Self::cache_of(&self.host_id)
     }
 
-    /// Stops the host and removes its provider cache.
+    /// The provider cache of host `host_id`.
+    pub fn cache_of(host_id: &str) -> PathBuf {
+        std::env::temp_dir().join("wasmcloudcache").join(host_id)
+    }
+
+    /// Stops the hosts and removes their provider caches.
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        if let Some(host) = self.host.take() {
+        for host in self.hosts.drain(..) {
             host.stop().await?;
         }
-        let _ = std::fs::remove_dir_all(self.provider_cache());
+        for host_id in &self.host_ids {
+            let _ = std::fs::remove_dir_all(Self::cache_of(host_id));
+        }
         Ok(())
     }
 }

@@ -178,7 +178,7 @@ async fn run(forever: bool, log: Option<&Path>) -> anyhow::Result<()> {
         "deploying {} (uri set to the demo server)",
         manifest_path.display()
     ));
-    let deployed = deploy::deploy(&lattice.ctl, &lattice.host_id, &manifest, &overrides).await?;
+    let deployed = deploy::deploy(&lattice.ctl, &lattice.host_ids, &manifest, &overrides).await?;
     say(&format!(
         "provider {} and component {} running, {} links put",
         deployed.provider_id,

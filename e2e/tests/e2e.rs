@@ -1,6 +1,7 @@
-//! The provider on a real wasmCloud host next to a real component, deployed exactly as
-//! `examples/wadm.yaml` describes: a frame from a WebSocket server reaches the echo component
-//! through the host, and its `echo: ...` publish comes back on the same connection.
+//! The provider on real wasmCloud hosts next to a real component, deployed as `examples/wadm.yaml`
+//! describes, scaled out to two provider instances on two hosts: one connection to the WebSocket
+//! server, a frame from it reaches the echo component through the host once, and its
+//! `echo: ...` publish comes back on the same connection, whichever instance the call lands on.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +13,26 @@ use wasmcloud_provider_messaging_websocket_e2e::{
 };
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// The manifest as a user scales the provider out: a `spreadscaler` of `instances`, one per host
+/// (in place of the scaler it has, if any).
+fn scale_provider(manifest: &mut wadm_types::Manifest, instances: usize) {
+    for component in &mut manifest.spec.components {
+        if matches!(
+            component.properties,
+            wadm_types::Properties::Capability { .. }
+        ) {
+            let traits = component.traits.get_or_insert_with(Vec::new);
+            traits.retain(|t| !t.is_scaler());
+            traits.push(wadm_types::Trait::new_spreadscaler(
+                wadm_types::SpreadScalerProperty {
+                    instances,
+                    spread: Vec::new(),
+                },
+            ));
+        }
+    }
+}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -42,32 +63,41 @@ async fn send_until_answered(server: &WsServer, frame: &str) -> (usize, Message)
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn echo_round_trip_through_a_real_host() {
+async fn echo_round_trip_through_real_hosts_with_two_provider_instances() {
     wasmcloud_provider_messaging_websocket_e2e::init_logging();
     let started = std::time::Instant::now();
     let say = |s: &str| eprintln!("[e2e {:>6.1}s] {s}", started.elapsed().as_secs_f64());
     let artifacts = artifacts::build(&say).await.expect("artifacts build");
-    let manifest = deploy::read_manifest(&repo_root().join("examples/wadm.yaml"))
+    let mut manifest = deploy::read_manifest(&repo_root().join("examples/wadm.yaml"))
         .await
         .unwrap();
+    scale_provider(&mut manifest, 2);
 
     say("built");
     let server = WsServer::recorder().await;
-    let lattice = Lattice::start(&format!("e2e-{}", std::process::id()))
+    let lattice = Lattice::start_hosts(&format!("e2e-{}", std::process::id()), 2)
         .await
         .unwrap();
     let overrides = HashMap::from([("uri".to_string(), server.uri())]);
-    say("deploying examples/wadm.yaml");
-    let deployed = deploy::deploy(&lattice.ctl, &lattice.host_id, &manifest, &overrides)
+    say("deploying examples/wadm.yaml with the provider at instances: 2");
+    let deployed = deploy::deploy(&lattice.ctl, &lattice.host_ids, &manifest, &overrides)
         .await
         .unwrap();
     assert_eq!(deployed.links.len(), 2);
-    let cache = lattice.provider_cache();
-    assert!(
-        !processes_running(&cache).is_empty(),
-        "the host runs the provider from {}",
-        cache.display()
-    );
+    let caches: Vec<_> = lattice
+        .host_ids
+        .iter()
+        .map(|h| Lattice::cache_of(h))
+        .collect();
+    // Each host starts its instance on its own; the deploy waited for the first healthy one.
+    for cache in &caches {
+        wait_until(
+            &format!("a provider instance runs from {}", cache.display()),
+            WAIT,
+            || async { !processes_running(cache).is_empty() },
+        )
+        .await;
+    }
     assert!(artifacts.provider_archive.is_file());
 
     say("deployed");
@@ -120,7 +150,7 @@ async fn echo_round_trip_through_a_real_host() {
     assert_eq!(
         server.accepted(),
         1,
-        "consumer and handler link share one session"
+        "one connection: one of the two instances holds the session, and the consumer and handler links share it"
     );
     say("both round trips done");
 
@@ -136,16 +166,18 @@ async fn echo_round_trip_through_a_real_host() {
         .await;
     assert_eq!(close, Some(1000));
 
-    say("stopping the provider");
-    let response = lattice
-        .ctl
-        .stop_provider(&lattice.host_id, &deployed.provider_id)
-        .await
-        .expect("stop request answered");
-    assert!(response.succeeded(), "{}", response.message());
-    wait_until("the provider process is gone", WAIT, || async {
-        processes_running(&cache).is_empty()
-    })
-    .await;
+    say("stopping the provider instances");
+    for (host, cache) in lattice.host_ids.iter().zip(&caches) {
+        let response = lattice
+            .ctl
+            .stop_provider(host, &deployed.provider_id)
+            .await
+            .expect("stop request answered");
+        assert!(response.succeeded(), "{}", response.message());
+        wait_until("the provider process is gone", WAIT, || async {
+            processes_running(cache).is_empty()
+        })
+        .await;
+    }
     lattice.stop().await.unwrap();
 }
