@@ -753,6 +753,8 @@ impl WebSocketMessagingProvider {
             for (name, count) in lattice.counters() {
                 provider.insert(name.into(), serde_json::json!(count));
             }
+            // Which replica's own figures (`tasks_alive`, `sessions`) these are.
+            provider.insert("replica".into(), serde_json::json!(lattice.me.host));
         }
         provider
     }
