@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::component::{Behaviour, PlayedComponent};
@@ -305,10 +305,16 @@ async fn a_paused_owner_gives_its_connection_up_without_delivering_again() {
 
     replicas.signal(owner, "STOP");
     server.connected(LIMIT).await;
-    replicas.all[standby]
+    // Without ack, what the old owner had read is lost: the takeover says so and is counted.
+    let warned = replicas.all[standby]
         .logs
         .wait_for(&["took the session over"], LIMIT)
         .await;
+    assert!(
+        warned.contains("is lost unless the server sends it again"),
+        "{warned}"
+    );
+
     // Both connections are open (the paused one cannot close); a broadcast reaches both sockets.
     assert_eq!(server.open(), 2);
     let reached = server.broadcast(
@@ -328,6 +334,9 @@ async fn a_paused_owner_gives_its_connection_up_without_delivering_again() {
         server.open() == 1
     })
     .await;
+    // (Asked only now: a paused replica still receives its share of the calls.)
+    let stats = component.stats("default").await;
+    assert_eq!(stats["provider"]["takeovers"], 1, "{stats}");
     // Everything the old owner read after it woke was dropped, not delivered: one copy each.
     let again = replicas.all[owner].logs.all();
     let delivered = component.received();
@@ -361,11 +370,23 @@ async fn when_the_owner_stops_a_standby_takes_over_at_once() {
 async fn one_hundred_link_cycles_on_three_replicas_leave_nothing_behind() {
     let server = WsServer::recorder().await;
     let mut replicas = Replicas::start(3, &[]).await;
+    // A session that stays through the cycles, to ask each replica for its tasks.
+    let probe_server = WsServer::recorder().await;
+    let probe_uri = probe_server.uri();
+    let probe_link = replicas.all[0].consumer_link("rep-probe", "default", &[("uri", &probe_uri)]);
+    replicas.put_link(&probe_link).await;
+    let probe = replicas.component("rep-probe").await;
+    probe_server.connected(LIMIT).await;
+    let probe_id = sessions(&probe).await[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
     let uri = server.uri();
     let config = [("uri", uri.as_str()), ("failover_sec", "2")];
     let consumer = replicas.all[0].consumer_link("rep-churn", "default", &config);
     let handler = replicas.all[0].handler_link("rep-churn", "default", &config);
-    let mut baseline = Vec::new();
+    let (mut fds, mut subscriptions, mut tasks) = (Vec::new(), 0, BTreeMap::new());
     for cycle in 0..100 {
         replicas.put_link(&consumer).await;
         replicas.put_link(&handler).await;
@@ -377,8 +398,23 @@ async fn one_hundred_link_cycles_on_three_replicas_leave_nothing_behind() {
         })
         .await;
         if cycle == 0 {
-            baseline = replicas.all.iter().map(|r| r.fds_and_threads().0).collect();
+            fds = replicas.all.iter().map(|r| r.fds_and_threads().0).collect();
+            subscriptions = replicas.nats.subscriptions().await;
+            tasks = tasks_of_every_replica(&probe, &replicas, None).await;
         }
+    }
+    // Before the test's own key-value client below, which subscribes too.
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let now = replicas.nats.subscriptions().await;
+        if now <= subscriptions {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{now} subscriptions on the server after 100 cycles, {subscriptions} after the first"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let client = replicas.nats.client().await;
     let bucket = format!("WSPROV_{}_{}", replicas.lattice, replicas.provider_key);
@@ -386,26 +422,64 @@ async fn one_hundred_link_cycles_on_three_replicas_leave_nothing_behind() {
         .get_key_value(&bucket)
         .await
         .expect("the lease bucket exists");
-    wait_until("no lease is left", LIMIT, || async {
+    wait_until("no lease is left but the probe's", LIMIT, || async {
         use futures::StreamExt as _;
-        let keys: Vec<_> = kv.keys().await.unwrap().collect().await;
-        keys.is_empty()
+        let keys: Vec<String> = kv
+            .keys()
+            .await
+            .unwrap()
+            .filter_map(|k| async { k.ok() })
+            .collect()
+            .await;
+        keys == [probe_id.clone()]
     })
     .await;
+    // Tasks come and go with calls (the probe's own among them): a few, never one per cycle.
+    tasks_of_every_replica(&probe, &replicas, Some((&tasks, 5))).await;
     for (i, replica) in replicas.all.iter().enumerate() {
-        let fds = replica.fds_and_threads().0;
+        let now = replica.fds_and_threads().0;
         assert!(
-            fds <= baseline[i] + 2,
-            "replica {i}: {fds} fds after 100 cycles, {} after the first",
-            baseline[i]
+            now <= fds[i] + 2,
+            "replica {i}: {now} fds after 100 cycles, {} after the first",
+            fds[i]
         );
-        // No second connection was ever made: one per cycle.
     }
     assert_eq!(
         server.accepted(),
         100,
         "one connection per cycle, never a second one"
     );
+}
+
+/// `tasks_alive` of every replica, by host id, from `$ws.stats` through `probe` (each call lands
+/// on a replica NATS picks, and the answer names it). With `within`, asks until every replica
+/// has at most its baseline plus the slack.
+async fn tasks_of_every_replica(
+    probe: &PlayedComponent,
+    replicas: &Replicas,
+    within: Option<(&BTreeMap<String, u64>, u64)>,
+) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + LIMIT;
+    let mut seen = BTreeMap::new();
+    loop {
+        let stats = probe.stats("default").await;
+        let replica = stats["provider"]["replica"].as_str().unwrap().to_string();
+        let alive = stats["provider"]["tasks_alive"].as_u64().unwrap();
+        let fine = match within {
+            None => true,
+            Some((baseline, slack)) => alive <= baseline[&replica] + slack,
+        };
+        if fine {
+            seen.insert(replica, alive);
+        }
+        if seen.len() == replicas.all.len() {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks of every replica within {LIMIT:?}: {seen:?}, baseline {within:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -11,6 +11,8 @@ use super::wait_until;
 
 pub struct NatsServer {
     pub url: String,
+    /// The port of the server's HTTP monitoring (`/varz`).
+    pub monitor_port: u16,
     child: Child,
     /// JetStream's store, removed on drop.
     store: Option<std::path::PathBuf>,
@@ -65,6 +67,9 @@ impl NatsServer {
             "127.0.0.1".into(),
             "-p".into(),
             "-1".into(),
+            // Monitoring on a port of its choosing too: tests read its subscription count.
+            "-m".into(),
+            "-1".into(),
         ];
         if let Some(store) = &store {
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
@@ -77,13 +82,18 @@ impl NatsServer {
             .spawn()
             .expect("nats-server starts (install it: apt-get install nats-server, or set NATS_SERVER_BIN)");
         let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-        let port = tokio::time::timeout(Duration::from_secs(10), async {
+        let port_after = |line: &str, what: &str| {
+            line.split_once(what)
+                .and_then(|(_, addr)| addr.rsplit_once(':'))
+                .and_then(|(_, port)| port.trim().parse::<u16>().ok())
+        };
+        // The monitor's line comes first, then the clients'.
+        let (monitor_port, port) = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut monitor = None;
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some((_, port)) = line
-                    .split_once("Listening for client connections on ")
-                    .and_then(|(_, addr)| addr.rsplit_once(':'))
-                {
-                    return port.trim().parse::<u16>().ok();
+                monitor = monitor.or_else(|| port_after(&line, "Starting http monitor on "));
+                if let Some(port) = port_after(&line, "Listening for client connections on ") {
+                    return monitor.map(|m| (m, port));
                 }
             }
             None
@@ -91,7 +101,7 @@ impl NatsServer {
         .await
         .ok()
         .flatten()
-        .expect("nats-server says which port it listens on");
+        .expect("nats-server says which ports it listens on");
         // Keep reading its log, so that it never writes into a closed pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let url = format!("nats://127.0.0.1:{port}");
@@ -105,7 +115,34 @@ impl NatsServer {
             },
         )
         .await;
-        NatsServer { url, child, store }
+        NatsServer {
+            url,
+            monitor_port,
+            child,
+            store,
+        }
+    }
+
+    /// How many subscriptions the server holds now, from its monitoring (`/varz`).
+    pub async fn subscriptions(&self) -> u64 {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.monitor_port))
+            .await
+            .expect("the monitoring port answers");
+        stream
+            .write_all(b"GET /varz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let response = String::from_utf8_lossy(&response);
+        let (_, body) = response
+            .split_once("\r\n\r\n")
+            .expect("an HTTP response with a body");
+        let varz: serde_json::Value = serde_json::from_str(body).expect("/varz is JSON");
+        varz["subscriptions"]
+            .as_u64()
+            .expect("/varz counts subscriptions")
     }
 
     pub async fn client(&self) -> async_nats::Client {
