@@ -44,7 +44,10 @@ async fn sessions(component: &PlayedComponent) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn two_replicas_hold_one_connection_deliver_once_and_answer_calls_on_either() {
     let server = WsServer::responder().await;
-    let (replicas, component, owner) = one_session(&server, "rep-one", &[]).await;
+    // A short reconnect_max_delay_ms: a standby that counted its time as a standby as time
+    // without a connection would turn unhealthy within the test.
+    let (replicas, component, owner) =
+        one_session(&server, "rep-one", &[("reconnect_max_delay_ms", "500")]).await;
     assert_eq!(server.open(), 1, "exactly one replica connects");
 
     // 1000 frames from the server reach the component once each.
@@ -154,6 +157,10 @@ async fn two_replicas_hold_one_connection_deliver_once_and_answer_calls_on_eithe
     assert_eq!(stats["provider"]["sessions_open"], 1, "{stats}");
     assert_eq!(server.open(), 1, "still exactly one connection");
     assert_eq!(component.count(), 1000 + 20, "nothing delivered twice");
+    // Both replicas are healthy: the owner connected, the standby because the owner is.
+    for health in replicas.health_of_all(LIMIT).await {
+        assert_eq!(health["healthy"], true, "{health}");
+    }
 }
 
 #[tokio::test]

@@ -142,6 +142,35 @@ impl Replicas {
         }
     }
 
+    /// Every live replica's answer to the host's health check (one subject for all of them: the
+    /// request is published once and every answer collected).
+    pub async fn health_of_all(&self, limit: Duration) -> Vec<serde_json::Value> {
+        use futures::StreamExt as _;
+        let live = self.dead.iter().filter(|dead| !**dead).count();
+        let client = self.nats.client().await;
+        let inbox = client.new_inbox();
+        let mut answers = client.subscribe(inbox.clone()).await.unwrap();
+        let subject = format!("wasmbus.rpc.{}.{}.health", self.lattice, self.provider_key);
+        client
+            .publish_with_reply(subject, inbox, "{}".into())
+            .await
+            .unwrap();
+        let mut all = Vec::new();
+        while all.len() < live {
+            let answer = tokio::time::timeout(limit, answers.next())
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "{} of {live} replicas answered health within {limit:?}",
+                        all.len()
+                    )
+                })
+                .expect("the subscription lives");
+            all.push(serde_json::from_slice(&answer.payload).expect("health is JSON"));
+        }
+        all
+    }
+
     /// The index of the replica whose host id is `host`.
     pub fn by_host(&self, host: &str) -> usize {
         self.all
