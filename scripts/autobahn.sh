@@ -4,6 +4,10 @@
 #
 #   scripts/autobahn.sh [agent...]   run these agents (default: all below), then summarise
 #   scripts/autobahn.sh --summary    only summarise the reports of earlier runs
+#   scripts/autobahn.sh --servers [agent...]
+#                                    the server cases: an echo server of each library (default:
+#                                    tokio-tungstenite, yawc, ratchet_rs) under the fuzzingclient,
+#                                    reports in target/autobahn/reports/servers
 #
 # Agents: tokio-tungstenite, yawc, soketto, ratchet_rs, and soketto-flate2-1.1.10 (soketto
 # built against flate2 1.1.10: its deflate decoder fails on every message with flate2 1.1.11).
@@ -61,6 +65,47 @@ install_fuzzingserver() {
 summarise() {
     python3 "$CRATE/autobahn_summary.py" "$REPORTS/index.json" "$@" | tee "$OUT/summary.txt"
 }
+
+if [ "${1:-}" = --servers ]; then
+    shift
+    servers=("$@")
+    [ ${#servers[@]} -gt 0 ] || servers=(tokio-tungstenite yawc ratchet_rs)
+    install_fuzzingserver
+    SERVER_REPORTS=$OUT/reports/servers
+    mkdir -p "$SERVER_REPORTS"
+    pids=()
+    trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT
+    entries=()
+    port=$((PORT + 1))
+    for agent in "${servers[@]}"; do
+        build_agent "$agent"
+        "$WS_LIBS_BIN/ws-libs-$agent" serve-lib "$(agent_lib "$agent")" "127.0.0.1:$port" \
+            >"$OUT/server-$agent.log" 2>&1 &
+        pids+=($!)
+        for _ in $(seq 60); do
+            (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break
+            sleep 0.5
+        done
+        entries+=("{\"agent\": \"$agent\", \"url\": \"ws://127.0.0.1:$port\"}")
+        port=$((port + 1))
+    done
+    list=$(IFS=,; echo "${entries[*]}")
+    cat >"$OUT/fuzzingclient.json" <<EOF
+{
+    "outdir": "$SERVER_REPORTS",
+    "servers": [$list],
+    "cases": ["*"],
+    "exclude-cases": [],
+    "exclude-agent-cases": {}
+}
+EOF
+    echo "== running the fuzzingclient against ${servers[*]} (log: $OUT/fuzzingclient.log)"
+    (cd "$OUT" && timeout 4h "$VENV/bin/wstest" -m fuzzingclient -s "$OUT/fuzzingclient.json") \
+        >"$OUT/fuzzingclient.log" 2>&1 || echo "   the fuzzingclient exited with $?" >&2
+    python3 "$CRATE/autobahn_summary.py" "$SERVER_REPORTS/index.json" "${servers[@]}" \
+        | tee "$OUT/summary-servers.txt"
+    exit
+fi
 
 if [ "${1:-}" = --summary ]; then
     shift

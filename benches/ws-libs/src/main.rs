@@ -22,6 +22,7 @@ use tokio_tungstenite::tungstenite::Message;
 const USAGE: &str = "usage:
   ws-libs autobahn <lib> <base-url> [agent]
   ws-libs serve <addr> [deflate]
+  ws-libs serve-lib <lib> <addr>   (an echo server of that library alone, for Autobahn's fuzzingclient)
   ws-libs throughput <lib> <url> <size> <count> <window> [deflate]
   ws-libs inflate-limit <lib> <url>
 <lib> is one of tokio-tungstenite, yawc, soketto, ratchet_rs";
@@ -40,6 +41,7 @@ fn main() -> Result<()> {
         ["autobahn", lib, base] => runtime.block_on(autobahn(lib.parse()?, base, lib)),
         ["autobahn", lib, base, agent] => runtime.block_on(autobahn(lib.parse()?, base, agent)),
         ["serve", addr, flag @ ..] => runtime.block_on(serve::run(addr, deflate_flag(flag)?)),
+        ["serve-lib", lib, addr] => runtime.block_on(serve::run_lib(lib.parse()?, addr)),
         ["throughput", lib, url, size, count, window, flag @ ..] => {
             let run = Throughput {
                 size: size.parse().context("size")?,
