@@ -17,7 +17,8 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
-use crate::tls::{Tls, TlsKeys};
+use crate::server::auth::JwtKey;
+use crate::tls::{ServerTls, Tls, TlsKeys};
 
 /// The handshake header carrying `auth_token`.
 pub const AUTHORIZATION: &str = "authorization";
@@ -54,11 +55,56 @@ pub const KNOWN_KEYS: &[&str] = &[
     "ack",
     "replicas",
     "failover_sec",
+    "listen",
+    "path",
+    "max_clients",
+    "allowed_origins",
+    "jwt_secret",
+    "jwt_public_key",
+    "client_queue_bytes",
+    "client_rate_limit",
+    "client_events",
+    "tls_cert",
+    "tls_key",
+];
+
+/// The keys of a listener (server mode, `listen`): a link without `listen` may not set them.
+pub const LISTENER_KEYS: &[&str] = &[
+    "listen",
+    "path",
+    "max_clients",
+    "allowed_origins",
+    "jwt_secret",
+    "jwt_public_key",
+    "client_queue_bytes",
+    "client_rate_limit",
+    "client_events",
+    "tls_cert",
+    "tls_key",
+];
+
+/// The keys of a dialling session only (client mode): a link with `listen` may not set them.
+const DIALLING_KEYS: &[&str] = &[
+    "uri",
+    "tls_ca",
+    "tls_ca_file",
+    "tls_client_cert",
+    "tls_client_key",
+    "reconnect_initial_delay_ms",
+    "reconnect_max_delay_ms",
+    "reconnect_max_attempts",
+    "ack",
+    "max_publish_rate",
+    "replicas",
+    "failover_sec",
 ];
 
 /// Keys whose values are credentials: read from secrets first, never logged.
 fn is_sensitive(key: &str) -> bool {
-    key == "auth_token" || key == "tls_client_key" || key.starts_with(HEADER_PREFIX)
+    matches!(
+        key,
+        "auth_token" | "tls_client_key" | "jwt_secret" | "tls_key"
+    ) || key.starts_with(HEADER_PREFIX)
 }
 
 fn is_known(key: &str) -> bool {
@@ -106,10 +152,17 @@ pub const BOUNDS: &[Bound] = &[
     Bound { key: "ping_interval_sec", default: 20, max: 86_400, unit: SECONDS, why: "" },
     Bound { key: "pong_timeout_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
     Bound { key: "failover_sec", default: 10, max: 86_400, unit: SECONDS, why: "" },
+    Bound { key: "max_clients", default: 10_000, max: 1_000_000, unit: "a whole number of clients", why: "" },
+    Bound { key: "client_queue_bytes", default: 1 << 20, max: 1 << 30, unit: "a whole number of bytes", why: " (1 GiB)" },
+    Bound { key: "client_rate_limit", default: 0, max: 1_000_000, unit: "a whole number of messages per second (0 = no limit)", why: "" },
 ];
 
 /// The numeric keys where 0 is a value (forever, no limit); every other number is at least 1.
-const ZERO_ALLOWED: &[&str] = &["reconnect_max_attempts", "max_publish_rate"];
+const ZERO_ALLOWED: &[&str] = &[
+    "reconnect_max_attempts",
+    "max_publish_rate",
+    "client_rate_limit",
+];
 
 fn bound(key: &str) -> &'static Bound {
     BOUNDS
@@ -198,7 +251,7 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         key: key.to_string(),
         value: (!is_sensitive(key)).then(|| value.to_string()),
@@ -253,6 +306,30 @@ pub struct ConnectionConfig {
     pub replicas: Replicas,
     /// How long an owner may be silent before a standby takes its sessions over.
     pub failover: Duration,
+    /// Server mode: the listener's settings (`listen` and the keys that go with it). Then `uri`
+    /// is empty, and `auth_token` is what clients must present.
+    pub listen: Option<ListenConfig>,
+}
+
+/// The settings of a listener (server mode): where it listens and whom it admits.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenConfig {
+    pub addr: std::net::SocketAddr,
+    /// The HTTP path of the upgrade.
+    pub path: String,
+    pub max_clients: usize,
+    /// Allowed `Origin` values (lowercase, no trailing `/`); empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Verifies client JWTs (`jwt_secret` or `jwt_public_key`).
+    pub jwt: Option<JwtKey>,
+    /// Bound of one client's outgoing queue, in bytes.
+    pub client_queue_bytes: usize,
+    /// Incoming messages per second per client, 0 = no limit.
+    pub client_rate_limit: u32,
+    /// Deliver `$ws.connected` and `$ws.disconnected` to the component.
+    pub client_events: bool,
+    /// `wss`: the certificate chain and key.
+    pub tls: Option<ServerTls>,
 }
 
 impl PartialEq for ConnectionConfig {
@@ -296,6 +373,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("ack", &self.ack)
             .field("replicas", &self.replicas)
             .field("failover", &self.failover)
+            .field("listen", &self.listen)
             .finish()
     }
 }
@@ -424,14 +502,18 @@ impl Layers<'_> {
     }
 
     fn parse(&self, link_name: &str, require_uri: bool) -> Result<ConnectionConfig, ConfigError> {
+        let listen = self.listener()?;
         // `uri` may carry credentials (userinfo, a `?token=`), so it may come from a secret.
         let uri = match self.secret_or_plain("uri")? {
+            // A listener's link ignores a provider-wide `uri` (the defaults of dialling links);
+            // set on the link itself, it is refused by `check_mode`.
+            Some(_) if listen.is_some() => Uri::default(),
             Some(uri) => parse_uri(&uri)?,
-            None if require_uri => {
+            None if require_uri && listen.is_none() => {
                 return Err(ConfigError {
                     key: "uri".into(),
                     value: None,
-                    reason: "required (a ws:// or wss:// URL) but not set in the link's or the provider's config".into(),
+                    reason: "required (a ws:// or wss:// URL; or `listen` for a listener) but not set in the link's or the provider's config".into(),
                 })
             }
             None => Uri::default(),
@@ -568,7 +650,144 @@ impl Layers<'_> {
             ack,
             replicas,
             failover: self.seconds("failover_sec")?,
+            listen,
         })
+    }
+
+    /// The listener's settings when `listen` is set (link or provider), else none; the other
+    /// listener keys are read only then.
+    fn listener(&self) -> Result<Option<ListenConfig>, ConfigError> {
+        let Some(listen) = self.plain("listen") else {
+            return Ok(None);
+        };
+        let addr = parse_listen(listen)?;
+        let path = match self.plain("path") {
+            None => "/".to_string(),
+            Some(p) if p.starts_with('/') && !p.contains('?') && !p.contains('#') && !p.chars().any(|c| c.is_whitespace() || c.is_control()) => p.to_string(),
+            Some(p) => {
+                return Err(invalid(
+                    "path",
+                    p,
+                    "expected an HTTP path such as `/` or `/chat` (starting with `/`, no query, no whitespace)",
+                ))
+            }
+        };
+        let allowed_origins = match self.plain("allowed_origins") {
+            None => Vec::new(),
+            Some(list) => {
+                let origins: Vec<String> = list
+                    .split(',')
+                    .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+                    .collect();
+                if origins
+                    .iter()
+                    .any(|o| o.is_empty() || o.chars().any(|c| c.is_whitespace() || c.is_control()))
+                {
+                    return Err(invalid(
+                        "allowed_origins",
+                        list,
+                        "expected a comma list of origins such as `https://chat.example.com,http://localhost:8080`",
+                    ));
+                }
+                origins
+            }
+        };
+        let jwt = match (self.sensitive("jwt_secret")?, self.secret_or_plain("jwt_public_key")?) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "jwt_public_key",
+                    "",
+                    "set together with `jwt_secret`: choose one (a secret for HS256, or a public key for RS256 / ES256)",
+                ))
+            }
+            (Some(secret), None) => Some(JwtKey::secret(&secret)?),
+            (None, Some(pem)) => Some(JwtKey::public_key(&pem)?),
+            (None, None) => None,
+        };
+        if jwt.is_some() && self.sensitive("auth_token")?.is_some() {
+            return Err(invalid(
+                "auth_token",
+                "",
+                "set together with a JWT key (`jwt_secret` / `jwt_public_key`): clients present one or the other; choose one",
+            ));
+        }
+        let tls = match (
+            self.secret_or_plain("tls_cert")?,
+            self.sensitive("tls_key")?,
+        ) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "",
+                    "not set, but `tls_cert` is: a wss listener needs both",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "",
+                    "not set, but `tls_key` is: a wss listener needs both",
+                ))
+            }
+            (Some(cert), Some(key)) => Some(ServerTls::new(cert, key)?),
+        };
+        Ok(Some(ListenConfig {
+            addr,
+            path,
+            max_clients: self.count("max_clients")?,
+            allowed_origins,
+            jwt,
+            client_queue_bytes: self.count("client_queue_bytes")?,
+            client_rate_limit: self.small("client_rate_limit")?,
+            client_events: self.boolean("client_events", false)?,
+            tls,
+        }))
+    }
+
+    /// Keys of the other mode set on the link itself: a listener's link with dialling keys, or a
+    /// dialling link with listener keys (provider config may carry the defaults of both).
+    fn check_mode(&self, listening: bool) -> Result<(), ConfigError> {
+        let (wrong, mode, fix): (&[&str], _, _) = if listening {
+            (
+                DIALLING_KEYS,
+                "a listener (`listen` is set)",
+                "they apply to links that dial a server (`uri`)",
+            )
+        } else {
+            (
+                LISTENER_KEYS,
+                "a link that dials a server (no `listen`)",
+                "they apply to a listener: set `listen` too",
+            )
+        };
+        let link_sets =
+            |key: &str| self.link_config.contains_key(key) || self.link_secrets.contains_key(key);
+        let mut set: Vec<&str> = wrong.iter().copied().filter(|k| link_sets(k)).collect();
+        if listening {
+            set.extend(
+                self.link_config
+                    .keys()
+                    .chain(self.link_secrets.keys())
+                    .map(String::as_str)
+                    .filter(|k| k.starts_with(HEADER_PREFIX)),
+            );
+        }
+        set.sort_unstable();
+        match set.first() {
+            None => Ok(()),
+            Some(first) => Err(ConfigError {
+                key: (*first).to_string(),
+                value: None,
+                reason: format!(
+                    "{} cannot be set on {mode}: {fix}",
+                    set.iter()
+                        .map(|k| format!("`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }),
+        }
     }
 
     fn inbox_prefix(&self) -> Result<String, ConfigError> {
@@ -710,6 +929,63 @@ pub fn redact_uri(value: &str) -> String {
     format!("{scheme}{host}{tail}")
 }
 
+/// `listen`: an IP address and port (`0.0.0.0:8080`, `[::]:8080`), or `localhost:<port>`. No
+/// host names: resolving one would block the SDK's command loop.
+fn parse_listen(value: &str) -> Result<std::net::SocketAddr, ConfigError> {
+    let parsed = match value.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .ok()
+            .map(|port| std::net::SocketAddr::from(([127, 0, 0, 1], port))),
+        None => value.parse().ok(),
+    };
+    parsed.ok_or_else(|| {
+        invalid(
+            "listen",
+            value,
+            "expected an IP address and port such as `0.0.0.0:8080`, `127.0.0.1:8080` or `[::]:8080` (or `localhost:<port>`)",
+        )
+    })
+}
+
+impl ListenConfig {
+    /// The listener keys whose values differ.
+    pub fn differing_keys(&self, other: &Self) -> Vec<String> {
+        let ListenConfig {
+            addr,
+            path,
+            max_clients,
+            allowed_origins,
+            jwt,
+            client_queue_bytes,
+            client_rate_limit,
+            client_events,
+            tls,
+        } = self;
+        [
+            ("listen", *addr == other.addr),
+            ("path", *path == other.path),
+            ("max_clients", *max_clients == other.max_clients),
+            ("allowed_origins", *allowed_origins == other.allowed_origins),
+            ("jwt_secret / jwt_public_key", *jwt == other.jwt),
+            (
+                "client_queue_bytes",
+                *client_queue_bytes == other.client_queue_bytes,
+            ),
+            (
+                "client_rate_limit",
+                *client_rate_limit == other.client_rate_limit,
+            ),
+            ("client_events", *client_events == other.client_events),
+            ("tls_cert / tls_key", *tls == other.tls),
+        ]
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(key, _)| key.to_string())
+        .collect()
+    }
+}
+
 fn parse_uri(value: &str) -> Result<Uri, ConfigError> {
     let shown = redact_uri(value);
     // The URL library's messages do not quote the input; ours shows the redacted form.
@@ -778,12 +1054,14 @@ impl ConnectionConfig {
                 "unknown key in link config is ignored"
             );
         }
-        Layers {
+        let layers = Layers {
             link_config,
             link_secrets,
             defaults,
-        }
-        .parse(link_name, true)
+        };
+        let config = layers.parse(link_name, true)?;
+        layers.check_mode(config.listen.is_some())?;
+        Ok(config)
     }
 
     /// The keys whose effective values differ between two configs: a link may only join a
@@ -817,6 +1095,7 @@ impl ConnectionConfig {
             ack,
             replicas,
             failover,
+            listen,
         } = self;
         let mut keys = Vec::new();
         let mut check = |key: &str, same: bool| {
@@ -878,6 +1157,11 @@ impl ConnectionConfig {
         check("ack", *ack == other.ack);
         check("replicas", *replicas == other.replicas);
         check("failover_sec", *failover == other.failover);
+        match (listen, &other.listen) {
+            (Some(mine), Some(theirs)) => keys.extend(mine.differing_keys(theirs)),
+            (None, None) => {}
+            _ => keys.push("listen".to_string()),
+        }
         keys.extend(tls.differing_keys(&other.tls).into_iter().map(String::from));
         let names: BTreeSet<&String> = headers.keys().chain(other.headers.keys()).collect();
         for name in names {
@@ -1277,6 +1561,15 @@ mod tests {
         .is_ok());
     }
 
+    /// The key that picks the mode a key belongs to: `listen` for a listener's keys.
+    fn mode(key: &str) -> (&'static str, &'static str) {
+        if LISTENER_KEYS.contains(&key) {
+            ("listen", "127.0.0.1:9")
+        } else {
+            ("uri", "ws://h")
+        }
+    }
+
     #[test]
     fn numbers_past_their_bound_or_a_u64_are_refused_with_the_bound() {
         let d = ProviderDefaults::default();
@@ -1286,7 +1579,7 @@ mod tests {
                 "99999999999999999999999",
                 "2305843009213693952",
             ] {
-                let err = link(&d, &[("uri", "ws://h"), (bound.key, value)]).unwrap_err();
+                let err = link(&d, &[mode(bound.key), (bound.key, value)]).unwrap_err();
                 assert_eq!(err.key, bound.key);
                 assert!(
                     err.to_string().contains(&format!("at most {}", bound.max)),
@@ -1322,12 +1615,12 @@ mod tests {
         assert_eq!(keys, expected, "README keys, in the code's order");
 
         let d = ProviderDefaults::default();
-        let base = link(&d, &[("uri", "ws://h")]).unwrap();
         let mut checked = 0;
         for row in &rows {
             let (key, default, max) = (row[0].trim_matches('`'), row[2], row[3]);
+            let base = link(&d, &[mode(key)]).unwrap();
             if let Some(value) = default.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
-                let explicit = link(&d, &[("uri", "ws://h"), (key, value)]).unwrap();
+                let explicit = link(&d, &[mode(key), (key, value)]).unwrap();
                 assert_eq!(explicit, base, "README default of `{key}` is `{value}`");
                 checked += 1;
             }
@@ -1341,12 +1634,12 @@ mod tests {
                     );
                     let at_max = bound.max.to_string();
                     let over = (bound.max + 1).to_string();
-                    let mut cfg = vec![("uri", "ws://h"), (key, at_max.as_str())];
+                    let mut cfg = vec![mode(key), (key, at_max.as_str())];
                     if key == "reconnect_initial_delay_ms" {
                         cfg.push(("reconnect_max_delay_ms", "3600000"));
                     }
                     assert!(link(&d, &cfg).is_ok(), "`{key}` = its bound is accepted");
-                    let err = link(&d, &[("uri", "ws://h"), (key, over.as_str())]).unwrap_err();
+                    let err = link(&d, &[mode(key), (key, over.as_str())]).unwrap_err();
                     assert!(
                         err.to_string().contains(&format!("at most {}", bound.max)),
                         "{err}"
@@ -1355,6 +1648,6 @@ mod tests {
                 None => assert_eq!(max, "-", "`{key}` is not a number"),
             }
         }
-        assert_eq!(checked, 21, "every default given as a value was checked");
+        assert_eq!(checked, 26, "every default given as a value was checked");
     }
 }

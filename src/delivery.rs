@@ -22,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::budget::Slot;
+use crate::client::session::{Acker, SessionKey};
 pub use crate::invoke::HandlerClients;
-use crate::invoke::{HandlerClient, Message};
+pub(crate) use crate::invoke::{HandlerClient, Message};
 use crate::lattice::lease::Fence;
-use crate::session::{Acker, SessionKey};
 use crate::stats::{self, SessionStats};
 
 /// A decoded message on its way to the handler, holding its in-flight slot (taken before it
@@ -127,7 +127,7 @@ pub fn dropped_on_close(stats: &SessionStats, session_id: &str, key: &SessionKey
     }
 }
 
-async fn deliver(
+pub(crate) async fn deliver(
     target: &Target,
     client: Arc<HandlerClient>,
     msg: Message,

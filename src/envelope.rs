@@ -82,6 +82,10 @@ struct InFrame<'a> {
     id: Option<serde_json::Value>,
     #[serde(default)]
     ack: Option<serde_json::Value>,
+    #[serde(default)]
+    subscribe: Option<serde_json::Value>,
+    #[serde(default)]
+    unsubscribe: Option<serde_json::Value>,
 }
 
 /// What an incoming data frame carries.
@@ -94,6 +98,28 @@ pub enum Incoming {
     },
     /// The server acknowledges the outgoing envelope with this id.
     Ack(String),
+    /// A listener's client subscribes to a pattern: `{"subscribe": "<pattern>"}`.
+    Subscribe(String),
+    /// A listener's client leaves a pattern: `{"unsubscribe": "<pattern>"}`.
+    Unsubscribe(String),
+}
+
+/// What a frame without `subject` may be: an ack or a subscription change, when its value is a
+/// string.
+fn control(
+    ack: Option<String>,
+    subscribe: Option<String>,
+    unsubscribe: Option<String>,
+) -> Result<Incoming, DecodeError> {
+    match (ack, subscribe, unsubscribe) {
+        (Some(id), None, None) => Ok(Incoming::Ack(id)),
+        (None, Some(pattern), None) => Ok(Incoming::Subscribe(pattern)),
+        (None, None, Some(pattern)) => Ok(Incoming::Unsubscribe(pattern)),
+        (None, None, None) => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
+        _ => Err(DecodeError::NotEnvelope(
+            "more than one of `ack`, `subscribe` and `unsubscribe`".into(),
+        )),
+    }
 }
 
 /// Encodes `msg` as a JSON envelope `{"subject", "body", "reply_to"?, "id"?}` (the `id` when
@@ -182,10 +208,7 @@ pub fn decode_msgpack(payload: &Bytes) -> Result<Incoming, DecodeError> {
         other => DecodeError::NotEnvelope(other.to_string()),
     })?;
     let Some(subject) = frame.subject else {
-        return match frame.ack {
-            Some(id) => Ok(Incoming::Ack(id)),
-            None => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
-        };
+        return control(frame.ack, frame.subscribe, frame.unsubscribe);
     };
     Ok(Incoming::Message {
         msg: BrokerMessage {
@@ -208,6 +231,9 @@ struct MsgpackFrame<'a> {
     id: Option<String>,
     /// A string `ack` (anything else is ignored).
     ack: Option<String>,
+    /// A string `subscribe` or `unsubscribe` (anything else is ignored).
+    subscribe: Option<String>,
+    unsubscribe: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
@@ -230,6 +256,8 @@ impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
                         "reply_to" => frame.reply_to = map.next_value()?,
                         "id" => frame.id = map.next_value::<AnyString>()?.0,
                         "ack" => frame.ack = map.next_value::<AnyString>()?.0,
+                        "subscribe" => frame.subscribe = map.next_value::<AnyString>()?.0,
+                        "unsubscribe" => frame.unsubscribe = map.next_value::<AnyString>()?.0,
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -338,10 +366,15 @@ pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
         }
     })?;
     let Some(subject) = frame.subject else {
-        return match frame.ack {
-            Some(serde_json::Value::String(id)) => Ok(Incoming::Ack(id)),
-            _ => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
+        let string = |v: Option<serde_json::Value>| match v {
+            Some(serde_json::Value::String(s)) => Some(s),
+            _ => None,
         };
+        return control(
+            string(frame.ack),
+            string(frame.subscribe),
+            string(frame.unsubscribe),
+        );
     };
     let body = match frame.body {
         Some(text) => STANDARD
@@ -414,6 +447,22 @@ impl Codec {
         }
     }
 
+    /// A listener's answer to a client's subscribe or unsubscribe, `{<key>: <value>}` (`ok` or
+    /// `error`), in the session's format: a MessagePack map for `msgpack`, JSON text otherwise.
+    pub fn encode_answer(&self, key: &str, value: &str) -> Frame {
+        match self.format {
+            Format::Msgpack => {
+                let mut out = Vec::with_capacity(8 + key.len() + value.len());
+                let _ = rmp::encode::write_map_len(&mut out, 1);
+                msgpack_field(&mut out, key, value);
+                Frame::Binary(Bytes::from(out))
+            }
+            Format::Json | Format::Raw => {
+                Frame::Text(Bytes::from(serde_json::json!({ key: value }).to_string()))
+            }
+        }
+    }
+
     /// The message an incoming data frame carries (text and binary frames alike).
     pub fn decode(&self, payload: Bytes) -> Result<Incoming, DecodeError> {
         match self.format {
@@ -447,7 +496,7 @@ mod tests {
     fn message(incoming: Incoming) -> BrokerMessage {
         match incoming {
             Incoming::Message { msg, .. } => msg,
-            Incoming::Ack(id) => panic!("an ack {id}, not a message"),
+            other => panic!("{other:?}, not a message"),
         }
     }
 
@@ -722,7 +771,7 @@ mod tests {
                     prop_assert!(same(&original, &back));
                     prop_assert_eq!(back_id, id);
                 }
-                Incoming::Ack(id) => prop_assert!(false, "an ack {}", id),
+                other => prop_assert!(false, "{:?}", other),
             }
         }
     }

@@ -37,8 +37,8 @@ use wasmcloud_provider_sdk::{
     ProviderConfigUpdate,
 };
 
-pub mod acks;
 pub mod budget;
+pub mod client;
 pub mod connection;
 pub mod delivery;
 pub mod envelope;
@@ -46,18 +46,17 @@ mod invoke;
 pub mod lattice;
 pub mod metrics;
 pub mod requests;
-pub mod session;
-pub mod socket;
+pub mod server;
 pub mod stats;
 pub mod subjects;
 pub mod tls;
 
+use crate::client::session::{Session, SessionKey, SessionState};
 use crate::connection::{ConnectionConfig, ProviderDefaults, Replicas, MAX_REQUEST_TIMEOUT_MS};
 use crate::delivery::HandlerClients;
 use crate::lattice::forward::{Answer, Call, Unanswered};
 use crate::lattice::lease::{Claim, Fence, Leave};
 use crate::lattice::{Lattice, Replica};
-use crate::session::{Session, SessionKey, SessionState};
 
 /// wRPC bindings generated from `wit/` (world `interfaces`).
 pub mod bindings {
@@ -126,7 +125,7 @@ impl Linked {
 
 /// Which side of the provider a link is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Role {
+pub(crate) enum Role {
     /// component -> provider: `publish` and `request`.
     Consumer,
     /// provider -> component: delivery to `handle-message`.
@@ -134,7 +133,7 @@ enum Role {
 }
 
 impl Role {
-    fn other(self) -> Role {
+    pub(crate) fn other(self) -> Role {
         match self {
             Role::Consumer => Role::Handler,
             Role::Handler => Role::Consumer,
@@ -165,6 +164,13 @@ pub struct WebSocketMessagingProvider {
     totals: stats::Totals,
     /// How this replica coordinates with the provider's other replicas.
     replication: Replication,
+    /// Listeners (server mode), by (component, link name), with the links that hold them.
+    listeners: Arc<RwLock<HashMap<SessionKey, server::links::LinkedListener>>>,
+    /// The counters of every listener.
+    listener_counters: Arc<server::ListenerCounters>,
+    /// Links with `listen` whose address could not be bound (the error), for health, until the
+    /// link is put again or deleted.
+    unbound: Arc<RwLock<HashMap<SessionKey, String>>>,
 }
 
 /// Whether sessions with `replicas = one` can be coordinated between replicas.
@@ -187,11 +193,11 @@ enum Route {
     Owner(Arc<Lattice>, Replica),
 }
 
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+pub(crate) fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     lock.read().unwrap_or_else(|e| e.into_inner())
 }
 
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+pub(crate) fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -282,6 +288,9 @@ impl WebSocketMessagingProvider {
     /// it never waits): the session of the other link with the same key when there is one and
     /// the settings are equal, else a new one that connects in the background.
     fn attach(&self, role: Role, key: SessionKey, cfg: ConnectionConfig) -> Result<(), String> {
+        if cfg.listen.is_some() || read(&self.listeners).contains_key(&key) {
+            return self.attach_listener(role, key, cfg);
+        }
         let mut links = write(&self.links);
         if let Some(linked) = links.get_mut(&key) {
             if linked.has(role) {
@@ -356,6 +365,9 @@ impl WebSocketMessagingProvider {
     }
 
     fn delete_link(&self, role: Role, key: SessionKey) {
+        if self.delete_listener_link(role, &key) {
+            return;
+        }
         let mut links = write(&self.links);
         let Some(linked) = links.get_mut(&key).filter(|l| l.has(role)) else {
             debug!(%role, %key, "delete of an unknown link; nothing to do");
@@ -436,6 +448,12 @@ impl WebSocketMessagingProvider {
         id: &str,
         msg: &BrokerMessage,
     ) -> Result<(), String> {
+        if let Some((listener, client)) = self.find_client(component, id) {
+            subjects::check_enabled(listener.config(), &listener.key().link_name)?;
+            subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
+                .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
+            return listener.send_to(&client, msg);
+        }
         let session = read(&self.links)
             .values()
             .find(|l| l.session.id == id)
@@ -565,17 +583,20 @@ impl WebSocketMessagingProvider {
         msg: BrokerMessage,
     ) -> Result<(), String> {
         let (component, link_name) = caller(&ctx);
-        let session = self
-            .consumer_session(component, link_name)
-            .ok_or_else(|| no_link(component, link_name))?;
         subjects::check("subject", &msg.subject)?;
         if let Some(reply_to) = &msg.reply_to {
             subjects::check("reply_to", reply_to)?;
         }
+        if let Some(listener) = self.consumer_listener(component, link_name) {
+            return self.publish_to_listener(component, &listener, msg).await;
+        }
+        let session = self
+            .consumer_session(component, link_name)
+            .ok_or_else(|| no_link(component, link_name))?;
         if !msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
             return self.send_on(&session, &msg).await;
         }
-        subjects::check_enabled(&session)?;
+        subjects::check_enabled(&session.config, &session.key.link_name)?;
         match subjects::parse(&msg.subject) {
             subjects::Subject::Session { id, subject } => {
                 let forwarded = BrokerMessage {
@@ -585,6 +606,7 @@ impl WebSocketMessagingProvider {
                 };
                 self.send_to_session(component, id, &forwarded).await
             }
+            subjects::Subject::Close { id } => self.close_client(component, id),
             _ => Err(subjects::unknown(&msg.subject, "publish")),
         }
     }
@@ -597,12 +619,31 @@ impl WebSocketMessagingProvider {
         timeout_ms: u32,
     ) -> Result<BrokerMessage, String> {
         let (component, link_name) = caller(&ctx);
-        let session = self
-            .consumer_session(component, link_name)
-            .ok_or_else(|| no_link(component, link_name))?;
         subjects::check("subject", &subject)?;
+        let listener = self.consumer_listener(component, link_name);
+        let session = match &listener {
+            Some(_) => None,
+            None => Some(
+                self.consumer_session(component, link_name)
+                    .ok_or_else(|| no_link(component, link_name))?,
+            ),
+        };
+        let config = match (&listener, &session) {
+            (Some(listener), _) => listener.config(),
+            (None, Some(session)) => &session.config,
+            (None, None) => return Err(no_link(component, link_name)),
+        };
+        let timeout = match timeout_ms {
+            0 => config.request_timeout,
+            ms if u64::from(ms) > MAX_REQUEST_TIMEOUT_MS => {
+                return Err(format!(
+                    "request to {subject}: timeout-ms {ms} is more than the {MAX_REQUEST_TIMEOUT_MS} ms a request can wait (the wasmCloud host cuts a component's call to a provider at 10 s)"
+                ))
+            }
+            ms => Duration::from_millis(u64::from(ms)),
+        };
         if subject.starts_with(RESERVED_SUBJECT_PREFIX) {
-            subjects::check_enabled(&session)?;
+            subjects::check_enabled(config, link_name)?;
             let answer = match subjects::parse(&subject) {
                 subjects::Subject::Sessions => {
                     let entries = self.describe(component).await;
@@ -615,6 +656,11 @@ impl WebSocketMessagingProvider {
                         entries.into_iter().map(|(_, stats)| stats).collect(),
                     )
                 }
+                subjects::Subject::Session { id, subject } => {
+                    return self
+                        .request_client(component, id, subject, body, timeout)
+                        .await
+                }
                 _ => return Err(subjects::unknown(&subject, "request")),
             };
             return Ok(BrokerMessage {
@@ -623,14 +669,10 @@ impl WebSocketMessagingProvider {
                 reply_to: None,
             });
         }
-        let timeout = match timeout_ms {
-            0 => session.config.request_timeout,
-            ms if u64::from(ms) > MAX_REQUEST_TIMEOUT_MS => {
-                return Err(format!(
-                    "request to {subject}: timeout-ms {ms} is more than the {MAX_REQUEST_TIMEOUT_MS} ms a request can wait (the wasmCloud host cuts a component's call to a provider at 10 s)"
-                ))
-            }
-            ms => Duration::from_millis(u64::from(ms)),
+        let Some(session) = session else {
+            return Err(format!(
+                "request to {subject}: link {link_name} is a listener, whose requests go to one client: `$ws.session.<id>.<subject>`"
+            ));
         };
         let call = || Call::Request {
             key: session.key.clone(),
@@ -682,6 +724,23 @@ impl WebSocketMessagingProvider {
     /// The `$ws.sessions` and `$ws.stats` entries of `component`'s sessions, each from the
     /// replica that holds its connection (this one's own view when the owner does not answer).
     async fn describe(&self, component: &str) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let mut entries = self.describe_sessions(component).await;
+        for listener in self.listeners_of(component) {
+            entries.extend(listener.clients().iter().map(|client| {
+                (
+                    subjects::client_info(&listener, client),
+                    subjects::client_stats(&listener, client),
+                )
+            }));
+        }
+        entries
+    }
+
+    /// [`Self::describe`] of the dialling sessions.
+    async fn describe_sessions(
+        &self,
+        component: &str,
+    ) -> Vec<(serde_json::Value, serde_json::Value)> {
         let mine = self.list_sessions(component);
         futures::future::join_all(mine.iter().map(|session| async move {
             let here = || self.describe_here(session);
@@ -748,7 +807,13 @@ impl WebSocketMessagingProvider {
         &self,
         sessions: &[Arc<Session>],
     ) -> serde_json::Map<String, serde_json::Value> {
-        let mut provider = subjects::provider_totals(&self.totals, sessions);
+        let listeners = self.all_listeners();
+        let clients: Vec<_> = listeners.iter().flat_map(|l| l.clients()).collect();
+        let mut provider =
+            subjects::provider_totals(&self.totals, sessions, clients.iter().map(|c| &*c.stats));
+        provider.insert("listeners".into(), serde_json::json!(listeners.len()));
+        provider.insert("clients".into(), serde_json::json!(clients.len()));
+        self.listener_counters.add_json(&mut provider);
         if let Replication::Lattice(lattice) = &self.replication {
             for (name, count) in lattice.counters() {
                 provider.insert(name.into(), serde_json::json!(count));
@@ -892,6 +957,18 @@ impl Provider for WebSocketMessagingProvider {
     /// their `reconnect_max_delay_ms` (the longest a working server can keep one waiting);
     /// healthy with no message otherwise.
     async fn health_request(&self, _: &HealthCheckRequest) -> anyhow::Result<HealthCheckResponse> {
+        let unbound: Vec<String> = read(&self.unbound)
+            .iter()
+            .map(|(key, error)| format!("listener of {key} could not bind {error}"))
+            .collect();
+        if !unbound.is_empty() {
+            let message = unbound.join("; ");
+            debug!(%message, "health check: unhealthy");
+            return Ok(HealthCheckResponse {
+                healthy: false,
+                message: Some(message),
+            });
+        }
         let sessions = self.sessions();
         let total = sessions.len();
         let mut down: Vec<(Arc<Session>, Duration, String)> = sessions
@@ -936,6 +1013,13 @@ impl Provider for WebSocketMessagingProvider {
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
+        let listeners: Vec<_> = write(&self.listeners)
+            .drain()
+            .map(|(_, l)| l.listener)
+            .collect();
+        for listener in &listeners {
+            listener.close();
+        }
         let linked: Vec<_> = write(&self.links).drain().map(|(_, l)| l).collect();
         let sessions: Vec<_> = linked.iter().map(|l| Arc::clone(&l.session)).collect();
         for session in &sessions {
@@ -951,7 +1035,9 @@ impl Provider for WebSocketMessagingProvider {
                 .filter_map(|l| l.claim.as_ref())
                 .map(|c| c.leave(Leave::Release, SHUTDOWN_GRACE)),
         );
-        futures::future::join(closing, leaving).await;
+        let stopping =
+            futures::future::join_all(listeners.iter().map(|l| l.wait_closed(SHUTDOWN_GRACE)));
+        futures::future::join3(closing, leaving, stopping).await;
         info!(sessions = sessions.len(), "provider shut down");
         Ok(())
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use wasmcloud_provider_sdk::wasmcloud_tracing::{global, Histogram, KeyValue, Meter};
 
-use crate::session::{Session, SessionKey};
+use crate::client::session::{Session, SessionKey};
 use crate::stats::{SessionStats, LATENCY_BOUNDS_MS};
 
 /// The prefix of every metric name.

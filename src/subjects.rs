@@ -15,12 +15,14 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use crate::session::Session;
+use crate::client::session::Session;
+use crate::connection::ConnectionConfig;
 use crate::stats::Totals;
 
 pub const SESSIONS: &str = "$ws.sessions";
 pub const STATS: &str = "$ws.stats";
 pub const SESSION_PREFIX: &str = "$ws.session.";
+pub const CLOSE_PREFIX: &str = "$ws.close.";
 
 /// The longest subject (or `reply_to`) a component may give, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 1024;
@@ -96,6 +98,10 @@ pub enum Subject<'a> {
         id: &'a str,
         subject: &'a str,
     },
+    /// `$ws.close.<id>`: closes a listener's client.
+    Close {
+        id: &'a str,
+    },
     Unknown,
 }
 
@@ -103,6 +109,10 @@ pub fn parse(subject: &str) -> Subject<'_> {
     match subject {
         SESSIONS => Subject::Sessions,
         STATS => Subject::Stats,
+        _ if subject.starts_with(CLOSE_PREFIX) => match &subject[CLOSE_PREFIX.len()..] {
+            id if !id.is_empty() && !id.contains('.') => Subject::Close { id },
+            _ => Subject::Unknown,
+        },
         _ => match subject
             .strip_prefix(SESSION_PREFIX)
             .and_then(|rest| rest.split_once('.'))
@@ -120,20 +130,19 @@ pub fn unknown(subject: &str, call: &str) -> String {
     format!(
         "unknown provider subject {subject}: `$ws.` subjects are the provider's own ({call} accepts {})",
         match call {
-            "request" => "`$ws.sessions` and `$ws.stats`",
-            _ => "`$ws.session.<id>.<subject>`",
+            "request" => "`$ws.sessions`, `$ws.stats` and `$ws.session.<id>.<subject>` of a listener's client",
+            _ => "`$ws.session.<id>.<subject>` and `$ws.close.<id>`",
         }
     )
 }
 
 /// Refuses the subjects when the calling link turned session tracking off.
-pub fn check_enabled(calling: &Session) -> Result<(), String> {
-    if calling.config.enable_session_tracking {
+pub fn check_enabled(config: &ConnectionConfig, link_name: &str) -> Result<(), String> {
+    if config.enable_session_tracking {
         Ok(())
     } else {
         Err(format!(
-            "the provider's `$ws.` subjects are turned off on link {} (enable_session_tracking = false)",
-            calling.key.link_name
+            "the provider's `$ws.` subjects are turned off on link {link_name} (enable_session_tracking = false)"
         ))
     }
 }
@@ -171,6 +180,41 @@ pub fn session_info(s: &Session, owner: Option<&str>) -> Value {
     .expect("session info serializes")
 }
 
+/// A listener client's entry of `$ws.sessions`.
+pub fn client_info(
+    listener: &crate::server::Listener,
+    client: &crate::server::client::Client,
+) -> Value {
+    json!({
+        "id": &*client.id,
+        "kind": "client",
+        "link_name": listener.key().link_name,
+        "listen": listener.local_addr().to_string(),
+        "remote_addr": client.remote_addr.to_string(),
+        "user": client.user,
+        "state": "open",
+        "connected_at": rfc3339(client.connected_at),
+        "subscriptions": client.subscriptions(),
+        "frames_in": client.stats.frames_in.load(Ordering::Relaxed),
+        "frames_out": client.stats.frames_out.load(Ordering::Relaxed),
+    })
+}
+
+/// A listener client's entry of `$ws.stats`.
+pub fn client_stats(
+    listener: &crate::server::Listener,
+    client: &crate::server::client::Client,
+) -> Value {
+    let mut object = Map::new();
+    object.insert("id".into(), json!(&*client.id));
+    object.insert("kind".into(), json!("client"));
+    object.insert("link_name".into(), json!(listener.key().link_name));
+    object.insert("state".into(), json!("open"));
+    object.insert("pending_requests".into(), json!(client.pending.len()));
+    client.stats.add_json(&mut object);
+    Value::Object(object)
+}
+
 /// The answer to `$ws.sessions`: the caller's sessions, ordered by link name.
 pub fn sessions(infos: Vec<Value>) -> Bytes {
     Bytes::from(serde_json::to_vec(&infos).expect("session info serializes"))
@@ -189,7 +233,11 @@ pub fn session_stats(s: &Session) -> Value {
 
 /// This replica's counters: summed over every session it has (a standby's are the times it held
 /// them), and over the sessions that are gone.
-pub fn provider_totals(totals: &Totals, all: &[Arc<Session>]) -> Map<String, Value> {
+pub fn provider_totals<'a>(
+    totals: &Totals,
+    all: &'a [Arc<Session>],
+    clients: impl IntoIterator<Item = &'a crate::stats::SessionStats>,
+) -> Map<String, Value> {
     let mut provider = Map::new();
     provider.insert("sessions_open".into(), json!(Session::count_open(all)));
     provider.insert("sessions".into(), json!(all.len()));
@@ -201,7 +249,7 @@ pub fn provider_totals(totals: &Totals, all: &[Arc<Session>]) -> Map<String, Val
         );
     }
     totals
-        .sum(all.iter().map(|s| &*s.stats))
+        .sum(all.iter().map(|s| &*s.stats).chain(clients))
         .add_json(&mut provider);
     provider
 }

@@ -1,4 +1,4 @@
-//! TLS for `wss://`: which servers are trusted, the client certificate for mutual TLS, and TLS
+//! TLS for `wss://` (and a `wss` listener's certificate, [`ServerTls`]): which servers are trusted, the client certificate for mutual TLS, and TLS
 //! failures in words a user can act on.
 //!
 //! Trust is webpki-roots (Mozilla's root list, compiled into the binary, so the provider behaves
@@ -271,6 +271,74 @@ impl fmt::Debug for Tls {
                 "tls_client_key",
                 &self.client_key.as_ref().map(|_| "<redacted>"),
             )
+            .finish()
+    }
+}
+
+/// The certificate chain and key of a `wss` listener (`tls_cert`, `tls_key`) and the rustls
+/// server config made of them, built when the link is put. Equal when the PEM texts are.
+#[derive(Clone)]
+pub struct ServerTls {
+    cert: String,
+    key: String,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl ServerTls {
+    pub fn new(cert: String, key: String) -> Result<Self, ConfigError> {
+        let chain = certificates("tls_cert", cert.as_bytes())?;
+        // The PEM error is not shown: its details could quote part of the key.
+        let private = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+            refuse(
+                "tls_key",
+                "not a PEM private key (expected a `-----BEGIN PRIVATE KEY-----`, `RSA PRIVATE KEY` or `EC PRIVATE KEY` block)",
+            )
+        })?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .map_err(|e| {
+                refuse(
+                    "tls_key",
+                    match e {
+                        rustls::Error::InconsistentKeys(_) => {
+                            "does not belong to the certificate in `tls_cert`".into()
+                        }
+                        other => format!("cannot be used with `tls_cert` ({other})"),
+                    },
+                )
+            })?;
+        // WebSocket is HTTP/1.1 here.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(ServerTls {
+            cert,
+            key,
+            config: Arc::new(config),
+        })
+    }
+
+    /// The rustls config every client connection of the listener uses.
+    pub fn config(&self) -> Arc<rustls::ServerConfig> {
+        Arc::clone(&self.config)
+    }
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.cert == other.cert && self.key == other.key
+    }
+}
+
+impl Eq for ServerTls {}
+
+impl fmt::Debug for ServerTls {
+    // By hand: the key never reaches a log through `{:?}`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("tls_cert", &"<PEM>")
+            .field("tls_key", &"<redacted>")
             .finish()
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::component::Behaviour;
 use common::ws::{Event, Message, WsServer};
 use common::{envelope, Rig};
-use wasmcloud_provider_messaging_websocket::connection::BOUNDS;
+use wasmcloud_provider_messaging_websocket::connection::{BOUNDS, LISTENER_KEYS};
 use wasmcloud_provider_sdk::core::logging::Level;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -26,7 +26,10 @@ async fn any_number_for_any_numeric_key_refuses_the_link_or_works() {
     let uri = server.uri();
     let component = rig.component("numbers").await;
     let mut cases = Vec::new();
-    for (k, bound) in BOUNDS.iter().enumerate() {
+    // A listener's numbers (`max_clients`, ...) need `listen`, and a listener without clients
+    // has no entry in `$ws.sessions`: tests/server.rs puts them through the same values.
+    let dialling = BOUNDS.iter().filter(|b| !LISTENER_KEYS.contains(&b.key));
+    for (k, bound) in dialling.clone().enumerate() {
         let mut values = vec![
             0,
             1,
@@ -110,7 +113,7 @@ async fn any_number_for_any_numeric_key_refuses_the_link_or_works() {
         );
     }
     assert!(
-        sessions.len() >= BOUNDS.len() * 3,
+        sessions.len() >= dialling.count() * 3,
         "most in-bound values work: {} sessions",
         sessions.len()
     );

@@ -16,7 +16,7 @@
 //! ahead are still delivered (only when the session closes are those left counted as
 //! `dropped_on_close` and reported).
 //!
-//! This module and [`crate::socket`] are the only ones that touch the WebSocket library's types.
+//! This module and [`crate::client::socket`] are the only ones that touch the WebSocket library's types.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -37,15 +37,15 @@ use wasmcloud_provider_sdk::wasmcloud_tracing::KeyValue;
 use yawc::close::CloseCode;
 use yawc::{Frame as WsFrame, OpCode, WebSocketError};
 
-use crate::acks::Acks;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::budget::{Budget, Held, Slot};
+use crate::client::acks::Acks;
+use crate::client::socket::{self, describe, Socket};
 use crate::connection::{Compression, ConnectionConfig, Format};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
 use crate::lattice::lease::Fence;
 use crate::requests::{Pending, Routed};
-use crate::socket::{self, describe, Socket};
 use crate::stats::{self, SessionStats, Totals};
 
 /// Most frames written before one flush.
@@ -1240,6 +1240,10 @@ impl SocketTask {
                 }
                 return None;
             }
+            Ok(Incoming::Subscribe(_) | Incoming::Unsubscribe(_)) => Err(
+                "a subscribe or unsubscribe envelope, which only a listener's clients send"
+                    .to_string(),
+            ),
             Err(error) => Err(error.to_string()),
         };
         let (msg, ack_id) = match checked {

@@ -214,7 +214,7 @@ impl Lattice {
             instance: format!(
                 "{}-{}",
                 token(&host_data.instance_id),
-                crate::session::token(8)
+                crate::client::session::token(8)
             ),
         };
         let subject_prefix = format!(

@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod clients;
 pub mod component;
 pub mod nats;
 pub mod otlp;

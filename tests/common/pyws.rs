@@ -110,3 +110,62 @@ impl PyWsServer {
         }
     }
 }
+
+/// A WebSocket client of another implementation: Python `websockets` (tests/pyws/client.py),
+/// driven by commands on its stdin; it offers permessage-deflate and compresses when accepted.
+pub struct PyWsClient {
+    stdin: tokio::process::ChildStdin,
+    events: tokio::sync::mpsc::UnboundedReceiver<Value>,
+    _child: Child,
+}
+
+impl PyWsClient {
+    /// Connects to `url`; returns once connected (the `connected` event, with the extensions).
+    pub async fn connect(url: &str) -> (Self, Value) {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pyws/client.py");
+        let mut child = Command::new(python())
+            .arg(script)
+            .arg(url)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("python starts");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let event: Value = serde_json::from_str(&line).expect("the client prints JSON");
+                let _ = tx.send(event);
+            }
+        });
+        let mut client = PyWsClient {
+            stdin,
+            events,
+            _child: child,
+        };
+        let connected = client.event(Duration::from_secs(20)).await;
+        assert_eq!(connected["event"], "connected", "{connected}");
+        (client, connected)
+    }
+
+    /// Sends one command (see tests/pyws/client.py).
+    pub async fn command(&mut self, command: Value) {
+        use tokio::io::AsyncWriteExt as _;
+        let mut line = serde_json::to_vec(&command).unwrap();
+        line.push(b'\n');
+        self.stdin.write_all(&line).await.unwrap();
+        self.stdin.flush().await.unwrap();
+    }
+
+    /// The next event, within `limit`.
+    pub async fn event(&mut self, limit: Duration) -> Value {
+        match tokio::time::timeout(limit, self.events.recv()).await {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("the Python client ended without a word"),
+            Err(_) => panic!("no event from the Python client within {limit:?}"),
+        }
+    }
+}

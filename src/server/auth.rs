@@ -1,0 +1,312 @@
+//! Admission of a client before the upgrade: the path, the `Origin`, the listener's capacity,
+//! and the client's credentials (`auth_token`, or a JWT checked with `jwt_secret` /
+//! `jwt_public_key`). A refusal is an HTTP status with a short reason; it never carries the token.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderMap, StatusCode};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use subtle::ConstantTimeEq as _;
+
+use crate::connection::{invalid, ConfigError, ListenConfig};
+use crate::server::subscriptions::Pattern;
+
+/// How far a JWT's `exp` may lie in the past (clock skew between issuer and provider).
+const JWT_LEEWAY_SECS: u64 = 5;
+
+/// A key that verifies client JWTs, and the algorithms it accepts.
+#[derive(Clone)]
+pub struct JwtKey {
+    /// What the user gave (the secret or the PEM), for comparing settings.
+    source: Arc<str>,
+    key: DecodingKey,
+    algorithm: Algorithm,
+}
+
+impl JwtKey {
+    /// `jwt_secret`: HS256.
+    pub fn secret(secret: &str) -> Result<Self, ConfigError> {
+        if secret.len() < 16 {
+            return Err(invalid(
+                "jwt_secret",
+                "",
+                "shorter than 16 bytes: an HS256 secret that short can be guessed; use 32 random bytes or more",
+            ));
+        }
+        Ok(JwtKey {
+            source: secret.into(),
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            algorithm: Algorithm::HS256,
+        })
+    }
+
+    /// `jwt_public_key`: an RSA key (RS256) or an EC P-256 key (ES256), PEM.
+    pub fn public_key(pem: &str) -> Result<Self, ConfigError> {
+        let (key, algorithm) = if let Ok(key) = DecodingKey::from_rsa_pem(pem.as_bytes()) {
+            (key, Algorithm::RS256)
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem.as_bytes()) {
+            (key, Algorithm::ES256)
+        } else {
+            return Err(ConfigError {
+                key: "jwt_public_key".into(),
+                value: None,
+                reason: "not a PEM public key of RSA (RS256) or EC P-256 (ES256) (expected a `-----BEGIN PUBLIC KEY-----` block)".into(),
+            });
+        };
+        Ok(JwtKey {
+            source: pem.into(),
+            key,
+            algorithm,
+        })
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, String> {
+        let mut validation = Validation::new(self.algorithm);
+        validation.leeway = JWT_LEEWAY_SECS;
+        validation.validate_aud = false;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => "the JWT has expired (exp)".to_string(),
+                ErrorKind::InvalidSignature => "the JWT's signature does not verify".to_string(),
+                ErrorKind::InvalidAlgorithm => format!(
+                    "the JWT is not signed with {:?}, the algorithm of the listener's key",
+                    self.algorithm
+                ),
+                ErrorKind::MissingRequiredClaim(claim) => {
+                    format!("the JWT has no `{claim}` claim")
+                }
+                _ => format!("the JWT is not valid ({e})"),
+            }
+        })?;
+        Ok(data.claims)
+    }
+}
+
+impl PartialEq for JwtKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for JwtKey {}
+
+impl fmt::Debug for JwtKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JwtKey({:?}, <redacted>)", self.algorithm)
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: Option<String>,
+    /// The subject patterns the client may subscribe to and publish on.
+    #[serde(default)]
+    subjects: Option<Vec<String>>,
+}
+
+/// Why a client was refused, by the counter it goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    Path,
+    Origin,
+    Full,
+    Auth,
+    Upgrade,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 5] = [
+        Refused::Path,
+        Refused::Origin,
+        Refused::Full,
+        Refused::Auth,
+        Refused::Upgrade,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::Path => "path",
+            Refused::Origin => "origin",
+            Refused::Full => "full",
+            Refused::Auth => "auth",
+            Refused::Upgrade => "upgrade",
+        }
+    }
+}
+
+/// A refusal: the status, its counter, and the reason (logged and sent as the body).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    pub why: Refused,
+    pub reason: String,
+}
+
+fn refuse(status: StatusCode, why: Refused, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        why,
+        reason: reason.into(),
+    }
+}
+
+/// Who an admitted client is.
+#[derive(Debug, Default)]
+pub struct Admitted {
+    /// The JWT's `sub`.
+    pub user: Option<String>,
+    /// The JWT's `subjects`: what the client may subscribe to and publish on (none = anything).
+    pub allowed: Option<Vec<Pattern>>,
+}
+
+/// Checks where an upgrade request goes and where it comes from: the path, then the `Origin`.
+pub fn check_place(listen: &ListenConfig, path: &str, headers: &HeaderMap) -> Result<(), Refusal> {
+    if path != listen.path {
+        return Err(refuse(
+            StatusCode::NOT_FOUND,
+            Refused::Path,
+            format!("no WebSocket endpoint at this path (it is {})", listen.path),
+        ));
+    }
+    if listen.allowed_origins.is_empty() {
+        return Ok(());
+    }
+    let origin = headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
+    match origin {
+        Some(origin) if listen.allowed_origins.contains(&origin) => Ok(()),
+        Some(_) => Err(refuse(
+            StatusCode::FORBIDDEN,
+            Refused::Origin,
+            "this Origin is not in allowed_origins",
+        )),
+        None => Err(refuse(
+            StatusCode::FORBIDDEN,
+            Refused::Origin,
+            "no Origin header, and allowed_origins is set",
+        )),
+    }
+}
+
+/// Checks the client's credentials: `auth_token` (what clients must present, the link's
+/// `auth_token`), or a JWT when the listener has a JWT key, or nothing when it has neither.
+pub fn authenticate(
+    listen: &ListenConfig,
+    auth_token: Option<&str>,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Admitted, Refusal> {
+    if auth_token.is_none() && listen.jwt.is_none() {
+        return Ok(Admitted::default());
+    }
+    let Some(presented) = presented_token(query, headers) else {
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            Refused::Auth,
+            "no token: send `Authorization: Bearer <token>` or `?token=<token>`",
+        ));
+    };
+    let Some(jwt) = &listen.jwt else {
+        let expected = auth_token.unwrap_or_default();
+        return if bool::from(presented.as_bytes().ct_eq(expected.as_bytes())) {
+            Ok(Admitted::default())
+        } else {
+            Err(refuse(
+                StatusCode::UNAUTHORIZED,
+                Refused::Auth,
+                "the token is not the listener's auth_token",
+            ))
+        };
+    };
+    let claims = jwt
+        .verify(&presented)
+        .map_err(|reason| refuse(StatusCode::UNAUTHORIZED, Refused::Auth, reason))?;
+    let allowed = claims
+        .subjects
+        .map(|patterns| {
+            patterns
+                .iter()
+                .map(|p| Pattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(|e| {
+            refuse(
+                StatusCode::UNAUTHORIZED,
+                Refused::Auth,
+                format!("the JWT's `subjects` claim holds a bad pattern: {e}"),
+            )
+        })?;
+    Ok(Admitted {
+        user: claims.sub,
+        allowed,
+    })
+}
+
+/// The token in `Authorization: Bearer`, else in the query's `token` (browsers cannot set
+/// headers on a WebSocket).
+fn presented_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
+    if let Some(token) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        return Some(token.trim().to_string());
+    }
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(name, _)| name == "token")
+        .map(|(_, value)| value.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listen() -> ListenConfig {
+        ListenConfig {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            path: "/chat".into(),
+            max_clients: 10,
+            allowed_origins: vec!["https://chat.example.com".into()],
+            jwt: None,
+            client_queue_bytes: 1 << 20,
+            client_rate_limit: 0,
+            client_events: false,
+            tls: None,
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.insert(*name, value.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn refuses_by_path_origin_and_token() {
+        let l = listen();
+        let good = headers(&[("origin", "https://chat.example.com/")]);
+        assert_eq!(check_place(&l, "/", &good).unwrap_err().why, Refused::Path);
+        let evil = headers(&[("origin", "https://evil.example.com")]);
+        assert_eq!(
+            check_place(&l, "/chat", &evil).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        assert!(check_place(&l, "/chat", &good).is_ok());
+        assert!(authenticate(&l, None, None, &good).is_ok());
+        let refusal = authenticate(&l, Some("s3cret"), Some("token=nope"), &good).unwrap_err();
+        assert_eq!(refusal.status, StatusCode::UNAUTHORIZED);
+        assert!(!refusal.reason.contains("nope") && !refusal.reason.contains("s3cret"));
+        assert!(authenticate(&l, Some("s3cret"), Some("a=1&token=s3cret"), &good).is_ok());
+        let bearer = headers(&[("authorization", "Bearer s3cret")]);
+        assert!(authenticate(&l, Some("s3cret"), None, &bearer).is_ok());
+    }
+}

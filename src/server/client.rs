@@ -1,0 +1,585 @@
+//! One client of a listener: who it is, what it subscribed to, its bounded outgoing queue, and
+//! the task that reads its frames (to the component, or answering its requests) and writes what
+//! is queued for it.
+//!
+//! Bounds, per client: the outgoing queue holds at most `client_queue_bytes` (past it the client
+//! is closed with 1008, so a client that does not read never holds up a broadcast); at most
+//! `max_in_flight` deliveries and `max_in_flight_bytes` of their bodies run at once (then this
+//! client's socket is not read: TCP pushes back on that client alone); `client_rate_limit`
+//! messages per second; `max_message_bytes` per message; [`MAX_PER_CLIENT`] subscriptions.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{SinkExt as _, StreamExt as _};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
+use crate::delivery::{self, HandlerClient, Target};
+use crate::envelope::{Frame, Incoming};
+use crate::requests::{Pending, Routed};
+use crate::server::socket::{self, ClientSocket, In, Out};
+use crate::server::subscriptions::{self, Pattern, MAX_PER_CLIENT};
+use crate::server::Shared;
+use crate::stats::{self, SessionStats};
+
+/// How long a client may keep sending over `client_rate_limit` before it is closed.
+pub const RATE_GRACE: Duration = Duration::from_secs(2);
+/// How long a closing client's Close frame may take to go out.
+const CLOSE_GRACE: Duration = Duration::from_millis(200);
+/// The most frames written before one flush.
+const BATCH: usize = 64;
+
+/// Why sending to a client failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// Its queue is full: it was closed as a slow consumer.
+    Slow,
+    /// It is gone.
+    Gone,
+}
+
+/// A connected client.
+pub struct Client {
+    pub id: Arc<str>,
+    pub remote_addr: SocketAddr,
+    /// The JWT's `sub`.
+    pub user: Option<String>,
+    pub connected_at: SystemTime,
+    /// The JWT's `subjects`: what it may subscribe to and publish on (none = anything).
+    allowed: Option<Vec<Pattern>>,
+    subscriptions: Mutex<Vec<Pattern>>,
+    pub stats: Arc<SessionStats>,
+    out: mpsc::UnboundedSender<(Out, usize)>,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    queue_limit: usize,
+    pub pending: Pending,
+    stop: CancellationToken,
+    /// The Close code and reason it is being closed with, once it is.
+    closing: Mutex<Option<(u16, &'static str)>>,
+    /// Whether it was closed as a slow consumer (counted once).
+    slow: AtomicBool,
+}
+
+impl Client {
+    /// The subscriptions, for `$ws.sessions`.
+    pub fn subscriptions(&self) -> Vec<String> {
+        lock(&self.subscriptions)
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect()
+    }
+
+    /// Queues a frame. Past `client_queue_bytes` the client is closed (1008, slow consumer),
+    /// except that one message bigger than the bound alone may go to an idle queue.
+    pub fn send(&self, frame: Frame, shared: &Shared) -> Result<(), SendError> {
+        if self.stop.is_cancelled() {
+            return Err(SendError::Gone);
+        }
+        let len = frame.len();
+        let before = self.queued.fetch_add(len, Ordering::Relaxed);
+        if before > 0 && before + len > self.queue_limit {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            if !self.slow.swap(true, Ordering::Relaxed) {
+                stats::bump(&shared.counters.slow_consumer_closes);
+                warn!(client = %self.id, remote_addr = %self.remote_addr, component = %shared.key.component, link_name = %shared.key.link_name, queued = before, client_queue_bytes = self.queue_limit, "client does not keep up: its outgoing queue is full; closing it (1008 slow consumer)");
+                self.close(1008, "slow consumer");
+            }
+            return Err(SendError::Slow);
+        }
+        self.out
+            .send((Out::from(frame), len))
+            .map_err(|_| SendError::Gone)
+    }
+
+    /// Closes the client with `code` (the first reason given wins).
+    pub fn close(&self, code: u16, reason: &'static str) {
+        lock(&self.closing).get_or_insert((code, reason));
+        self.stop.cancel();
+    }
+
+    /// Sends a request to the client and waits for its reply (an envelope whose subject is the
+    /// request's inbox), at most `timeout`.
+    pub async fn request(
+        &self,
+        shared: &Shared,
+        subject: &str,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<BrokerMessage, String> {
+        stats::bump(&self.stats.requests);
+        let mut ticket = self.pending.register();
+        let msg = BrokerMessage {
+            subject: subject.to_string(),
+            body,
+            reply_to: Some(ticket.inbox.clone()),
+        };
+        self.send(shared.codec.encode(&msg, None), shared)
+            .map_err(|e| format!("request to client {}: {}", self.id, send_words(&e)))?;
+        self.pending.written(&ticket.inbox);
+        match tokio::time::timeout(timeout, &mut ticket.reply).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) => Err(format!("request to {subject}: client {} left", self.id)),
+            Err(_) => {
+                stats::bump(&self.stats.request_timeouts);
+                Err(format!(
+                    "request to {subject} timed out after {} ms",
+                    timeout.as_millis()
+                ))
+            }
+        }
+    }
+}
+
+/// A send error in words.
+pub fn send_words(e: &SendError) -> &'static str {
+    match e {
+        SendError::Slow => {
+            "its outgoing queue is full (client_queue_bytes); it was closed as a slow consumer"
+        }
+        SendError::Gone => "it is disconnected",
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A new client and the receiving end of its queue.
+pub fn new(
+    shared: &Shared,
+    remote_addr: SocketAddr,
+    user: Option<String>,
+    allowed: Option<Vec<Pattern>>,
+) -> (Arc<Client>, mpsc::UnboundedReceiver<(Out, usize)>) {
+    let id: Arc<str> = format!("c{}", crate::client::session::token(15)).into();
+    let (out, rx) = mpsc::unbounded_channel();
+    let client = Arc::new(Client {
+        pending: Pending::new(&shared.config.inbox_prefix, &id),
+        id,
+        remote_addr,
+        user,
+        connected_at: SystemTime::now(),
+        allowed,
+        subscriptions: Mutex::default(),
+        stats: Arc::new(SessionStats::for_session(&shared.totals)),
+        out,
+        queued: AtomicUsize::new(0),
+        queue_limit: shared.listen().client_queue_bytes,
+        stop: shared.stop.child_token(),
+        closing: Mutex::default(),
+        slow: AtomicBool::new(false),
+    });
+    (client, rx)
+}
+
+/// How a client's connection ended.
+enum End {
+    /// The client closed, or the connection failed (in words).
+    Left(String),
+    /// The provider closes it (`Client::close`).
+    Closed,
+    /// Nothing arrived for `ping_interval + pong_timeout`.
+    Dead,
+}
+
+/// Serves one client until it leaves or is closed; then forgets it.
+pub async fn run(
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    socket: ClientSocket,
+    mut rx: mpsc::UnboundedReceiver<(Out, usize)>,
+) {
+    let (mut sink, mut stream) = socket.split();
+    let target = Target {
+        session_id: client.id.to_string(),
+        key: shared.key.clone(),
+        handler_linked: Arc::clone(&shared.handler_linked),
+        acker: None,
+        stats: Arc::clone(&client.stats),
+        clients: shared.handler_clients.clone(),
+        timeout: shared.config.delivery_timeout,
+        fence: None,
+    };
+    let mut reader = Reader {
+        shared: &shared,
+        client: &client,
+        target: &target,
+        handler: None,
+        in_flight: FuturesUnordered::new(),
+        bytes_in_flight: 0,
+        limiter: NonZeroU32::new(shared.listen().client_rate_limit)
+            .map(|n| RateLimiter::direct(Quota::per_second(n).allow_burst(n))),
+        flooding: None,
+        warned_malformed: false,
+    };
+    if shared.listen().client_events {
+        reader.event("$ws.connected").await;
+    }
+    let end = tokio::select! {
+        end = reader.read(&mut stream) => end,
+        end = write(&shared, &client, &mut sink, &mut rx) => end,
+        () = client.stop.cancelled() => End::Closed,
+    };
+    let closing = *lock(&client.closing);
+    match (&end, closing) {
+        (End::Closed, Some((code, reason))) => {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(socket::close_frame(code, reason)))
+                .await;
+        }
+        (End::Dead, _) => {
+            stats::bump(&shared.counters.dead_clients);
+            info!(client = %client.id, remote_addr = %client.remote_addr, "no pong or other frame for ping_interval_sec + pong_timeout_sec: the client is gone; closing");
+        }
+        _ => {}
+    }
+    drop(sink);
+    drop(stream);
+    client.stop.cancel();
+    shared.forget(&client);
+    let reason = match &end {
+        End::Left(reason) => reason.as_str(),
+        End::Closed => closing.map_or("closed", |(_, reason)| reason),
+        End::Dead => "dead (no pong)",
+    };
+    client
+        .pending
+        .fail_all(&format!("client {} left ({reason})", client.id));
+    debug!(client = %client.id, remote_addr = %client.remote_addr, reason, "client disconnected");
+    if shared.stop.is_cancelled() {
+        // The listener closes (link deleted, shutdown): deliveries under way are abandoned.
+        return;
+    }
+    if shared.listen().client_events {
+        reader.event("$ws.disconnected").await;
+    }
+    while reader.in_flight.next().await.is_some() {}
+}
+
+/// Writes what is queued, in batches with one flush each, and a keepalive ping every
+/// `ping_interval_sec`.
+async fn write(
+    shared: &Shared,
+    client: &Client,
+    sink: &mut futures::stream::SplitSink<ClientSocket, Out>,
+    rx: &mut mpsc::UnboundedReceiver<(Out, usize)>,
+) -> End {
+    let period = shared.config.ping_interval;
+    let mut ping = tokio::time::interval_at(Instant::now() + period, period);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let first = tokio::select! {
+            next = rx.recv() => next,
+            _ = ping.tick() => {
+                if let Err(e) = sink.send(socket::ping()).await {
+                    return End::Left(e);
+                }
+                continue;
+            }
+        };
+        let Some((frame, len)) = first else {
+            return End::Closed;
+        };
+        let (mut frames, mut bytes) = (1, len);
+        if let Err(e) = sink.feed(frame).await {
+            return End::Left(e);
+        }
+        while frames < BATCH {
+            let Ok((frame, len)) = rx.try_recv() else {
+                break;
+            };
+            if let Err(e) = sink.feed(frame).await {
+                return End::Left(e);
+            }
+            frames += 1;
+            bytes += len;
+        }
+        if let Err(e) = sink.flush().await {
+            return End::Left(e);
+        }
+        client.queued.fetch_sub(bytes, Ordering::Relaxed);
+        stats::add(&client.stats.frames_out, frames);
+        stats::add(&client.stats.bytes_out, bytes);
+    }
+}
+
+type Delivering<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send + 'a>>;
+
+/// The reading side of a client: its frames, its deliveries in flight, its rate limit.
+struct Reader<'a> {
+    shared: &'a Shared,
+    client: &'a Arc<Client>,
+    target: &'a Target,
+    handler: Option<Arc<HandlerClient>>,
+    in_flight: FuturesUnordered<Delivering<'a>>,
+    bytes_in_flight: usize,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// Since when the client has been sending over its rate, and when it last did.
+    flooding: Option<(Instant, Instant)>,
+    warned_malformed: bool,
+}
+
+impl<'a> Reader<'a> {
+    async fn read(&mut self, stream: &mut futures::stream::SplitStream<ClientSocket>) -> End {
+        let config = &self.shared.config;
+        let dead_after = config.ping_interval + config.pong_timeout;
+        let mut last_seen = Instant::now();
+        loop {
+            let full = self.in_flight.len() >= config.max_in_flight
+                || self.bytes_in_flight >= config.max_in_flight_bytes;
+            let next = tokio::select! {
+                Some(len) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.bytes_in_flight -= len;
+                    // Reading was paused: the client is not to blame for the silence.
+                    last_seen = Instant::now();
+                    continue;
+                }
+                next = stream.next(), if !full => next,
+                () = tokio::time::sleep_until(last_seen + dead_after), if !full => return End::Dead,
+            };
+            last_seen = Instant::now();
+            match next {
+                None => return End::Left("the connection ended".into()),
+                Some(In::Data(payload)) => self.data(payload).await,
+                Some(In::Control) => {}
+                Some(In::Close(code)) => {
+                    return End::Left(match code {
+                        Some(code) => format!("the client closed (close code {code})"),
+                        None => "the client closed".into(),
+                    })
+                }
+                Some(In::TooLarge) => {
+                    stats::bump(&self.client.stats.dropped_oversized);
+                    warn!(client = %self.client.id, remote_addr = %self.client.remote_addr, component = %self.shared.key.component, link_name = %self.shared.key.link_name, max_message_bytes = config.max_message_bytes, "a client sent a message larger than max_message_bytes (after decompression); closing it with 1009");
+                    return End::Left("message too large (1009)".into());
+                }
+                Some(In::Failed(reason)) => return End::Left(reason),
+            }
+        }
+    }
+
+    /// One data frame: over the rate, a subscription change, a reply to a request, or a
+    /// message for the component.
+    async fn data(&mut self, payload: Bytes) {
+        let stats = &self.client.stats;
+        stats::bump(&stats.frames_in);
+        stats::add(&stats.bytes_in, payload.len());
+        if !self.within_rate() {
+            return;
+        }
+        let incoming = match self.shared.codec.decode(payload) {
+            Ok(incoming) => incoming,
+            Err(error) => return self.malformed(&error.to_string()),
+        };
+        match incoming {
+            Incoming::Subscribe(pattern) => self.subscribe(&pattern),
+            Incoming::Unsubscribe(pattern) => self.unsubscribe(&pattern),
+            Incoming::Ack(_) => {
+                self.malformed("an ack; a listener does not send acknowledged envelopes")
+            }
+            Incoming::Message { msg, .. } => {
+                if let Err(error) =
+                    crate::subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
+                {
+                    return self.malformed(&error);
+                }
+                if !subscriptions::allows(self.client.allowed.as_deref(), &msg.subject) {
+                    stats::bump(&self.shared.counters.not_allowed);
+                    debug!(client = %self.client.id, subject = %msg.subject, "the client's JWT does not allow this subject; message dropped");
+                    self.answer_error(&format!(
+                        "not allowed to publish on {} (the token's `subjects`)",
+                        crate::subjects::quoted(&msg.subject)
+                    ));
+                    return;
+                }
+                match self.client.pending.route(msg) {
+                    Routed::Reply => {}
+                    Routed::Late => stats::bump(&stats.dropped_unmatched),
+                    Routed::Deliver(msg) => self.deliver(msg).await,
+                }
+            }
+        }
+    }
+
+    /// Whether a message fits the client's rate; past it the message is dropped and counted,
+    /// and a client that keeps on for [`RATE_GRACE`] is closed.
+    fn within_rate(&mut self) -> bool {
+        let Some(limiter) = &self.limiter else {
+            return true;
+        };
+        let now = Instant::now();
+        if limiter.check().is_ok() {
+            if self
+                .flooding
+                .is_some_and(|(_, last)| now.duration_since(last) > Duration::from_secs(1))
+            {
+                self.flooding = None;
+            }
+            return true;
+        }
+        stats::bump(&self.shared.counters.rate_limited);
+        let since = match self.flooding {
+            Some((since, _)) => since,
+            None => {
+                debug!(client = %self.client.id, remote_addr = %self.client.remote_addr, "client sends over client_rate_limit; dropping what exceeds it");
+                now
+            }
+        };
+        self.flooding = Some((since, now));
+        if now.duration_since(since) >= RATE_GRACE {
+            stats::bump(&self.shared.counters.rate_limit_closes);
+            warn!(client = %self.client.id, remote_addr = %self.client.remote_addr, client_rate_limit = self.shared.listen().client_rate_limit, grace_s = RATE_GRACE.as_secs(), "client kept sending over client_rate_limit; closing it (1008)");
+            self.client.close(1008, "rate limit exceeded");
+        }
+        false
+    }
+
+    fn malformed(&mut self, error: &str) {
+        stats::bump(&self.client.stats.dropped_malformed);
+        // Warned once per client: a hostile client must not be able to flood the log.
+        if !self.warned_malformed {
+            warn!(client = %self.client.id, remote_addr = %self.client.remote_addr, component = %self.shared.key.component, link_name = %self.shared.key.link_name, %error, "dropped a frame from a client (further ones from this client are logged at debug)");
+            self.warned_malformed = true;
+        } else {
+            debug!(client = %self.client.id, %error, "dropped a frame from a client");
+        }
+    }
+
+    fn answer(&self, key: &str, value: &str) {
+        let _ = self
+            .client
+            .send(self.shared.codec.encode_answer(key, value), self.shared);
+    }
+
+    fn answer_error(&self, why: &str) {
+        self.answer("error", why);
+    }
+
+    fn subscribe(&mut self, text: &str) {
+        let pattern = match Pattern::parse(text) {
+            Ok(pattern) => pattern,
+            Err(error) => return self.answer_error(&error),
+        };
+        if !subscriptions::allows_pattern(self.client.allowed.as_deref(), &pattern) {
+            stats::bump(&self.shared.counters.not_allowed);
+            return self.answer_error(&format!(
+                "not allowed to subscribe to {} (the token's `subjects`)",
+                crate::subjects::quoted(text)
+            ));
+        }
+        {
+            let mut mine = lock(&self.client.subscriptions);
+            if !mine.contains(&pattern) {
+                if mine.len() >= MAX_PER_CLIENT {
+                    drop(mine);
+                    return self.answer_error(&format!(
+                        "too many subscriptions (at most {MAX_PER_CLIENT} per client)"
+                    ));
+                }
+                mine.push(pattern.clone());
+                self.shared.subscribe(&pattern, &self.client.id);
+            }
+        }
+        self.answer("ok", text);
+    }
+
+    fn unsubscribe(&mut self, text: &str) {
+        let removed = {
+            let mut mine = lock(&self.client.subscriptions);
+            let before = mine.len();
+            mine.retain(|p| p.as_str() != text);
+            before != mine.len()
+        };
+        if removed {
+            if let Ok(pattern) = Pattern::parse(text) {
+                self.shared.unsubscribe(&pattern, &self.client.id);
+            }
+            self.answer("ok", text);
+        } else {
+            self.answer_error(&format!(
+                "not subscribed to {}",
+                crate::subjects::quoted(text)
+            ));
+        }
+    }
+
+    /// Delivers a client's message to the component, with the reply-to that reaches this
+    /// client: `$ws.session.<id>.<its reply_to, or its subject>`.
+    async fn deliver(&mut self, msg: BrokerMessage) {
+        let answer_on = msg.reply_to.as_deref().unwrap_or(&msg.subject);
+        let reply_to = format!(
+            "{}{}.{answer_on}",
+            crate::subjects::SESSION_PREFIX,
+            self.client.id
+        );
+        self.hand_over(BrokerMessage {
+            subject: msg.subject,
+            body: msg.body,
+            reply_to: Some(reply_to),
+        })
+        .await;
+    }
+
+    /// `$ws.connected` / `$ws.disconnected` with the client's id, address and user.
+    async fn event(&mut self, subject: &str) {
+        let body = serde_json::json!({
+            "id": &*self.client.id,
+            "remote_addr": self.client.remote_addr.to_string(),
+            "user": self.client.user,
+        });
+        self.hand_over(BrokerMessage {
+            subject: subject.to_string(),
+            body: Bytes::from(serde_json::to_vec(&body).expect("events serialize")),
+            reply_to: Some(format!(
+                "{}{}.events",
+                crate::subjects::SESSION_PREFIX,
+                self.client.id
+            )),
+        })
+        .await;
+    }
+
+    async fn hand_over(&mut self, msg: BrokerMessage) {
+        if !self.shared.handler_linked.load(Ordering::Relaxed) {
+            stats::bump(&self.client.stats.dropped_no_handler);
+            debug!(client = %self.client.id, subject = %msg.subject, "no handler link on this listener; message dropped");
+            return;
+        }
+        let handler = match &self.handler {
+            Some(handler) => Arc::clone(handler),
+            None => match self
+                .shared
+                .handler_clients
+                .get(&self.shared.key.component)
+                .await
+            {
+                Ok(handler) => {
+                    self.handler = Some(Arc::clone(&handler));
+                    handler
+                }
+                Err(error) => {
+                    stats::bump(&self.client.stats.delivery_errors);
+                    warn!(client = %self.client.id, component = %self.shared.key.component, error = %format!("{error:#}"), subject = %msg.subject, "cannot reach the component over wRPC; message dropped");
+                    return;
+                }
+            },
+        };
+        let len = msg.body.len();
+        self.bytes_in_flight += len;
+        let target = self.target;
+        self.in_flight.push(Box::pin(async move {
+            delivery::deliver(target, handler, msg.into(), None, None).await;
+            len
+        }));
+    }
+}

@@ -1,0 +1,207 @@
+//! Subject patterns with NATS wildcards (`*` one token, `>` one or more tokens at the end) and
+//! the listener's index of who subscribed to what.
+//!
+//! The index is by pattern, not by client: a publish looks its subject up among the literal
+//! patterns (one hash lookup) and matches it against each distinct wildcard pattern once, so
+//! its cost grows with the number of distinct patterns, not with the number of clients.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::subjects;
+
+/// The most subscriptions one client may hold.
+pub const MAX_PER_CLIENT: usize = 256;
+
+/// A subscription pattern, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: Arc<str>,
+    wild: bool,
+}
+
+impl Pattern {
+    /// A pattern obeys the subject rules (length, no whitespace or control characters, not
+    /// `$ws.`), has no empty token, and uses `*` and `>` only as whole tokens, `>` last.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        subjects::check_incoming(text, None).map_err(|e| e.replacen("subject", "pattern", 1))?;
+        let tokens: Vec<&str> = text.split('.').collect();
+        for (i, token) in tokens.iter().enumerate() {
+            if token.is_empty() {
+                return Err(format!("pattern {}: empty token", subjects::quoted(text)));
+            }
+            if token.len() > 1 && (token.contains('*') || token.contains('>')) {
+                return Err(format!(
+                    "pattern {}: `*` and `>` must be whole tokens",
+                    subjects::quoted(text)
+                ));
+            }
+            if *token == ">" && i + 1 != tokens.len() {
+                return Err(format!(
+                    "pattern {}: `>` must be the last token",
+                    subjects::quoted(text)
+                ));
+            }
+        }
+        Ok(Pattern {
+            wild: tokens.iter().any(|t| *t == "*" || *t == ">"),
+            text: text.into(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether `subject` matches.
+    pub fn matches(&self, subject: &str) -> bool {
+        if !self.wild {
+            return *self.text == *subject;
+        }
+        let mut subject_tokens = subject.split('.');
+        for token in self.text.split('.') {
+            match (token, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                (_, None) => return false,
+                ("*", Some(_)) => {}
+                (literal, Some(s)) if literal == s => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
+    }
+}
+
+/// Whether `subject` matches one of `allowed` (a JWT's `subjects` claim); no claim = anything.
+pub fn allows(allowed: Option<&[Pattern]>, subject: &str) -> bool {
+    allowed.is_none_or(|patterns| patterns.iter().any(|p| p.matches(subject)))
+}
+
+/// Whether subscribing to `pattern` stays within `allowed`: every subject the pattern matches
+/// must be allowed, so the pattern must be allowed as written (`chat.*` is allowed by `chat.*`
+/// or `chat.>` or `>`, not by `chat.lobby`).
+pub fn allows_pattern(allowed: Option<&[Pattern]>, pattern: &Pattern) -> bool {
+    allowed.is_none_or(|patterns| patterns.iter().any(|p| covers(p, pattern)))
+}
+
+/// Whether every subject `inner` matches is matched by `outer`.
+fn covers(outer: &Pattern, inner: &Pattern) -> bool {
+    let mut inner_tokens = inner.text.split('.');
+    for token in outer.text.split('.') {
+        match (token, inner_tokens.next()) {
+            (">", Some(_)) => return true,
+            (_, None) => return false,
+            ("*", Some(t)) if t != ">" => {}
+            (literal, Some(t)) if literal == t && t != "*" && t != ">" => {}
+            _ => return false,
+        }
+    }
+    inner_tokens.next().is_none()
+}
+
+/// Who subscribed to what: client ids by pattern.
+#[derive(Default)]
+pub struct Subscriptions {
+    literal: HashMap<Arc<str>, HashSet<Arc<str>>>,
+    wild: HashMap<Pattern, HashSet<Arc<str>>>,
+}
+
+impl Subscriptions {
+    pub fn add(&mut self, pattern: &Pattern, client: &Arc<str>) {
+        let set = if pattern.wild {
+            self.wild.entry(pattern.clone()).or_default()
+        } else {
+            self.literal.entry(Arc::clone(&pattern.text)).or_default()
+        };
+        set.insert(Arc::clone(client));
+    }
+
+    pub fn remove(&mut self, pattern: &Pattern, client: &str) {
+        if pattern.wild {
+            if let Some(set) = self.wild.get_mut(pattern) {
+                set.remove(client);
+                if set.is_empty() {
+                    self.wild.remove(pattern);
+                }
+            }
+        } else if let Some(set) = self.literal.get_mut(&*pattern.text) {
+            set.remove(client);
+            if set.is_empty() {
+                self.literal.remove(&*pattern.text);
+            }
+        }
+    }
+
+    /// The clients with a pattern matching `subject`, each once.
+    pub fn matching(&self, subject: &str) -> HashSet<Arc<str>> {
+        let mut found: HashSet<Arc<str>> = self.literal.get(subject).cloned().unwrap_or_default();
+        for (pattern, clients) in &self.wild {
+            if pattern.matches(subject) {
+                found.extend(clients.iter().cloned());
+            }
+        }
+        found
+    }
+
+    /// The number of distinct patterns (for leak checks).
+    pub fn patterns(&self) -> usize {
+        self.literal.len() + self.wild.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Pattern {
+        Pattern::parse(text).unwrap()
+    }
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(p("chat.*").matches("chat.lobby"));
+        assert!(!p("chat.*").matches("chat.lobby.x"));
+        assert!(!p("chat.*").matches("chat"));
+        assert!(p("chat.>").matches("chat.lobby.x"));
+        assert!(!p("chat.>").matches("chat"));
+        assert!(p(">").matches("a"));
+        assert!(p("a.*.c").matches("a.b.c"));
+        assert!(!p("a.*.c").matches("a.b.d"));
+        assert!(p("a.b").matches("a.b"));
+        assert!(!p("a.b").matches("a.bc"));
+        for bad in ["a..b", "a.>.b", "a*", "", "a b", "$ws.x", ".a", "a."] {
+            assert!(Pattern::parse(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn allowed_patterns_cover_what_they_should() {
+        let allowed = vec![p("chat.>"), p("news.*")];
+        let allowed = Some(allowed.as_slice());
+        assert!(allows_pattern(allowed, &p("chat.*")));
+        assert!(allows_pattern(allowed, &p("chat.lobby.x")));
+        assert!(allows_pattern(allowed, &p("news.today")));
+        assert!(!allows_pattern(allowed, &p("news.>")));
+        assert!(!allows_pattern(allowed, &p(">")));
+        assert!(!allows_pattern(allowed, &p("admin.x")));
+        assert!(allows(allowed, "chat.a.b"));
+        assert!(!allows(allowed, "admin"));
+        assert!(allows(None, "anything"));
+    }
+
+    #[test]
+    fn the_index_finds_each_client_once() {
+        let mut subs = Subscriptions::default();
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        subs.add(&p("chat.lobby"), &a);
+        subs.add(&p("chat.*"), &a);
+        subs.add(&p("chat.>"), &b);
+        assert_eq!(subs.matching("chat.lobby").len(), 2);
+        assert_eq!(subs.matching("chat.garden").len(), 2);
+        assert_eq!(subs.matching("chat.garden.x").len(), 1);
+        subs.remove(&p("chat.lobby"), "a");
+        subs.remove(&p("chat.*"), "a");
+        subs.remove(&p("chat.>"), "b");
+        assert_eq!(subs.patterns(), 0);
+    }
+}
