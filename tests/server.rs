@@ -54,6 +54,17 @@ async fn rig_with_listener(
     provider
         .put_link(&provider.handler_link(component, "default", &config))
         .await;
+    // Both links are in place (the second joins the first's listener) before any client comes.
+    provider
+        .logs
+        .wait_for(
+            &[
+                "link joins the existing listener",
+                &format!("key={component}/default"),
+            ],
+            WAIT,
+        )
+        .await;
     (rig, played, listen, url)
 }
 
@@ -513,4 +524,584 @@ async fn any_number_for_a_listener_key_refuses_the_link_or_listens() {
         rig.provider.health().await.is_some(),
         "the provider still answers"
     );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn jwt(
+    key: &jsonwebtoken::EncodingKey,
+    algorithm: jsonwebtoken::Algorithm,
+    claims: Value,
+) -> String {
+    jsonwebtoken::encode(&jsonwebtoken::Header::new(algorithm), &claims, key).unwrap()
+}
+
+#[tokio::test]
+async fn jwts_admit_clients_with_their_user_and_allowed_subjects() {
+    use jsonwebtoken::{Algorithm, EncodingKey};
+    let secret = "a-secret-of-thirty-two-bytes-xyz";
+    let (rig, component, _, url) = rig_with_listener("jwt", "/", &[("jwt_secret", secret)]).await;
+    let key = EncodingKey::from_secret(secret.as_bytes());
+    let good = jwt(
+        &key,
+        Algorithm::HS256,
+        json!({ "sub": "ann", "exp": now_secs() + 600, "subjects": ["chat.>"] }),
+    );
+    let with_token = |token: &str| format!("{url}?token={token}");
+    let mut ann = WsClient::connect_when_listening(&with_token(&good), Connect::default())
+        .await
+        .expect("a valid JWT is admitted");
+    let expired = jwt(
+        &key,
+        Algorithm::HS256,
+        json!({ "sub": "old", "exp": now_secs() - 120 }),
+    );
+    assert_eq!(
+        WsClient::connect(&with_token(&expired)).await.err(),
+        Some(401)
+    );
+    let other_key = EncodingKey::from_secret(b"another-secret-of-32-bytes-abcde");
+    let forged = jwt(
+        &other_key,
+        Algorithm::HS256,
+        json!({ "sub": "eve", "exp": now_secs() + 600 }),
+    );
+    assert_eq!(
+        WsClient::connect(&with_token(&forged)).await.err(),
+        Some(401)
+    );
+    assert_eq!(WsClient::connect(&url).await.err(), Some(401), "no token");
+    for reason in ["the JWT has expired", "the JWT's signature does not verify"] {
+        rig.provider
+            .logs
+            .wait_for(&["refused a client", reason], WAIT)
+            .await;
+    }
+    let log = rig.provider.logs.all();
+    assert!(
+        !log.contains(&expired) && !log.contains(&forged),
+        "tokens never reach the log"
+    );
+
+    // `subjects`: what the client may subscribe to and publish on.
+    assert_eq!(
+        ann.subscribe("chat.lobby").await,
+        json!({ "ok": "chat.lobby" })
+    );
+    let refused = ann.subscribe("admin.>").await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("not allowed"),
+        "{refused}"
+    );
+    ann.send_text(envelope("admin.reset", b"", None));
+    let refused = ann.json(WAIT).await;
+    assert!(
+        refused["error"].as_str().unwrap().contains("not allowed"),
+        "{refused}"
+    );
+    ann.send_text(envelope("chat.lobby", b"hello", None));
+    let got = component.wait_received(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].subject, "chat.lobby",
+        "the disallowed publish was never delivered"
+    );
+    let sessions = component
+        .request("default", "$ws.sessions", &b""[..], 0)
+        .await
+        .unwrap()
+        .unwrap();
+    let sessions: Vec<Value> = serde_json::from_slice(&sessions.body).unwrap();
+    assert_eq!(sessions[0]["user"], "ann");
+    assert_eq!(
+        component.stats("default").await["provider"]["not_allowed"],
+        2
+    );
+
+    // ES256 with a public key; an HS256 token is refused by it.
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let public = pair.public_key_pem();
+    let (_rig, _component, _, url) =
+        rig_with_listener("es", "/", &[("jwt_public_key", &public)]).await;
+    let es_key = EncodingKey::from_ec_pem(pair.serialize_pem().as_bytes()).unwrap();
+    let token = jwt(
+        &es_key,
+        Algorithm::ES256,
+        json!({ "sub": "dev-7", "exp": now_secs() + 600 }),
+    );
+    WsClient::connect_when_listening(&format!("{url}?token={token}"), Connect::default())
+        .await
+        .expect("an ES256 JWT is admitted");
+    let hs = jwt(
+        &key,
+        Algorithm::HS256,
+        json!({ "sub": "x", "exp": now_secs() + 600 }),
+    );
+    assert_eq!(
+        WsClient::connect(&format!("{url}?token={hs}")).await.err(),
+        Some(401)
+    );
+}
+
+#[tokio::test]
+async fn a_slow_client_is_closed_while_fifty_others_get_every_broadcast() {
+    let (_rig, component, _, url) =
+        rig_with_listener("fanout", "/", &[("client_queue_bytes", "262144")]).await;
+    let mut fast = Vec::new();
+    for i in 0..50 {
+        let mut client = if i == 0 {
+            WsClient::connect_when_listening(&url, Connect::default()).await
+        } else {
+            WsClient::connect(&url).await
+        }
+        .unwrap();
+        assert_eq!(client.subscribe("news").await["ok"], "news");
+        fast.push(client);
+    }
+    let mut slow = WsClient::connect_with(
+        &url,
+        Connect {
+            recv_buffer: Some(4096),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(slow.subscribe("news").await["ok"], "news");
+    slow.stop_reading();
+    // Broadcast until the slow client is closed; every fast one must get every message.
+    let body = vec![b'x'; 1024];
+    let mut sent = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        component
+            .publish("default", "news", body.clone(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        sent += 1;
+        if sent % 10 == 0 {
+            let stats = component.stats("default").await;
+            if stats["provider"]["slow_consumer_closes"] == 1 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the slow client was never closed ({sent} sent)"
+        );
+    }
+    for _ in 0..20 {
+        component
+            .publish("default", "news", body.clone(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        sent += 1;
+    }
+    for (i, client) in fast.iter_mut().enumerate() {
+        for n in 0..sent {
+            let frame = client.json(WAIT).await;
+            assert_eq!(frame["subject"], "news", "client {i}, message {n}");
+        }
+    }
+    let stats = component.stats("default").await;
+    assert_eq!(
+        stats["provider"]["clients"], 50,
+        "only the slow one was closed"
+    );
+    assert_eq!(stats["provider"]["slow_consumer_closes"], 1);
+    drop(slow);
+}
+
+#[tokio::test]
+async fn a_client_over_its_rate_is_cut_and_then_closed() {
+    let (_rig, component, _, url) =
+        rig_with_listener("rated", "/", &[("client_rate_limit", "10")]).await;
+    let mut client = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    for i in 0..100 {
+        client.send_text(envelope("burst", format!("{i}").as_bytes(), None));
+    }
+    // The burst's first 10 pass; the rest is dropped and counted.
+    let stats_when = |n: u64| {
+        let component = &component;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let stats = component.stats("default").await;
+                if stats["provider"]["rate_limited"].as_u64().unwrap() >= n {
+                    return stats;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{stats}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Nothing is lost silently: each of the 100 was delivered or counted as over the rate.
+    let stats = stats_when(80).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut provider = stats["provider"].clone();
+    while provider["delivered"].as_u64().unwrap() + provider["rate_limited"].as_u64().unwrap() < 100
+    {
+        assert!(tokio::time::Instant::now() < deadline, "{provider}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        provider = component.stats("default").await["provider"].clone();
+    }
+    let delivered = provider["delivered"].as_u64().unwrap();
+    assert_eq!(
+        delivered + provider["rate_limited"].as_u64().unwrap(),
+        100,
+        "{provider}"
+    );
+    assert!(
+        (10..=25).contains(&delivered),
+        "{delivered} delivered of a burst of 100 at 10/s"
+    );
+    // Keeping on past the grace closes the client with 1008.
+    assert_eq!(flooding_close(&mut client).await, Some(1008));
+    let stats = component.stats("default").await;
+    assert_eq!(stats["provider"]["rate_limit_closes"], 1, "{stats}");
+}
+
+/// Sends over the rate until the provider closes the client; its close code.
+async fn flooding_close(client: &mut WsClient) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        client.send_text(envelope("flood", b"", None));
+        match tokio::time::timeout(
+            Duration::from_millis(5),
+            client.closed(Duration::from_secs(3600)),
+        )
+        .await
+        {
+            Ok(code) => return code,
+            Err(_) => assert!(tokio::time::Instant::now() < deadline, "never closed"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_compression_bomb_from_a_client_is_refused_with_1009_and_memory_stays_flat() {
+    let (rig, component, _, url) =
+        rig_with_listener("bombed", "/", &[("compression", "deflate")]).await;
+    let mut bystander = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    let (mut py, connected) = common::pyws::PyWsClient::connect(&url).await;
+    assert_eq!(connected["extensions"], json!(["permessage-deflate"]));
+    let before = rig.provider.peak_rss_kib();
+    // 64 MiB of one letter: about 64 KiB on the wire, 64 times max_message_bytes inflated.
+    py.command(json!({ "send_repeat": 64 * 1024 * 1024 })).await;
+    let closed = py.event(Duration::from_secs(30)).await;
+    assert_eq!(closed, json!({ "event": "closed", "code": 1009 }));
+    let peak = rig.provider.peak_rss_kib();
+    assert!(
+        peak < before + 32 * 1024,
+        "peak memory {before} KiB -> {peak} KiB"
+    );
+    let stats = component.stats("default").await;
+    assert_eq!(stats["provider"]["dropped_oversized"], 1, "{stats}");
+    // Everyone else is served as before; nothing of the bomb reached the component.
+    bystander.send_text(envelope("after.bomb", b"", None));
+    let got = component.wait_received(1, WAIT).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].subject, "after.bomb");
+    let _ = bystander.no_frame(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn client_events_tell_the_component_who_came_and_went() {
+    let (_rig, component, _, url) =
+        rig_with_listener("events", "/", &[("client_events", "true")]).await;
+    let client = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    let got = component.wait_received(1, WAIT).await;
+    assert_eq!(got[0].subject, "$ws.connected");
+    let event: Value = serde_json::from_slice(&got[0].body).unwrap();
+    let id = event["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        got[0].reply_to.as_deref(),
+        Some(format!("$ws.session.{id}.events").as_str())
+    );
+    assert!(event["remote_addr"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert_eq!(event["user"], Value::Null);
+    client.close();
+    let got = component.wait_received(2, WAIT).await;
+    assert_eq!(got[1].subject, "$ws.disconnected");
+    let event: Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(event["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn deleting_the_link_closes_every_client_with_1001_and_frees_the_port() {
+    let (rig, component, listen, url) = rig_with_listener("closing", "/", &[]).await;
+    let mut clients = Vec::new();
+    for i in 0..5 {
+        clients.push(if i == 0 {
+            WsClient::connect_when_listening(&url, Connect::default())
+                .await
+                .unwrap()
+        } else {
+            WsClient::connect(&url).await.unwrap()
+        });
+    }
+    let config = [("listen", listen.as_str()), ("path", "/")];
+    let provider = &rig.provider;
+    // With the consumer link gone the listener stays for the handler link.
+    provider
+        .delete_link(&provider.consumer_link("closing", "default", &config))
+        .await;
+    clients[0].send_text(envelope("still.served", b"", None));
+    component.wait_received(1, WAIT).await;
+    provider
+        .delete_link(&provider.handler_link("closing", "default", &config))
+        .await;
+    for client in &mut clients {
+        assert_eq!(client.closed(WAIT).await, Some(1001));
+    }
+    // The port is free: another server can bind it (with SO_REUSEADDR, as servers do: the
+    // closed connections may wait in TIME_WAIT on it).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_reuseaddr(true).unwrap();
+        match socket
+            .bind(listen.parse().unwrap())
+            .and_then(|()| socket.listen(16))
+        {
+            Ok(rebound) => break drop(rebound),
+            Err(e) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "the port is still taken: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And a new put listens again.
+    provider
+        .put_link(&provider.handler_link("closing", "default", &config))
+        .await;
+    WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .expect("listening again after a new put");
+}
+
+#[tokio::test]
+async fn a_port_in_use_refuses_the_link_and_health_says_so() {
+    let rig = Rig::start().await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    rig.provider
+        .put_link(
+            &rig.provider
+                .handler_link("busy", "default", &[("listen", &listen)]),
+        )
+        .await;
+    let line = rig
+        .provider
+        .logs
+        .wait_for(
+            &["handler link busy/default refused", "cannot listen on"],
+            WAIT,
+        )
+        .await;
+    assert!(
+        line.contains(&listen) && line.contains("Address already in use"),
+        "{line}"
+    );
+    let health = rig.provider.health().await.unwrap();
+    assert_eq!(health["healthy"], false, "{health}");
+    assert!(
+        health["message"].as_str().unwrap().contains(&listen),
+        "{health}"
+    );
+    // Freed and put again, it listens, and health is good again.
+    drop(taken);
+    rig.provider
+        .put_link(
+            &rig.provider
+                .handler_link("busy", "default", &[("listen", &listen)]),
+        )
+        .await;
+    WsClient::connect_when_listening(&format!("ws://{listen}/"), Connect::default())
+        .await
+        .unwrap();
+    assert_eq!(rig.provider.health().await.unwrap()["healthy"], true);
+}
+
+#[tokio::test]
+async fn a_thousand_clients_come_and_go_and_nothing_is_left_behind() {
+    let (rig, component, _, url) = rig_with_listener("churn", "/", &[]).await;
+    drop(
+        WsClient::connect_when_listening(&url, Connect::default())
+            .await
+            .unwrap(),
+    );
+    let settled = |want_clients: u64| {
+        let component = &component;
+        async move {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let stats = component.stats("default").await;
+                if stats["provider"]["clients"] == want_clients {
+                    return stats["provider"]["tasks_alive"].as_u64().unwrap();
+                }
+                assert!(tokio::time::Instant::now() < deadline, "{stats}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // One round first, so that what is made once (buffers, the wRPC client) is made.
+    let round = |n: usize| {
+        let url = url.clone();
+        async move {
+            let mut clients = Vec::with_capacity(n);
+            for _ in 0..n {
+                let mut client = WsClient::connect(&url).await.unwrap();
+                assert_eq!(client.subscribe("room.*").await["ok"], "room.*");
+                clients.push(client);
+            }
+            clients
+        }
+    };
+    // The first rounds set the allocator's high-water mark; the baseline is after them.
+    let mut rss_before = 0;
+    for _ in 0..2 {
+        drop(round(1000).await);
+        settled(0).await;
+        rss_before = rss_before.max(rig.provider.rss_kib());
+    }
+    let tasks_before = settled(0).await;
+    let (fds_before, _) = rig.provider.fds_and_threads();
+    // RSS moves by about 12 MiB between rounds with no trend (the allocator keeps and returns
+    // pages as it likes); a leak of 4 KiB per client would add 16 MiB over these 4 rounds.
+    for i in 0..4 {
+        let clients = round(1000).await;
+        assert!(settled(1000).await > tasks_before);
+        drop(clients);
+        let tasks = settled(0).await;
+        assert!(
+            tasks <= tasks_before + 2,
+            "round {i}: tasks {tasks_before} -> {tasks}"
+        );
+        wait_until_fds(&rig, fds_before + 2).await;
+        let rss = rig.provider.rss_kib();
+        eprintln!("round {i}: RSS {rss} KiB (baseline {rss_before} KiB)");
+        assert!(
+            rss < rss_before + 16 * 1024,
+            "round {i}: RSS {rss_before} KiB -> {rss} KiB"
+        );
+    }
+    assert_eq!(component.count(), 0);
+}
+
+async fn wait_until_fds(rig: &Rig, most: usize) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (fds, _) = rig.provider.fds_and_threads();
+        if fds <= most {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{fds} fds, expected at most {most}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_wss_listener_serves_tls_clients() {
+    let ca = common::certs::Ca::new("listener test CA");
+    let leaf = ca.server(&["localhost"]);
+    let rig = Rig::start().await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = [
+        ("listen", listen.as_str()),
+        ("tls_cert", leaf.cert_pem.as_str()),
+        ("tls_key", leaf.key_pem.as_str()),
+    ];
+    let component = rig.component("secure").await;
+    rig.provider
+        .put_link(&rig.provider.handler_link("secure", "default", &config))
+        .await;
+    let url = format!("wss://{listen}/");
+    let client = WsClient::connect_when_listening(
+        &url,
+        Connect {
+            tls_ca: Some(ca.pem.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("a TLS client is admitted");
+    client.send_text(envelope("over.tls", b"secret", None));
+    let got = component.wait_received(1, WAIT).await;
+    assert_eq!(&got[0].body[..], b"secret");
+    // A plain client gets no WebSocket from a wss listener.
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut plain = tokio::net::TcpStream::connect(&listen).await.unwrap();
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, plain.read_to_end(&mut answer)).await;
+    assert!(
+        !answer.starts_with(b"HTTP/1.1 101"),
+        "a plain upgrade on a wss listener"
+    );
+    let log = rig.provider.logs.all();
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "the key never reaches the log"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_stops_answering_pings_is_closed_as_dead() {
+    let (_rig, component, _, url) = rig_with_listener(
+        "keepalive",
+        "/",
+        &[("ping_interval_sec", "1"), ("pong_timeout_sec", "1")],
+    )
+    .await;
+    let mut alive = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    let mut dead = WsClient::connect_with(
+        &url,
+        Connect {
+            recv_buffer: Some(4096),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    dead.stop_reading();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let stats = component.stats("default").await;
+        if stats["provider"]["dead_clients"] == 1 {
+            assert_eq!(stats["provider"]["clients"], 1, "the live one stays");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The live client (it answers pings as it reads) is still served after several intervals.
+    alive.send_text(envelope("still.alive", b"", None));
+    component.wait_received(1, WAIT).await;
+    alive.no_frame(Duration::from_millis(10)).await;
 }

@@ -191,6 +191,8 @@ enum End {
     Closed,
     /// Nothing arrived for `ping_interval + pong_timeout`.
     Dead,
+    /// A message over `max_message_bytes`: closed with 1009.
+    TooLarge,
 }
 
 /// Serves one client until it leaves or is closed; then forgets it.
@@ -233,6 +235,10 @@ pub async fn run(
     };
     let closing = *lock(&client.closing);
     match (&end, closing) {
+        (End::TooLarge, _) => {
+            let closing = sink.send(socket::close_frame(1009, "message too big"));
+            let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+        }
         (End::Closed, Some((code, reason))) => {
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(socket::close_frame(code, reason)))
                 .await;
@@ -241,7 +247,11 @@ pub async fn run(
             stats::bump(&shared.counters.dead_clients);
             info!(client = %client.id, remote_addr = %client.remote_addr, "no pong or other frame for ping_interval_sec + pong_timeout_sec: the client is gone; closing");
         }
-        _ => {}
+        _ => {
+            // The Close frame the library owes the client (its answer to the client's Close,
+            // or 1009 for a message too large) goes out before the connection ends.
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+        }
     }
     drop(sink);
     drop(stream);
@@ -251,6 +261,7 @@ pub async fn run(
         End::Left(reason) => reason.as_str(),
         End::Closed => closing.map_or("closed", |(_, reason)| reason),
         End::Dead => "dead (no pong)",
+        End::TooLarge => "message too large (1009)",
     };
     client
         .pending
@@ -361,7 +372,7 @@ impl<'a> Reader<'a> {
                 Some(In::TooLarge) => {
                     stats::bump(&self.client.stats.dropped_oversized);
                     warn!(client = %self.client.id, remote_addr = %self.client.remote_addr, component = %self.shared.key.component, link_name = %self.shared.key.link_name, max_message_bytes = config.max_message_bytes, "a client sent a message larger than max_message_bytes (after decompression); closing it with 1009");
-                    return End::Left("message too large (1009)".into());
+                    return End::TooLarge;
                 }
                 Some(In::Failed(reason)) => return End::Left(reason),
             }

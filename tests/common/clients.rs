@@ -34,6 +34,8 @@ pub struct Connect<'a> {
     /// SO_RCVBUF of the client's socket: a small one (and no autotuning) makes a client that
     /// stops reading push back after a few KiB, not megabytes.
     pub recv_buffer: Option<u32>,
+    /// For `wss://`: the PEM CA that signed the listener's certificate.
+    pub tls_ca: Option<String>,
 }
 
 impl WsClient {
@@ -68,32 +70,60 @@ impl WsClient {
             );
         }
         let connecting = async {
-            let Some(size) = options.recv_buffer else {
-                return tokio_tungstenite::connect_async(request).await;
-            };
+            if options.recv_buffer.is_none() && options.tls_ca.is_none() {
+                let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+                return Ok(Self::start(socket));
+            }
             let authority = request.uri().authority().unwrap().to_string();
             let addr: std::net::SocketAddr = authority.parse().expect("an ip:port URL");
             let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.set_recv_buffer_size(size).unwrap();
+            if let Some(size) = options.recv_buffer {
+                socket.set_recv_buffer_size(size).unwrap();
+            }
             let stream = socket
                 .connect(addr)
                 .await
                 .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
-            tokio_tungstenite::client_async(
-                request,
-                tokio_tungstenite::MaybeTlsStream::Plain(stream),
-            )
-            .await
+            let Some(ca) = &options.tls_ca else {
+                let (socket, _) = tokio_tungstenite::client_async(request, stream).await?;
+                return Ok(Self::start(socket));
+            };
+            use rustls::pki_types::pem::PemObject as _;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                roots.add(cert.unwrap()).unwrap();
+            }
+            let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+                .connect(name, stream)
+                .await
+                .map_err(tokio_tungstenite::tungstenite::Error::Io)?;
+            let (socket, _) = tokio_tungstenite::client_async(request, tls).await?;
+            Ok(Self::start(socket))
         };
-        let (socket, _) = match tokio::time::timeout(Duration::from_secs(10), connecting).await {
+        match tokio::time::timeout(Duration::from_secs(10), connecting).await {
             Err(_) => panic!("connecting to {url} took more than 10 s"),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                return Err(response.status().as_u16())
+                Err(response.status().as_u16())
             }
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(_))) => return Err(0),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(_))) => Err(0),
             Ok(Err(e)) => panic!("connecting to {url} failed: {e}"),
-            Ok(Ok(connected)) => connected,
-        };
+            Ok(Ok(client)) => Ok(client),
+        }
+    }
+
+    /// Runs the client's task on a connected socket.
+    fn start<S>(socket: tokio_tungstenite::WebSocketStream<S>) -> WsClient
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (mut sink, mut stream) = socket.split();
         let (out, mut to_send) = mpsc::unbounded_channel::<Message>();
         let (got, frames) = mpsc::unbounded_channel();
@@ -132,12 +162,12 @@ impl WsClient {
                 }
             }
         });
-        Ok(WsClient {
+        WsClient {
             out,
             frames,
             pause,
             _task: task,
-        })
+        }
     }
 
     pub fn send_text(&self, text: impl Into<String>) {
