@@ -1096,6 +1096,10 @@ pub async fn run() -> anyhow::Result<()> {
     }
     let observed = provider.clone();
     metrics::register(move || observed.sessions());
+    let observed = provider.clone();
+    metrics::register_listeners(Arc::clone(&provider.listener_counters), move || {
+        observed.all_listeners()
+    });
     let shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;

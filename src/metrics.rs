@@ -81,3 +81,42 @@ pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static
         })
         .build();
 }
+
+/// Registers the listeners' instruments: one counter per [`crate::server::ListenerCounters`]
+/// counter (`messaging_websocket.<counter>`, for all listeners together: one series per client
+/// would be unbounded), and the gauge `messaging_websocket.clients` per listener (attributes
+/// `component`, `link_name`, `listen`).
+pub fn register_listeners(
+    counters: Arc<crate::server::ListenerCounters>,
+    listeners: impl Fn() -> Vec<Arc<crate::server::Listener>> + Send + Sync + 'static,
+) {
+    let meter = meter();
+    for (index, name) in crate::server::ListenerCounters::NAMES.iter().enumerate() {
+        let counters = Arc::clone(&counters);
+        meter
+            .u64_observable_counter(format!("{PREFIX}.{name}"))
+            .with_unit("1")
+            .with_callback(move |observer| {
+                let (_, value) = counters.snapshot()[index];
+                observer.observe(value, &[]);
+            })
+            .build();
+    }
+    meter
+        .u64_observable_gauge(format!("{PREFIX}.clients"))
+        .with_description("Clients connected to a listener (server mode)")
+        .with_callback(move |observer| {
+            for listener in listeners() {
+                let key = listener.key();
+                observer.observe(
+                    listener.client_count() as u64,
+                    &[
+                        KeyValue::new("component", key.component.clone()),
+                        KeyValue::new("link_name", key.link_name.clone()),
+                        KeyValue::new("listen", listener.local_addr().to_string()),
+                    ],
+                );
+            }
+        })
+        .build();
+}

@@ -1105,3 +1105,42 @@ async fn a_client_that_stops_answering_pings_is_closed_as_dead() {
     component.wait_received(1, WAIT).await;
     alive.no_frame(Duration::from_millis(10)).await;
 }
+
+#[tokio::test]
+async fn the_listener_s_counters_reach_an_otlp_collector() {
+    use common::otlp::{Collector, Point};
+    use common::provider::ProviderOptions;
+    use wasmcloud_provider_sdk::core::OtelConfig;
+    let collector = Collector::start().await;
+    let rig = Rig::with_options(ProviderOptions {
+        otel: Some(OtelConfig {
+            enable_metrics: Some(true),
+            metrics_endpoint: Some(collector.endpoint()),
+            ..Default::default()
+        }),
+        otel_env: vec![("OTEL_METRIC_EXPORT_INTERVAL".into(), "300".into())],
+        ..Default::default()
+    })
+    .await;
+    let (listen, url) = listener("/live");
+    rig.provider
+        .put_link(&rig.provider.handler_link(
+            "metered",
+            "default",
+            &[("listen", &listen), ("path", "/live")],
+        ))
+        .await;
+    let _client = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    let wrong = url.replace("/live", "/dead");
+    assert_eq!(WsClient::connect(&wrong).await.err(), Some(404));
+    common::wait_until("the collector has the listener's figures", WAIT, || async {
+        collector.latest("messaging_websocket.clients", Some("metered")) == Some(Point::Number(1.0))
+            && collector.latest("messaging_websocket.refused_path", None)
+                == Some(Point::Number(1.0))
+            && collector.latest("messaging_websocket.clients_admitted", None)
+                == Some(Point::Number(1.0))
+    })
+    .await;
+}
