@@ -1144,3 +1144,38 @@ async fn the_listener_s_counters_reach_an_otlp_collector() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn back_pressure_holds_up_only_the_client_whose_deliveries_are_full() {
+    let (_rig, component, _, url) =
+        rig_with_listener("gated", "/", &[("max_in_flight", "1")]).await;
+    component.set_behaviour(common::component::Behaviour {
+        gated: true,
+        ..Default::default()
+    });
+    let busy = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    let other = WsClient::connect(&url).await.unwrap();
+    for i in 0..3 {
+        busy.send_text(envelope("busy", format!("{i}").as_bytes(), None));
+    }
+    // The busy client's first message holds its one slot; the other client's still goes in.
+    component.wait_count(1, WAIT).await;
+    other.send_text(envelope("other", b"", None));
+    assert_eq!(component.wait_count(2, WAIT).await, 2);
+    let got = component.received();
+    assert_eq!(
+        got.iter().map(|m| m.subject.as_str()).collect::<Vec<_>>(),
+        ["busy", "other"]
+    );
+    // Released, the busy client's other messages follow in order.
+    component.release(10);
+    let got = component.wait_received(4, WAIT).await;
+    let busy_bodies: Vec<&[u8]> = got
+        .iter()
+        .filter(|m| m.subject == "busy")
+        .map(|m| &m.body[..])
+        .collect();
+    assert_eq!(busy_bodies, [&b"0"[..], b"1", b"2"]);
+}
