@@ -98,27 +98,50 @@ const DESCRIBE_LIMIT: Duration = Duration::from_millis(1000);
 #[derive(Clone)]
 struct Linked {
     session: Arc<Session>,
-    consumer: bool,
-    handler: bool,
+    roles: Roles,
     /// With `replicas = one`: this replica's claim on the session's lease.
     claim: Option<Arc<Claim>>,
 }
 
 impl Linked {
     fn has(&self, role: Role) -> bool {
+        self.roles.has(role)
+    }
+
+    fn set(&mut self, role: Role, linked: bool) {
+        self.roles.set(role, linked);
+        if role == Role::Handler {
+            self.session.set_handler_linked(linked);
+        }
+    }
+}
+
+/// Which of the two links of one (component, link name) are put.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Roles {
+    pub consumer: bool,
+    pub handler: bool,
+}
+
+impl Roles {
+    /// Just `role`.
+    pub(crate) fn of(role: Role) -> Roles {
+        let mut roles = Roles::default();
+        roles.set(role, true);
+        roles
+    }
+
+    pub(crate) fn has(&self, role: Role) -> bool {
         match role {
             Role::Consumer => self.consumer,
             Role::Handler => self.handler,
         }
     }
 
-    fn set(&mut self, role: Role, linked: bool) {
+    pub(crate) fn set(&mut self, role: Role, linked: bool) {
         match role {
             Role::Consumer => self.consumer = linked,
-            Role::Handler => {
-                self.handler = linked;
-                self.session.set_handler_linked(linked);
-            }
+            Role::Handler => self.handler = linked,
         }
     }
 }
@@ -229,7 +252,7 @@ impl WebSocketMessagingProvider {
         };
         read(&self.links)
             .get(&key)
-            .filter(|l| l.consumer)
+            .filter(|l| l.roles.consumer)
             .map(|l| Arc::clone(&l.session))
     }
 
@@ -356,8 +379,7 @@ impl WebSocketMessagingProvider {
             key,
             Linked {
                 session,
-                consumer: role == Role::Consumer,
-                handler: role == Role::Handler,
+                roles: Roles::of(role),
                 claim,
             },
         );
@@ -390,12 +412,23 @@ impl WebSocketMessagingProvider {
                 });
             }
         }
-        if role == Role::Handler
-            && !links
-                .iter()
-                .any(|(k, l)| l.handler && k.component == key.component)
-        {
-            self.handler_clients.forget(&key.component);
+        drop(links);
+        if role == Role::Handler {
+            self.forget_handler_client_if_unused(&key.component);
+        }
+    }
+
+    /// Forgets `component`'s wRPC client once no handler link (of a session or a listener)
+    /// delivers to it. Takes one lock at a time.
+    fn forget_handler_client_if_unused(&self, component: &str) {
+        let in_links = read(&self.links)
+            .iter()
+            .any(|(k, l)| l.roles.handler && k.component == component);
+        let in_listeners = read(&self.listeners)
+            .iter()
+            .any(|(k, l)| l.roles.handler && k.component == component);
+        if !in_links && !in_listeners {
+            self.handler_clients.forget(component);
         }
     }
 

@@ -35,6 +35,38 @@ fn body_of(frame: &Value) -> Vec<u8> {
         .expect("base64")
 }
 
+/// Waits until the provider object of `$ws.stats` satisfies `condition`, and returns it.
+async fn provider_stats_when(
+    component: &common::component::PlayedComponent,
+    condition: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let provider = component.stats("default").await["provider"].clone();
+        if condition(&provider) {
+            return provider;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{provider}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A client with a 4 KiB receive buffer that stops reading at once: the provider's writes to
+/// it back up after a few KiB.
+async fn stalled_client(url: &str) -> WsClient {
+    let mut client = WsClient::connect_with(
+        url,
+        Connect {
+            recv_buffer: Some(4096),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    client.stop_reading();
+    client
+}
+
 /// Puts both links of `component` (named `default`) with `listen` and `extra`, plays the
 /// component, and connects one client to make sure the listener is up.
 async fn rig_with_listener(
@@ -729,31 +761,13 @@ async fn a_client_over_its_rate_is_cut_and_then_closed() {
     for i in 0..100 {
         client.send_text(envelope("burst", format!("{i}").as_bytes(), None));
     }
-    // The burst's first 10 pass; the rest is dropped and counted.
-    let stats_when = |n: u64| {
-        let component = &component;
-        async move {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            loop {
-                let stats = component.stats("default").await;
-                if stats["provider"]["rate_limited"].as_u64().unwrap() >= n {
-                    return stats;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "{stats}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
     // Nothing is lost silently: each of the 100 was delivered or counted as over the rate.
-    let stats = stats_when(80).await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let mut provider = stats["provider"].clone();
-    while provider["delivered"].as_u64().unwrap() + provider["rate_limited"].as_u64().unwrap() < 100
-    {
-        assert!(tokio::time::Instant::now() < deadline, "{provider}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        provider = component.stats("default").await["provider"].clone();
-    }
+    let number = |provider: &Value, key: &str| provider[key].as_u64().unwrap();
+    provider_stats_when(&component, |p| number(p, "rate_limited") >= 80).await;
+    let provider = provider_stats_when(&component, |p| {
+        number(p, "delivered") + number(p, "rate_limited") >= 100
+    })
+    .await;
     let delivered = provider["delivered"].as_u64().unwrap();
     assert_eq!(
         delivered + provider["rate_limited"].as_u64().unwrap(),
@@ -1080,26 +1094,9 @@ async fn a_client_that_stops_answering_pings_is_closed_as_dead() {
     let mut alive = WsClient::connect_when_listening(&url, Connect::default())
         .await
         .unwrap();
-    let mut dead = WsClient::connect_with(
-        &url,
-        Connect {
-            recv_buffer: Some(4096),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    dead.stop_reading();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let stats = component.stats("default").await;
-        if stats["provider"]["dead_clients"] == 1 {
-            assert_eq!(stats["provider"]["clients"], 1, "the live one stays");
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{stats}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let _dead = stalled_client(&url).await;
+    let provider = provider_stats_when(&component, |p| p["dead_clients"] == 1).await;
+    assert_eq!(provider["clients"], 1, "the live one stays");
     // The live client (it answers pings as it reads) is still served after several intervals.
     alive.send_text(envelope("still.alive", b"", None));
     component.wait_received(1, WAIT).await;

@@ -13,31 +13,24 @@ use crate::client::session::SessionKey;
 use crate::connection::ConnectionConfig;
 use crate::server::client::Client;
 use crate::server::Listener;
-use crate::{read, subjects, write, Role, WebSocketMessagingProvider};
+use crate::{read, subjects, write, Role, Roles, WebSocketMessagingProvider};
 
 /// A listener and the links that hold it: a consumer link and a handler link with the same
 /// (component, link name) share one listener, which closes when the last of them goes.
 pub(crate) struct LinkedListener {
     pub listener: Arc<Listener>,
-    pub consumer: bool,
-    pub handler: bool,
+    pub roles: Roles,
 }
 
 impl LinkedListener {
     fn has(&self, role: Role) -> bool {
-        match role {
-            Role::Consumer => self.consumer,
-            Role::Handler => self.handler,
-        }
+        self.roles.has(role)
     }
 
     fn set(&mut self, role: Role, linked: bool) {
-        match role {
-            Role::Consumer => self.consumer = linked,
-            Role::Handler => {
-                self.handler = linked;
-                self.listener.set_handler_linked(linked);
-            }
+        self.roles.set(role, linked);
+        if role == Role::Handler {
+            self.listener.set_handler_linked(linked);
         }
     }
 }
@@ -100,8 +93,7 @@ impl WebSocketMessagingProvider {
             key,
             LinkedListener {
                 listener: Arc::new(listener),
-                consumer: role == Role::Consumer,
-                handler: role == Role::Handler,
+                roles: Roles::of(role),
             },
         );
         Ok(())
@@ -122,15 +114,9 @@ impl WebSocketMessagingProvider {
             info!(%role, %key, listen = %linked.listener.local_addr(), clients = linked.listener.client_count(), "link deleted; closing its listener and its clients (1001)");
             linked.listener.close();
         }
-        if role == Role::Handler
-            && !listeners
-                .iter()
-                .any(|(k, l)| l.handler && k.component == key.component)
-            && !read(&self.links)
-                .iter()
-                .any(|(k, l)| l.handler && k.component == key.component)
-        {
-            self.handler_clients.forget(&key.component);
+        drop(listeners);
+        if role == Role::Handler {
+            self.forget_handler_client_if_unused(&key.component);
         }
         true
     }
@@ -143,7 +129,7 @@ impl WebSocketMessagingProvider {
     ) -> Option<Arc<Listener>> {
         read(&self.listeners)
             .iter()
-            .find(|(k, l)| l.consumer && k.component == component && k.link_name == link_name)
+            .find(|(k, l)| l.roles.consumer && k.component == component && k.link_name == link_name)
             .map(|(_, l)| Arc::clone(&l.listener))
     }
 
