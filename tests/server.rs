@@ -1176,3 +1176,22 @@ async fn back_pressure_holds_up_only_the_client_whose_deliveries_are_full() {
         .collect();
     assert_eq!(busy_bodies, [&b"0"[..], b"1", b"2"]);
 }
+
+#[tokio::test]
+async fn shutdown_closes_every_client_with_1001_within_the_host_s_300_ms() {
+    let (mut rig, _component, _, url) = rig_with_listener("stopping", "/", &[]).await;
+    let mut clients = vec![WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap()];
+    for _ in 0..99 {
+        clients.push(WsClient::connect(&url).await.unwrap());
+    }
+    let took = rig.provider.shutdown().await;
+    assert!(
+        took < Duration::from_millis(300),
+        "the process exited {took:?} after the request"
+    );
+    for client in &mut clients {
+        assert_eq!(client.closed(WAIT).await, Some(1001));
+    }
+}
