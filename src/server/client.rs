@@ -5,7 +5,8 @@
 //! Bounds, per client: the outgoing queue holds at most `client_queue_bytes` (past it the client
 //! is closed with 1008, so a client that does not read never holds up a broadcast); at most
 //! `max_in_flight` deliveries and `max_in_flight_bytes` of their bodies run at once (then this
-//! client's socket is not read: TCP pushes back on that client alone); `client_rate_limit`
+//! client's socket is not read: TCP pushes back on that client alone), and all the listener's
+//! clients together have `max_in_flight` (at least 64) delivery slots, taken in arrival order; `client_rate_limit`
 //! messages per second; `max_message_bytes` per message; [`MAX_PER_CLIENT`] subscriptions.
 
 use std::net::SocketAddr;
@@ -585,11 +586,28 @@ impl<'a> Reader<'a> {
                 }
             },
         };
+        // One of the listener's delivery slots, shared by all its clients in arrival order
+        // (the semaphore is fair): this client's socket is not read meanwhile, and its own
+        // deliveries go on (they hold slots too, so waiting without them could never end).
+        let acquire = Arc::clone(&self.shared.deliveries).acquire_owned();
+        tokio::pin!(acquire);
+        let slot = loop {
+            tokio::select! {
+                slot = &mut acquire => break slot,
+                Some(len) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.bytes_in_flight -= len;
+                }
+            }
+        };
+        let Ok(slot) = slot else {
+            return; // Never closed; but never a panic.
+        };
         let len = msg.body.len();
         self.bytes_in_flight += len;
         let target = self.target;
         self.in_flight.push(Box::pin(async move {
             delivery::deliver(target, handler, msg.into(), None, None).await;
+            drop(slot);
             len
         }));
     }

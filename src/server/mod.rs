@@ -42,6 +42,11 @@ use crate::server::client::{Client, SendError};
 use crate::server::subscriptions::{Pattern, Subscriptions};
 use crate::stats::{self, Totals};
 
+/// The fewest delivery slots a listener's clients share, whatever `max_in_flight` (the bound of
+/// each client) is: with `max_in_flight = 1`, one client's slow message must not hold up the
+/// others.
+const MIN_DELIVERY_SLOTS: usize = 64;
+
 /// The listen backlog.
 const BACKLOG: u32 = 1024;
 
@@ -125,6 +130,11 @@ pub struct Shared {
     subscriptions: RwLock<Subscriptions>,
     /// Clients connected or being upgraded: what `max_clients` bounds.
     admitted: AtomicUsize,
+    /// The listener's delivery slots, `max_in_flight` (at least [`MIN_DELIVERY_SLOTS`]) for all
+    /// its clients together: thousands
+    /// of clients with `max_in_flight` each would otherwise put far more calls in flight than a
+    /// component answers, and they would end at their deadline instead of being delivered.
+    pub deliveries: Arc<tokio::sync::Semaphore>,
     tasks: TaskTracker,
 }
 
@@ -215,6 +225,7 @@ impl Listener {
             )
         })?;
         let local_addr = tcp.local_addr().map_err(|e| e.to_string())?;
+        let in_flight = config.max_in_flight;
         let shared = Arc::new(Shared {
             codec: Codec::new(config.format, config.raw_subject.clone()),
             key,
@@ -228,6 +239,9 @@ impl Listener {
             clients: RwLock::default(),
             subscriptions: RwLock::default(),
             admitted: AtomicUsize::new(0),
+            deliveries: Arc::new(tokio::sync::Semaphore::new(
+                in_flight.max(MIN_DELIVERY_SLOTS),
+            )),
             tasks: TaskTracker::new(),
         });
         let scheme = if shared.listen().tls.is_some() {
