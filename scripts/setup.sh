@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the demo need when it is missing: nats-server (Debian's package),
 # the wasm32-wasip2 Rust target (for the example component) and Python websockets (for the
-# compression tests). Sourced by test.sh and demo.sh.
+# compression tests). Sourced by test.sh and demo.sh. `setup_browser` (defined at the end, not run
+# here) adds Chromium, chromedriver and Selenium for the browser test.
 
 say() { printf '==> %s\n' "$*"; }
 
@@ -29,3 +30,29 @@ if ! target/pyws-venv/bin/python -c 'import websockets' >/dev/null 2>&1; then
     python3 -m venv target/pyws-venv
     target/pyws-venv/bin/pip install -q websockets==17.4
 fi
+
+# The browser test (tests/browser/chat.py, run by the end-to-end test of the listener) drives
+# headless Chromium through Selenium. Only the e2e step needs it, so it is a function that
+# test.sh calls before that step, not something every sourcing script pays for. Debian's chromium
+# and chromedriver come from the same source package, so their versions always match, and
+# Selenium is pointed at both explicitly: it never downloads a browser or a driver.
+setup_chromium() {
+    if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+        say "installing chromium and chromium-driver (Debian packages, for the browser test)"
+        as_root apt-get update -qq
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+    fi
+}
+
+setup_selenium() {
+    if ! target/browser-venv/bin/python -c 'import selenium' >/dev/null 2>&1; then
+        say "installing Python selenium 4.51.0 into target/browser-venv (the browser test's driver)"
+        python3 -m venv target/browser-venv
+        target/browser-venv/bin/pip install -q selenium==4.51.0
+    fi
+}
+
+setup_browser() {
+    setup_chromium
+    setup_selenium
+}
