@@ -2,15 +2,16 @@
 # The whole test suite, from a fresh clone on a fresh machine: installs what the tests need when it
 # is missing, then runs the format check, clippy and every test of the provider, then the
 # end-to-end tests on a real wasmCloud host (a separate Cargo project, e2e/, so that the provider's
-# own build never compiles the host).
+# own build never compiles the host; the chat example's test there also drives a browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/setup.sh
 
-say "cargo fmt --check (provider, e2e, example component, bench peer, library evaluation)"
+say "cargo fmt --check (provider, e2e, example components, bench peer, library evaluation)"
 cargo fmt --check
 cargo fmt --check --manifest-path e2e/Cargo.toml
 cargo fmt --check --manifest-path examples/echo-component/Cargo.toml
+cargo fmt --check --manifest-path examples/chat/component/Cargo.toml
 cargo fmt --check --manifest-path benches/nats-peer/Cargo.toml
 cargo fmt --check --manifest-path benches/ws-libs/Cargo.toml
 
@@ -26,5 +27,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 say "provider: cargo test"
 cargo test
 
+# The chat example's end-to-end test drives headless Chromium (tests/browser/chat.py).
+setup_browser
 say "end to end (e2e/): cargo test; the first build compiles the wasmCloud host and takes minutes"
 cargo test --manifest-path e2e/Cargo.toml

@@ -1,5 +1,5 @@
-//! Builds what the example deploys: the provider binary (packed into a provider archive, as
-//! `wash build` would) and the echo component for wasm32-wasip2.
+//! Builds what the examples deploy: the provider binary (packed into a provider archive, as
+//! `wash build` would) and the example components ([`ECHO`], [`CHAT`]) for wasm32-wasip2.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,14 +12,68 @@ use crate::repo_root;
 /// The provider's binary name (the contract's).
 pub const PROVIDER_BIN: &str = "messaging-websocket-provider";
 
-/// Built artifacts, at the paths `examples/wadm.yaml` names.
+/// An example component: a crate of its own, built for wasm32-wasip2 and copied to where its
+/// manifest's `file://` image points (where `wash build` in its directory would write it).
+#[derive(Debug, Clone, Copy)]
+pub struct Example {
+    /// The crate's directory, relative to the repository root.
+    pub dir: &'static str,
+    /// The crate's library name: cargo writes `<name>.wasm`, the manifest wants `<name>_s.wasm`.
+    pub name: &'static str,
+}
+
+/// `examples/echo-component`, which `examples/wadm.yaml` deploys.
+pub const ECHO: Example = Example {
+    dir: "examples/echo-component",
+    name: "echo_component",
+};
+
+/// `examples/chat/component`, which `examples/chat/wadm.yaml` deploys.
+pub const CHAT: Example = Example {
+    dir: "examples/chat/component",
+    name: "chat_component",
+};
+
+impl Example {
+    /// `<dir>/build/<name>_s.wasm`, the path its manifest names.
+    pub fn wasm(&self) -> PathBuf {
+        repo_root()
+            .join(self.dir)
+            .join("build")
+            .join(format!("{}_s.wasm", self.name))
+    }
+
+    fn build(&self, say: &dyn Fn(&str)) -> anyhow::Result<PathBuf> {
+        let dir = repo_root().join(self.dir);
+        cargo(
+            &dir,
+            &["build", "--release", "--target", "wasm32-wasip2"],
+            say,
+        )?;
+        let built = dir
+            .join("target/wasm32-wasip2/release")
+            .join(format!("{}.wasm", self.name));
+        let component = self.wasm();
+        std::fs::create_dir_all(component.parent().unwrap())?;
+        std::fs::copy(&built, &component).with_context(|| {
+            format!(
+                "failed to copy {} to {}",
+                built.display(),
+                component.display()
+            )
+        })?;
+        Ok(component)
+    }
+}
+
+/// Built artifacts, at the paths the manifests name.
 pub struct Artifacts {
     /// `build/messaging-websocket-provider.par.gz`
     pub provider_archive: PathBuf,
-    /// `examples/echo-component/build/echo_component_s.wasm`
-    pub component: PathBuf,
     /// The provider binary the archive was made from.
     pub provider_bin: PathBuf,
+    /// The components built, in the order asked for (each at [`Example::wasm`]).
+    pub components: Vec<PathBuf>,
 }
 
 fn cargo(dir: &Path, args: &[&str], say: &dyn Fn(&str)) -> anyhow::Result<()> {
@@ -39,37 +93,25 @@ fn cargo(dir: &Path, args: &[&str], say: &dyn Fn(&str)) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the provider (debug) and the component (release, wasm32-wasip2), and puts the provider
-/// archive and the component where the manifest expects them. `say` reports progress.
-pub async fn build(say: &dyn Fn(&str)) -> anyhow::Result<Artifacts> {
+/// Builds the provider (debug) and `examples` (release, wasm32-wasip2), and puts the provider
+/// archive and the components where the manifests expect them. `say` reports progress.
+pub async fn build(examples: &[Example], say: &dyn Fn(&str)) -> anyhow::Result<Artifacts> {
     let root = repo_root();
     cargo(&root, &["build", "--bin", PROVIDER_BIN], say)?;
     let provider_bin = root.join("target/debug").join(PROVIDER_BIN);
 
-    let component_dir = root.join("examples/echo-component");
-    cargo(
-        &component_dir,
-        &["build", "--release", "--target", "wasm32-wasip2"],
-        say,
-    )?;
-    let built = component_dir.join("target/wasm32-wasip2/release/echo_component.wasm");
-    let component = component_dir.join("build/echo_component_s.wasm");
-    std::fs::create_dir_all(component.parent().unwrap())?;
-    std::fs::copy(&built, &component).with_context(|| {
-        format!(
-            "failed to copy {} to {}",
-            built.display(),
-            component.display()
-        )
-    })?;
+    let components = examples
+        .iter()
+        .map(|example| example.build(say))
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let provider_archive = root.join("build").join(format!("{PROVIDER_BIN}.par.gz"));
     say(&format!("packing {}", provider_archive.display()));
     pack(&provider_bin, &provider_archive).await?;
     Ok(Artifacts {
         provider_archive,
-        component,
         provider_bin,
+        components,
     })
 }
 

@@ -1,19 +1,27 @@
 //! The provider on a real wasmCloud host, next to a real component: shared by the end-to-end test
 //! (`tests/e2e.rs`) and the demo (`src/main.rs`).
 //!
-//! - [`artifacts`]: builds the provider binary and the example component, packs the provider
+//! - [`artifacts`]: builds the provider binary and the example components, packs the provider
 //!   archive.
-//! - [`deploy`]: reads `examples/wadm.yaml` with wadm's own types and applies it to a host through
-//!   the control interface, as wadm would.
+//! - [`deploy`]: reads a wadm manifest (`examples/wadm.yaml`, `examples/chat/wadm.yaml`) with
+//!   wadm's own types and applies it to a host through the control interface, as wadm would.
 //! - [`Lattice`]: a nats-server with JetStream and an in-process wasmCloud host on it.
-//! - `nats`, `ws`: the same nats-server launcher and WebSocket servers the provider's own tests use.
+//! - [`chat`]: the chat example's manifest, listener and page; [`static_files`]: the HTTP server
+//!   its page is loaded from.
+//! - `nats`, `ws`, `clients`: the same nats-server launcher, WebSocket servers and listener
+//!   clients the provider's own tests use.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 
 pub mod artifacts;
+pub mod chat;
 pub mod deploy;
+pub mod static_files;
+
+#[path = "../../tests/common/clients.rs"]
+pub mod clients;
 
 #[path = "../../tests/common/nats.rs"]
 pub mod nats;

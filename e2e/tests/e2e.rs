@@ -1,18 +1,44 @@
-//! The provider on real wasmCloud hosts next to a real component, deployed as `examples/wadm.yaml`
-//! describes, scaled out to two provider instances on two hosts: one connection to the WebSocket
-//! server, a frame from it reaches the echo component through the host once, and its
-//! `echo: ...` publish comes back on the same connection, whichever instance the call lands on.
+//! The provider on real wasmCloud hosts next to real components.
+//!
+//! - The echo example, deployed as `examples/wadm.yaml` describes, scaled out to two provider
+//!   instances on two hosts: one connection to the WebSocket server, a frame from it reaches the
+//!   echo component through the host once, and its `echo: ...` publish comes back on the same
+//!   connection, whichever instance the call lands on.
+//! - The chat example, deployed as `examples/chat/wadm.yaml` describes on one host (its listener
+//!   moved to a free port): WebSocket clients in two rooms, then three headless Chromium pages of
+//!   `examples/chat/index.html` (`tests/browser/chat.py`), see each room's messages and no other's.
+//!
+//! Both tests share one build of the provider and of both components (the first to ask builds).
 
 use std::collections::HashMap;
+use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
+use tokio::sync::OnceCell;
+use wasmcloud_provider_messaging_websocket_e2e::clients::WsClient;
+use wasmcloud_provider_messaging_websocket_e2e::static_files::StaticFiles;
 use wasmcloud_provider_messaging_websocket_e2e::ws::{Event, Message, WsServer};
 use wasmcloud_provider_messaging_websocket_e2e::{
-    artifacts, deploy, processes_running, repo_root, wait_until, Lattice,
+    artifacts, chat, deploy, nats, processes_running, repo_root, wait_until, Lattice,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The browser test's own waits are 20 s each; this bounds the whole run, Chromium's start included.
+const BROWSER_WAIT: Duration = Duration::from_secs(180);
+
+/// The provider and both example components, built once for every test of this binary (tests run
+/// in parallel: the others wait for the first one's build).
+async fn artifacts(say: &dyn Fn(&str)) -> &'static artifacts::Artifacts {
+    static BUILT: OnceCell<artifacts::Artifacts> = OnceCell::const_new();
+    BUILT
+        .get_or_init(|| async {
+            artifacts::build(&[artifacts::ECHO, artifacts::CHAT], say)
+                .await
+                .expect("artifacts build")
+        })
+        .await
+}
 
 /// The manifest as a user scales the provider out: a `spreadscaler` of `instances`, one per host
 /// (in place of the scaler it has, if any).
@@ -67,7 +93,7 @@ async fn echo_round_trip_through_real_hosts_with_two_provider_instances() {
     wasmcloud_provider_messaging_websocket_e2e::init_logging();
     let started = std::time::Instant::now();
     let say = |s: &str| eprintln!("[e2e {:>6.1}s] {s}", started.elapsed().as_secs_f64());
-    let artifacts = artifacts::build(&say).await.expect("artifacts build");
+    let artifacts = artifacts(&say).await;
     let mut manifest = deploy::read_manifest(&repo_root().join("examples/wadm.yaml"))
         .await
         .unwrap();
@@ -180,4 +206,218 @@ async fn echo_round_trip_through_real_hosts_with_two_provider_instances() {
         .await;
     }
     lattice.stop().await.unwrap();
+}
+
+fn chat_frame(subject: &str, name: &str, text: &str) -> serde_json::Value {
+    let body = serde_json::json!({ "name": name, "text": text }).to_string();
+    serde_json::json!({ "subject": subject, "body": b64(body.as_bytes()) })
+}
+
+/// The next frame's subject and body, the fields the checks compare.
+async fn next_message(client: &mut WsClient, limit: Duration) -> serde_json::Value {
+    let frame = client.json(limit).await;
+    serde_json::json!({ "subject": frame["subject"], "body": frame["body"] })
+}
+
+/// Sends `frame` from `client` until it comes back to it, allowing only copies of `also` (frames
+/// resent before) to arrive first. A first delivery may reach the component before the provider
+/// has the consumer link the component publishes through, so a frame that is not back within 5 s
+/// is sent again.
+async fn send_until_back(
+    client: &mut WsClient,
+    frame: &serde_json::Value,
+    also: &[&serde_json::Value],
+) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    'send: loop {
+        client.send_text(frame.to_string());
+        let resend = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match tokio::time::timeout_at(resend, next_message(client, WAIT)).await {
+                Ok(got) if &got == frame => return,
+                Ok(got) if also.contains(&&got) => {}
+                Ok(got) => panic!("expected {frame} back, got {got}"),
+                Err(_) if tokio::time::Instant::now() < deadline => continue 'send,
+                Err(_) => panic!("{frame} did not come back within {WAIT:?}"),
+            }
+        }
+    }
+}
+
+/// Takes frames until `frame` arrives, allowing only copies of `also` (resent copies) before it.
+async fn receive_skipping(
+    client: &mut WsClient,
+    frame: &serde_json::Value,
+    also: &[&serde_json::Value],
+) {
+    loop {
+        let got = next_message(client, WAIT).await;
+        if &got == frame {
+            return;
+        }
+        assert!(also.contains(&&got), "expected {frame}, got {got}");
+    }
+}
+
+/// Three tokio-tungstenite clients of the listener: alice and bob in `chat.lobby`, carol in
+/// `chat.garden`. What alice says reaches alice and bob; carol's own message comes back to her
+/// first (had she been in the lobby too, alice's would have come before it, on the same queue);
+/// bob's answer reaches alice with nothing of the garden before it.
+async fn rooms_over_websocket(ws: &str) {
+    let mut clients = Vec::new();
+    for room in ["chat.lobby", "chat.lobby", "chat.garden"] {
+        let mut client = WsClient::connect(ws)
+            .await
+            .unwrap_or_else(|code| panic!("connecting to {ws}: HTTP {code}"));
+        assert_eq!(
+            client.subscribe(room).await,
+            serde_json::json!({ "ok": room }),
+            "subscribing to {room}"
+        );
+        clients.push(client);
+    }
+    let [mut alice, mut bob, mut carol] = <[WsClient; 3]>::try_from(clients).ok().unwrap();
+
+    let hello = chat_frame("chat.lobby", "alice", "hello lobby, caf\u{e9} \u{2713}");
+    send_until_back(&mut alice, &hello, &[]).await;
+    receive_skipping(&mut bob, &hello, &[]).await;
+
+    let garden = chat_frame("chat.garden", "carol", "hello garden");
+    send_until_back(&mut carol, &garden, &[]).await;
+
+    let answer = chat_frame("chat.lobby", "bob", "hello alice");
+    send_until_back(&mut bob, &answer, &[&hello]).await;
+    // alice may hold resent copies of her own message; nothing of the garden may come before.
+    receive_skipping(&mut alice, &answer, &[&hello]).await;
+    for client in [alice, bob, carol] {
+        client.close();
+    }
+}
+
+/// Runs `tests/browser/chat.py` against the page at `page` and the listener at `ws`, in a process
+/// group of its own, so that a run over its deadline is killed with its Chromiums.
+async fn browser_test(page: &str, ws: &str) -> (std::process::ExitStatus, String) {
+    let python = chat::browser_python().unwrap_or_else(|e| panic!("{e:#}"));
+    let shots = repo_root().join("target/browser-shots");
+    let child = tokio::process::Command::new(python)
+        .arg(repo_root().join("tests/browser/chat.py"))
+        .args(["--page", page, "--ws", ws, "--shots"])
+        .arg(&shots)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tests/browser/chat.py starts");
+    let group = child.id().expect("a running child");
+    match tokio::time::timeout(BROWSER_WAIT, child.wait_with_output()).await {
+        Ok(output) => {
+            let output = output.expect("chat.py's output");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            (output.status, text)
+        }
+        Err(_) => {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{group}")])
+                .status();
+            panic!("tests/browser/chat.py did not finish within {BROWSER_WAIT:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chat_rooms_through_a_real_host_for_websocket_clients_and_a_browser() {
+    wasmcloud_provider_messaging_websocket_e2e::init_logging();
+    let started = std::time::Instant::now();
+    let say = |s: &str| eprintln!("[chat {:>6.1}s] {s}", started.elapsed().as_secs_f64());
+    // Before minutes of building: a machine without the browser fails here, saying what to run.
+    chat::browser_python().unwrap_or_else(|e| panic!("{e:#}"));
+    artifacts(&say).await;
+    assert!(artifacts::CHAT.wasm().is_file());
+
+    let manifest = deploy::read_manifest(&chat::manifest_path()).await.unwrap();
+    let (listen, path) = chat::listener(&manifest).unwrap();
+    assert_eq!(
+        (listen.as_str(), path.as_str()),
+        ("127.0.0.1:8766", "/chat")
+    );
+    // Another port than the manifest's: the demo (or anything) may hold 8766 on this machine.
+    let listen = format!("127.0.0.1:{}", nats::free_port());
+    let ws = chat::ws_url(&listen, &path);
+    let lattice = Lattice::start(&format!("e2e-chat-{}", std::process::id()))
+        .await
+        .unwrap();
+    say(&format!(
+        "deploying examples/chat/wadm.yaml with listen {listen}"
+    ));
+    let overrides = HashMap::from([("listen".to_string(), listen.clone())]);
+    let deployed = deploy::deploy(&lattice.ctl, &lattice.host_ids, &manifest, &overrides)
+        .await
+        .unwrap();
+    assert_eq!(deployed.links.len(), 2);
+    assert_eq!(deployed.component_id, "websocket-chat-component");
+    for (name, config) in &deployed.configs {
+        assert_eq!(config["listen"], listen, "config {name}");
+    }
+    chat::wait_listening(&ws, WAIT).await.unwrap();
+    say(&format!("{ws} takes WebSocket clients"));
+
+    rooms_over_websocket(&ws).await;
+    say("WebSocket clients: each room got its own messages only");
+
+    let files = StaticFiles::serve(&chat::page_dir(), 0).await.unwrap();
+    let page = files.url("index.html");
+    let index = http_get(&page).await;
+    assert!(
+        index.starts_with("HTTP/1.1 200 OK") && index.contains("<title>Chat</title>"),
+        "{page} serves the page: {index:.200}"
+    );
+    say(&format!(
+        "serving examples/chat/ at {page}; running tests/browser/chat.py"
+    ));
+    let (status, output) = browser_test(&page, &ws).await;
+    eprintln!("{output}");
+    assert!(
+        status.success(),
+        "tests/browser/chat.py --page {page} --ws {ws} failed ({status}):\n{output}"
+    );
+    say("browser: done");
+
+    deploy::delete_links(&lattice.ctl, &deployed).await.unwrap();
+    let cache = lattice.provider_cache();
+    let response = lattice
+        .ctl
+        .stop_provider(&lattice.host_id, &deployed.provider_id)
+        .await
+        .expect("stop request answered");
+    assert!(response.succeeded(), "{}", response.message());
+    wait_until("the provider process is gone", WAIT, || async {
+        processes_running(&cache).is_empty()
+    })
+    .await;
+    lattice.stop().await.unwrap();
+}
+
+/// A plain `GET` of `url` (http://127.0.0.1:port/...), the whole response as text.
+async fn http_get(url: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(authority).await?;
+        let request = format!("GET /{path} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        std::io::Result::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .expect("the page within 10 s")
+        .expect("the page server answers")
 }

@@ -1,11 +1,15 @@
 //! The packaging files parse with the real parsers: `wasmcloud.toml` with wash's own parser, the
-//! wadm manifest with wadm's own types and validation.
+//! wadm manifests (`examples/wadm.yaml`, `examples/chat/wadm.yaml`, the README's) with wadm's own
+//! types and validation.
 
 use std::collections::HashMap;
 
 use wadm_types::{Properties, TraitProperty};
 use wash::lib::parser::{load_config, TypeConfig};
-use wasmcloud_provider_messaging_websocket_e2e::{artifacts::PROVIDER_BIN, deploy, repo_root};
+use wasmcloud_provider_messaging_websocket_e2e::{
+    artifacts::{self, PROVIDER_BIN},
+    chat, deploy, repo_root,
+};
 
 #[tokio::test]
 async fn wasmcloud_toml_is_a_provider_project_for_wash_build() {
@@ -30,18 +34,25 @@ async fn wasmcloud_toml_is_a_provider_project_for_wash_build() {
 }
 
 #[tokio::test]
-async fn example_component_wasmcloud_toml_targets_wasip2() {
-    let project = load_config(
-        Some(repo_root().join("examples/echo-component")),
-        Some(false),
-    )
-    .await
-    .expect("wash parses the component's wasmcloud.toml");
-    let TypeConfig::Component(component) = &project.project_type else {
-        panic!("not a component project: {:?}", project.project_type);
-    };
-    assert_eq!(component.wit_world.as_deref(), Some("echo"));
-    assert_eq!(component.wasm_target.to_string(), "wasm32-wasip2");
+async fn example_components_wasmcloud_toml_target_wasip2() {
+    for (example, world) in [(artifacts::ECHO, "echo"), (artifacts::CHAT, "chat")] {
+        let project = load_config(Some(repo_root().join(example.dir)), Some(false))
+            .await
+            .unwrap_or_else(|e| panic!("wash parses {}/wasmcloud.toml: {e}", example.dir));
+        let TypeConfig::Component(component) = &project.project_type else {
+            panic!(
+                "{} is not a component project: {:?}",
+                example.dir, project.project_type
+            );
+        };
+        assert_eq!(
+            component.wit_world.as_deref(),
+            Some(world),
+            "{}",
+            example.dir
+        );
+        assert_eq!(component.wasm_target.to_string(), "wasm32-wasip2");
+    }
 }
 
 #[tokio::test]
@@ -108,14 +119,100 @@ async fn wadm_manifest_is_valid_and_shares_one_session() {
     );
 }
 
-/// The `n`th yaml block of README.md (0-based), checked by wadm's own validation.
+#[tokio::test]
+async fn chat_manifest_is_valid_and_its_links_share_one_listener() {
+    let manifest = deploy::read_manifest(&chat::manifest_path())
+        .await
+        .expect("wadm validates examples/chat/wadm.yaml");
+    let mut images = HashMap::new();
+    for component in &manifest.spec.components {
+        let image = match &component.properties {
+            Properties::Capability { properties } => properties.image.clone(),
+            Properties::Component { properties } => properties.image.clone(),
+        };
+        images.insert(component.name.as_str(), image.unwrap_or_default());
+    }
+    assert_eq!(
+        images["websocket"], "file://./build/messaging-websocket-provider.par.gz",
+        "the archive `wash build` writes"
+    );
+    let component_image = format!(
+        "file://./{}",
+        artifacts::CHAT
+            .wasm()
+            .strip_prefix(repo_root())
+            .unwrap()
+            .display()
+    );
+    assert_eq!(
+        images["chat"], component_image,
+        "where the e2e build (and `wash build` in the component's directory) puts it"
+    );
+
+    let links = links(&manifest);
+    let consumer = links
+        .iter()
+        .find(|l| l.interfaces == ["consumer"])
+        .expect("a consumer link");
+    let handler = links
+        .iter()
+        .find(|l| l.interfaces == ["handler"])
+        .expect("a handler link");
+    for link in [consumer, handler] {
+        assert_eq!(
+            (link.namespace.as_str(), link.package.as_str()),
+            ("wasmcloud", "messaging")
+        );
+    }
+    assert_eq!(
+        consumer.name.as_deref(),
+        Some("default"),
+        "the link name a component's calls use unless it selects another"
+    );
+    assert_eq!(
+        consumer.name, handler.name,
+        "one link name, so one listener"
+    );
+    let config_of = |configs: &[wadm_types::ConfigProperty]| -> HashMap<String, String> {
+        configs
+            .iter()
+            .filter_map(|c| c.properties.clone())
+            .flatten()
+            .collect()
+    };
+    let consumer_config = config_of(&consumer.target.config);
+    let handler_config = config_of(
+        &handler
+            .source
+            .as_ref()
+            .expect("handler source config")
+            .config,
+    );
+    assert_eq!(
+        consumer_config, handler_config,
+        "equal settings, or the provider refuses to share the listener"
+    );
+    assert_eq!(
+        chat::listener(&manifest).unwrap(),
+        ("127.0.0.1:8766".to_string(), "/chat".to_string()),
+        "the page's default ws URL (examples/chat/index.html)"
+    );
+    let page = std::fs::read_to_string(chat::page_dir().join("index.html")).unwrap();
+    assert!(page.contains("ws://127.0.0.1:8766/chat"));
+}
+
+/// The `n`th yaml block of README.md (0-based) that is a whole manifest (starts with
+/// `apiVersion:`; excerpts of one, such as the server mode's links, are not counted), checked by
+/// wadm's own validation.
 async fn readme_manifest(n: usize) -> wadm_types::Manifest {
     let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
     let snippet = readme
         .split("```yaml\n")
-        .nth(n + 1)
-        .and_then(|rest| rest.split("```").next())
-        .unwrap_or_else(|| panic!("README has a yaml snippet number {}", n + 1));
+        .skip(1)
+        .filter_map(|rest| rest.split("```").next())
+        .filter(|block| block.starts_with("apiVersion:"))
+        .nth(n)
+        .unwrap_or_else(|| panic!("README has a yaml manifest number {}", n + 1));
     let (manifest, failures) = wadm_types::validation::validate_manifest_bytes(snippet)
         .await
         .expect("the snippet parses as a wadm manifest");
