@@ -8,6 +8,14 @@
 #                                    the server cases: an echo server of each library (default:
 #                                    tokio-tungstenite, yawc, ratchet_rs) under the fuzzingclient,
 #                                    reports in target/autobahn/reports/servers
+#   scripts/autobahn.sh --provider [case...]
+#                                    the server cases against the provider's own listener: the
+#                                    echo setup of `cargo bench --bench listener -- --autobahn-echo`
+#                                    (nats-server, the release provider with a `format = raw`,
+#                                    `compression = deflate` listener, a played component that
+#                                    publishes each body back to its reply-to); cases default to
+#                                    all ("*"), AUTOBAHN_EXCLUDE (comma-separated, e.g. "9.*")
+#                                    leaves some out; reports in target/autobahn/reports/provider
 #
 # Agents: tokio-tungstenite, yawc, soketto, ratchet_rs, and soketto-flate2-1.1.10 (soketto
 # built against flate2 1.1.10: its deflate decoder fails on every message with flate2 1.1.11).
@@ -104,6 +112,69 @@ EOF
         >"$OUT/fuzzingclient.log" 2>&1 || echo "   the fuzzingclient exited with $?" >&2
     python3 "$CRATE/autobahn_summary.py" "$SERVER_REPORTS/index.json" "${servers[@]}" \
         | tee "$OUT/summary-servers.txt"
+    exit
+fi
+
+if [ "${1:-}" = --provider ]; then
+    shift
+    cases=("$@")
+    [ ${#cases[@]} -gt 0 ] || cases=("*")
+    install_fuzzingserver
+    PROVIDER_REPORTS=$OUT/reports/provider
+    mkdir -p "$PROVIDER_REPORTS"
+    port=$((PORT + 100))
+    # AUTOBAHN_ECHO_BIN: an already built benches/listener.rs executable (no build).
+    echo_bin=${AUTOBAHN_ECHO_BIN:-}
+    [ -n "$echo_bin" ] || echo "== building the echo setup (cargo bench --bench listener --no-run)"
+    [ -n "$echo_bin" ] || echo_bin=$(cd "$ROOT" && cargo bench --bench listener --no-run --message-format=json \
+        | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    t = m.get("target", {})
+    if m.get("reason") == "compiler-artifact" and t.get("name") == "listener" and m.get("executable"):
+        print(m["executable"])')
+    [ -x "$echo_bin" ] || { echo "no benches/listener.rs executable" >&2; exit 1; }
+    # Run directly, not under cargo: SIGTERM reaches it, and it kills its nats-server and provider.
+    # TEST_PROVIDER_OUTPUT: the provider's log lines go to that log too. The lattice's
+    # nats-server gets max_payload AUTOBAHN_NATS_MAX_PAYLOAD (32 MiB; 0 = its default, 1 MiB):
+    # with 1 MiB, wRPC splits a larger call into several NATS messages, and now and then the
+    # provider's export side fails to take such a publish ("bytes remaining on stream"); the
+    # echo is then lost and the fuzzingclient waits for it forever (see BENCHMARKS.md).
+    TEST_PROVIDER_OUTPUT=1 "$echo_bin" --autobahn-echo "$port" \
+        --nats-max-payload "${AUTOBAHN_NATS_MAX_PAYLOAD:-33554432}" \
+        >"$OUT/provider-echo.log" 2>&1 &
+    echo_pid=$!
+    trap 'kill $echo_pid 2>/dev/null || true; wait $echo_pid 2>/dev/null || true' EXIT
+    for _ in $(seq 240); do
+        grep -q "autobahn-echo: ready" "$OUT/provider-echo.log" && break
+        kill -0 $echo_pid 2>/dev/null || { cat "$OUT/provider-echo.log" >&2; exit 1; }
+        sleep 0.5
+    done
+    grep -q "autobahn-echo: ready" "$OUT/provider-echo.log" \
+        || { echo "the echo setup did not get ready" >&2; exit 1; }
+    case_list=$(printf '"%s",' "${cases[@]}")
+    exclude_list=""
+    if [ -n "${AUTOBAHN_EXCLUDE:-}" ]; then
+        IFS=, read -ra excluded <<<"$AUTOBAHN_EXCLUDE"
+        exclude_list=$(printf '"%s",' "${excluded[@]}")
+    fi
+    cat >"$OUT/fuzzingclient-provider.json" <<EOF
+{
+    "outdir": "$PROVIDER_REPORTS",
+    "servers": [{"agent": "provider", "url": "ws://127.0.0.1:$port/"}],
+    "cases": [${case_list%,}],
+    "exclude-cases": [${exclude_list%,}],
+    "exclude-agent-cases": {}
+}
+EOF
+    echo "== running the fuzzingclient against the provider's listener (log: $OUT/fuzzingclient-provider.log)"
+    started=$(date +%s)
+    (cd "$OUT" && timeout 4h "$VENV/bin/wstest" -m fuzzingclient -s "$OUT/fuzzingclient-provider.json") \
+        >"$OUT/fuzzingclient-provider.log" 2>&1 || echo "   the fuzzingclient exited with $?" >&2
+    echo "   took $(($(date +%s) - started)) s"
+    python3 "$CRATE/autobahn_summary.py" "$PROVIDER_REPORTS/index.json" provider \
+        | tee "$OUT/summary-provider.txt"
     exit
 fi
 

@@ -192,8 +192,9 @@ enum End {
     Closed,
     /// Nothing arrived for `ping_interval + pong_timeout`.
     Dead,
-    /// A message over `max_message_bytes`: closed with 1009.
-    TooLarge,
+    /// The client is refused with this Close code and reason: 1009 for a message over
+    /// `max_message_bytes`, 1002 or 1007 for a protocol error.
+    Refused(u16, String),
 }
 
 /// Serves one client until it leaves or is closed; then forgets it.
@@ -236,8 +237,11 @@ pub async fn run(
     };
     let closing = *lock(&client.closing);
     match (&end, closing) {
-        (End::TooLarge, _) => {
-            let closing = sink.send(socket::close_frame(1009, "message too big"));
+        // Written here: yawc queues a Close of its own for these, but writes it only when its
+        // stream is read again, and closing the sink would write a Close 1000 before it.
+        (End::Refused(code, reason), _) => {
+            let reason: String = reason.chars().take(120).collect();
+            let closing = sink.send(socket::close_frame(*code, &reason));
             let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
         }
         (End::Closed, Some((code, reason))) => {
@@ -249,8 +253,7 @@ pub async fn run(
             info!(client = %client.id, remote_addr = %client.remote_addr, "no pong or other frame for ping_interval_sec + pong_timeout_sec: the client is gone; closing");
         }
         _ => {
-            // The Close frame the library owes the client (its answer to the client's Close,
-            // or 1009 for a message too large) goes out before the connection ends.
+            // The library's answer to the client's Close goes out before the connection ends.
             let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
         }
     }
@@ -262,7 +265,7 @@ pub async fn run(
         End::Left(reason) => reason.as_str(),
         End::Closed => closing.map_or("closed", |(_, reason)| reason),
         End::Dead => "dead (no pong)",
-        End::TooLarge => "message too large (1009)",
+        End::Refused(_, reason) => reason.as_str(),
     };
     client
         .pending
@@ -373,9 +376,13 @@ impl<'a> Reader<'a> {
                 Some(In::TooLarge) => {
                     stats::bump(&self.client.stats.dropped_oversized);
                     warn!(client = %self.client.id, remote_addr = %self.client.remote_addr, component = %self.shared.key.component, link_name = %self.shared.key.link_name, max_message_bytes = config.max_message_bytes, "a client sent a message larger than max_message_bytes (after decompression); closing it with 1009");
-                    return End::TooLarge;
+                    return End::Refused(1009, "message too big".into());
                 }
                 Some(In::Failed(reason)) => return End::Left(reason),
+                Some(In::Broken(code, reason)) => {
+                    debug!(client = %self.client.id, remote_addr = %self.client.remote_addr, code, %reason, "a client broke the WebSocket protocol; closing it");
+                    return End::Refused(code, reason);
+                }
             }
         }
     }

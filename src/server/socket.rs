@@ -35,6 +35,9 @@ pub enum In {
     TooLarge,
     /// The connection failed or was closed, in words.
     Failed(String),
+    /// The client broke the protocol (the close code it gets: 1002, or 1007 for text that is
+    /// not UTF-8), in words.
+    Broken(u16, String),
 }
 
 /// An upgraded client connection.
@@ -119,6 +122,20 @@ impl Stream for ClientSocket {
                 Err(WebSocketError::ConnectionClosed) => {
                     In::Failed("the connection was closed".into())
                 }
+                Err(e @ WebSocketError::InvalidUTF8) => {
+                    In::Broken(1007, crate::client::socket::describe(&e))
+                }
+                Err(
+                    e @ (WebSocketError::ReservedBitsNotZero
+                    | WebSocketError::ControlFrameFragmented
+                    | WebSocketError::PingFrameTooLarge
+                    | WebSocketError::InvalidFragment
+                    | WebSocketError::InvalidCloseFrame
+                    | WebSocketError::InvalidCloseCode
+                    | WebSocketError::InvalidOpCode(_)
+                    | WebSocketError::InvalidContinuationFrame
+                    | WebSocketError::CompressionNotSupported),
+                ) => In::Broken(1002, crate::client::socket::describe(&e)),
                 Err(e) => In::Failed(crate::client::socket::describe(&e)),
             })
         })
