@@ -30,4 +30,6 @@ cargo test
 # The chat example's end-to-end test drives headless Chromium (tests/browser/chat.py).
 setup_browser
 say "end to end (e2e/): cargo test; the first build compiles the wasmCloud host and takes minutes"
-cargo test --manifest-path e2e/Cargo.toml
+# One test at a time: each runs its own lattice of in-process hosts, and run side by side on two
+# cores the two-host echo test once lost a link put on one host (see the issue 16 note).
+cargo test --manifest-path e2e/Cargo.toml -- --test-threads=1
