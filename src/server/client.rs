@@ -73,7 +73,12 @@ pub struct Client {
 }
 
 impl Client {
-    /// The subscriptions, for `$ws.sessions`.
+    /// The patterns subscribed to (each once), for taking them out of the listener's index.
+    pub fn patterns(&self) -> Vec<Pattern> {
+        lock(&self.subscriptions).clone()
+    }
+
+    /// The subscriptions as text, for `$ws.sessions`.
     pub fn subscriptions(&self) -> Vec<String> {
         lock(&self.subscriptions)
             .iter()
@@ -515,14 +520,11 @@ impl<'a> Reader<'a> {
     fn unsubscribe(&mut self, text: &str) {
         let removed = {
             let mut mine = lock(&self.client.subscriptions);
-            let before = mine.len();
-            mine.retain(|p| p.as_str() != text);
-            before != mine.len()
+            let at = mine.iter().position(|p| p.as_str() == text);
+            at.map(|at| mine.remove(at))
         };
-        if removed {
-            if let Ok(pattern) = Pattern::parse(text) {
-                self.shared.unsubscribe(&pattern, &self.client.id);
-            }
+        if let Some(pattern) = removed {
+            self.shared.unsubscribe(&pattern, &self.client.id);
             self.answer("ok", text);
         } else {
             self.answer_error(&format!(

@@ -38,7 +38,7 @@ use crate::connection::{ConnectionConfig, ListenConfig};
 use crate::delivery::HandlerClients;
 use crate::envelope::Codec;
 use crate::server::auth::Refused;
-use crate::server::client::{Client, SendError};
+use crate::server::client::Client;
 use crate::server::subscriptions::{Pattern, Subscriptions};
 use crate::stats::{self, Totals};
 
@@ -158,7 +158,7 @@ impl Shared {
     pub fn forget(&self, client: &Client) {
         {
             let mut subscriptions = write(&self.subscriptions);
-            for pattern in lock_patterns(client) {
+            for pattern in client.patterns() {
                 subscriptions.remove(&pattern, &client.id);
             }
         }
@@ -166,14 +166,6 @@ impl Shared {
             self.admitted.fetch_sub(1, Ordering::Relaxed);
         }
     }
-}
-
-fn lock_patterns(client: &Client) -> Vec<Pattern> {
-    client
-        .subscriptions()
-        .iter()
-        .filter_map(|p| Pattern::parse(p).ok())
-        .collect()
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -321,13 +313,13 @@ impl Listener {
     pub fn send_to(&self, client: &Client, msg: &BrokerMessage) -> Result<(), String> {
         client
             .send(self.shared.codec.encode(msg, None), &self.shared)
-            .map_err(|e| match e {
-                SendError::Slow | SendError::Gone => format!(
+            .map_err(|e| {
+                format!(
                     "client {} of listener {}: {}; nothing was sent",
                     client.id,
                     self.shared.local_addr,
                     client::send_words(&e)
-                ),
+                )
             })
     }
 
