@@ -88,7 +88,7 @@ const TLS_CA_FILE: &str = "tls_ca_file";
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
 
 /// How much longer than the call itself a forwarded call may take (the trip to the owner and back).
-const FORWARD_SLACK: Duration = Duration::from_millis(400);
+pub(crate) const FORWARD_SLACK: Duration = Duration::from_millis(400);
 
 /// How long `$ws.sessions` and `$ws.stats` wait for another replica's part.
 const DESCRIBE_LIMIT: Duration = Duration::from_millis(1000);
@@ -477,15 +477,34 @@ impl WebSocketMessagingProvider {
     /// on; `msg.subject` follows the rules of incoming subjects (so `$ws.` never leaves).
     pub async fn send_to_session(
         &self,
-        component: &str,
+        key: &SessionKey,
         id: &str,
         msg: &BrokerMessage,
     ) -> Result<(), String> {
+        let component = key.component.as_str();
         if let Some((listener, client)) = self.find_client(component, id) {
             subjects::check_enabled(listener.config(), &listener.key().link_name)?;
             subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
                 .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
             return listener.send_to(&client, msg);
+        }
+        if self.replica_of_client(id).is_some() {
+            subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
+                .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
+            let call = Call::Publish {
+                key: key.clone(),
+                msg: BrokerMessage {
+                    subject: format!("{}{id}.{}", subjects::SESSION_PREFIX, msg.subject),
+                    body: msg.body.clone(),
+                    reply_to: msg.reply_to.clone(),
+                },
+            };
+            if let Some(answer) = self
+                .call_client_elsewhere(id, call, server::links::FORWARD_LIMIT)
+                .await
+            {
+                return server::links::done(answer);
+            }
         }
         let session = read(&self.links)
             .values()
@@ -621,7 +640,7 @@ impl WebSocketMessagingProvider {
             subjects::check("reply_to", reply_to)?;
         }
         if let Some(listener) = self.consumer_listener(component, link_name) {
-            return self.publish_to_listener(component, &listener, msg).await;
+            return self.publish_to_listener(&listener, msg).await;
         }
         let session = self
             .consumer_session(component, link_name)
@@ -637,9 +656,9 @@ impl WebSocketMessagingProvider {
                     body: msg.body.clone(),
                     reply_to: msg.reply_to.clone(),
                 };
-                self.send_to_session(component, id, &forwarded).await
+                self.send_to_session(&session.key, id, &forwarded).await
             }
-            subjects::Subject::Close { id } => self.close_client(component, id),
+            subjects::Subject::Close { id } => self.close_client(&session.key, id).await,
             _ => Err(subjects::unknown(&msg.subject, "publish")),
         }
     }
@@ -690,9 +709,11 @@ impl WebSocketMessagingProvider {
                     )
                 }
                 subjects::Subject::Session { id, subject } => {
-                    return self
-                        .request_client(component, id, subject, body, timeout)
-                        .await
+                    let key = SessionKey {
+                        component: component.to_string(),
+                        link_name: link_name.to_string(),
+                    };
+                    return self.request_client(&key, id, subject, body, timeout).await;
                 }
                 _ => return Err(subjects::unknown(&subject, "request")),
             };
@@ -738,7 +759,7 @@ impl WebSocketMessagingProvider {
         }
     }
 
-    fn host_id(&self) -> Option<String> {
+    pub(crate) fn host_id(&self) -> Option<String> {
         match &self.replication {
             Replication::Lattice(lattice) => Some(lattice.me.host.clone()),
             _ => load_host_data().ok().map(|h| h.host_id.clone()),
@@ -759,12 +780,7 @@ impl WebSocketMessagingProvider {
     async fn describe(&self, component: &str) -> Vec<(serde_json::Value, serde_json::Value)> {
         let mut entries = self.describe_sessions(component).await;
         for listener in self.listeners_of(component) {
-            entries.extend(listener.clients().iter().map(|client| {
-                (
-                    subjects::client_info(&listener, client),
-                    subjects::client_stats(&listener, client),
-                )
-            }));
+            entries.extend(self.all_client_entries(&listener, DESCRIBE_LIMIT).await);
         }
         entries
     }
@@ -820,10 +836,22 @@ impl WebSocketMessagingProvider {
             .collect();
         owners.sort_by(|a, b| a.instance.cmp(&b.instance));
         owners.dedup();
+        // And the other replicas with listeners (their clients' counters), each once.
+        let mut peers = lattice.listening_peers();
+        peers.retain(|(tag, _)| !owners.iter().any(|o| o.instance.ends_with(tag.as_str())));
         let answers = futures::future::join_all(
             owners
                 .iter()
-                .map(|owner| lattice.call(owner, &Call::Totals, DESCRIBE_LIMIT)),
+                .map(|owner| lattice.call(owner, &Call::Totals, DESCRIBE_LIMIT))
+                .map(futures::FutureExt::boxed)
+                .chain(peers.iter().map(|(tag, host)| {
+                    futures::FutureExt::boxed(lattice.call_clients_of(
+                        tag,
+                        host,
+                        &Call::Totals,
+                        DESCRIBE_LIMIT,
+                    ))
+                })),
         )
         .await;
         for answer in answers {
@@ -859,8 +887,18 @@ impl WebSocketMessagingProvider {
 
     /// Runs a call another replica forwarded to this one, if this one holds the session.
     async fn serve_forwarded(&self, call: Call) -> Answer {
+        let for_a_client = match &call {
+            Call::Publish { msg, .. } => msg.subject.starts_with(RESERVED_SUBJECT_PREFIX),
+            Call::Request { subject, .. } => subject.starts_with(RESERVED_SUBJECT_PREFIX),
+            Call::Clients { .. } => true,
+            Call::Describe { .. } | Call::Totals => false,
+        };
+        if for_a_client {
+            return self.serve_client_call(call).await;
+        }
         let key = match &call {
             Call::Publish { key, .. } | Call::Request { key, .. } | Call::Describe { key } => key,
+            Call::Clients { .. } => return Answer::NotOwner,
             Call::Totals => {
                 let totals = self.local_totals(&self.sessions());
                 return Answer::Json(Bytes::from(
@@ -898,7 +936,7 @@ impl WebSocketMessagingProvider {
                         .expect("descriptions serialize"),
                 ))
             }
-            Call::Totals => Answer::NotOwner,
+            Call::Totals | Call::Clients { .. } => Answer::NotOwner,
         }
     }
 }

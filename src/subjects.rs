@@ -259,7 +259,8 @@ pub fn provider_totals<'a>(
 pub fn add_totals(into: &mut Map<String, Value>, other: &Map<String, Value>) {
     let summed = crate::stats::SessionStats::NAMES
         .iter()
-        .chain(&["sessions_open"])
+        .chain(&["sessions_open", "listeners", "clients"])
+        .chain(crate::server::ListenerCounters::NAMES)
         .chain(&crate::lattice::COUNTERS)
         .copied();
     for name in summed {

@@ -35,6 +35,9 @@ pub enum Call {
     Describe { key: SessionKey },
     /// The replica's own counters, for `$ws.stats`'s provider object, as JSON.
     Totals,
+    /// The entries of `$ws.sessions` and `$ws.stats` of the replica's clients of the listener of
+    /// `key`, as JSON.
+    Clients { key: SessionKey },
 }
 
 /// What the owner answers.
@@ -115,6 +118,11 @@ fn encode(call: &Call) -> Result<(HeaderMap, Bytes), String> {
             headers.insert("ws-op", "totals");
             Bytes::new()
         }
+        Call::Clients { key } => {
+            headers.insert("ws-op", "clients");
+            key_headers(&mut headers, key)?;
+            Bytes::new()
+        }
     };
     Ok((headers, body))
 }
@@ -147,6 +155,7 @@ fn decode(headers: Option<&HeaderMap>, body: Bytes) -> Result<Call, String> {
         }),
         "describe" => Ok(Call::Describe { key: key()? }),
         "totals" => Ok(Call::Totals),
+        "clients" => Ok(Call::Clients { key: key()? }),
         other => Err(format!(
             "unknown forwarded call {}",
             crate::subjects::quoted(other)
@@ -190,7 +199,10 @@ impl Lattice {
     /// call runs as a task of its own (a slow `request` never holds up a `publish`).
     pub async fn serve(self: &Arc<Self>, serve: Serve) -> anyhow::Result<()> {
         let subject = self.subject_of(&self.me);
-        let mut calls = self.nats.subscribe(subject.clone()).await?;
+        let mine = self.nats.subscribe(subject.clone()).await?;
+        // The calls for this replica's listeners' clients, whose ids carry its tag.
+        let clients = self.nats.subscribe(self.client_subject(&self.tag)).await?;
+        let mut calls = futures::stream::select(mine, clients);
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(message) = calls.next().await {
@@ -230,17 +242,37 @@ impl Lattice {
         call: &Call,
         limit: Duration,
     ) -> Result<Result<Answer, Unanswered>, String> {
+        self.call_at(self.subject_of(owner), &owner.host, call, limit)
+            .await
+    }
+
+    /// Forwards `call` to the replica with tag `tag` (on host `host`), for its listeners'
+    /// clients.
+    pub async fn call_clients_of(
+        &self,
+        tag: &str,
+        host: &str,
+        call: &Call,
+        limit: Duration,
+    ) -> Result<Result<Answer, Unanswered>, String> {
+        self.call_at(self.client_subject(tag), host, call, limit)
+            .await
+    }
+
+    async fn call_at(
+        &self,
+        subject: String,
+        host: &str,
+        call: &Call,
+        limit: Duration,
+    ) -> Result<Result<Answer, Unanswered>, String> {
         let (headers, body) = encode(call)?;
         crate::stats::bump(&self.forwarded);
         let request = async_nats::Request::new()
             .headers(headers)
             .payload(body)
             .timeout(Some(limit));
-        let reply = match self
-            .nats
-            .send_request(self.subject_of(owner), request)
-            .await
-        {
+        let reply = match self.nats.send_request(subject, request).await {
             Ok(reply) => reply,
             Err(e) => {
                 use async_nats::RequestErrorKind;
@@ -262,7 +294,11 @@ impl Lattice {
                         reply_to: headers.and_then(|h| header(h, "ws-reply-to")),
                     })
                 }
-                _ if matches!(call, Call::Describe { .. } | Call::Totals) => {
+                _ if matches!(
+                    call,
+                    Call::Describe { .. } | Call::Totals | Call::Clients { .. }
+                ) =>
+                {
                     Answer::Json(reply.payload)
                 }
                 _ => Answer::Done,
@@ -270,8 +306,7 @@ impl Lattice {
             Some("not-owner") => Answer::NotOwner,
             Some("error") => Answer::Failed(String::from_utf8_lossy(&reply.payload).into_owned()),
             other => Answer::Failed(format!(
-                "replica {} answered a forwarded call with status {other:?}",
-                owner.host
+                "replica {host} answered a forwarded call with status {other:?}"
             )),
         }))
     }

@@ -28,6 +28,7 @@ use wasmcloud_provider_sdk::core::HostData;
 
 pub mod forward;
 pub mod lease;
+pub mod listeners;
 
 /// How long start-up waits for the lattice's NATS and its JetStream before it says it cannot
 /// use them (the host waits for the provider to start).
@@ -156,6 +157,9 @@ pub struct Lattice {
     pub nats: async_nats::Client,
     pub kv: kv::Store,
     pub me: Replica,
+    /// A short random tag of this run of the process: every id of its listeners' clients starts
+    /// with it, so that any replica can tell where a client is connected.
+    pub tag: String,
     pub bucket: String,
     /// `wsprov.<lattice>.<provider>`: each replica serves forwarded calls on `<prefix>.<instance>`.
     subject_prefix: String,
@@ -167,6 +171,12 @@ pub struct Lattice {
     /// Calls this replica forwarded to an owner, and calls it served for other replicas.
     pub forwarded: std::sync::atomic::AtomicU64,
     pub served: std::sync::atomic::AtomicU64,
+    /// Other replicas with listeners, by tag.
+    peers: Mutex<HashMap<String, listeners::Peer>>,
+    /// The lease keys of the links this replica listens for.
+    listening: Mutex<std::collections::BTreeSet<String>>,
+    /// Wakes the presence task when `listening` changed.
+    announce: Arc<tokio::sync::Notify>,
 }
 
 impl Lattice {
@@ -209,13 +219,10 @@ impl Lattice {
                     nats_url(host_data)
                 )
             })?;
+        let tag = crate::client::session::token(listeners::TAG_LEN);
         let me = Replica {
             host: host_data.host_id.clone(),
-            instance: format!(
-                "{}-{}",
-                token(&host_data.instance_id),
-                crate::client::session::token(8)
-            ),
+            instance: format!("{}-{tag}", token(&host_data.instance_id)),
         };
         let subject_prefix = format!(
             "wsprov.{}.{}",
@@ -233,6 +240,7 @@ impl Lattice {
             nats,
             kv,
             me,
+            tag,
             bucket,
             subject_prefix,
             observed: Mutex::new(HashMap::new()),
@@ -240,8 +248,12 @@ impl Lattice {
             takeovers: Default::default(),
             forwarded: Default::default(),
             served: Default::default(),
+            peers: Mutex::default(),
+            listening: Mutex::default(),
+            announce: Arc::default(),
         });
         tokio::spawn(watch_bucket(Arc::downgrade(&lattice), watch));
+        tokio::spawn(listeners::presence(Arc::downgrade(&lattice)));
         info!(bucket = %lattice.bucket, replica = %lattice.me.host, instance = %lattice.me.instance, "replicas coordinate through JetStream key-value");
         Ok(lattice)
     }

@@ -168,7 +168,7 @@ pub fn new(
     user: Option<String>,
     allowed: Option<Vec<Pattern>>,
 ) -> (Arc<Client>, mpsc::UnboundedReceiver<(Out, usize)>) {
-    let id: Arc<str> = format!("c{}", crate::client::session::token(15)).into();
+    let id: Arc<str> = format!("c{}{}", shared.id_tag, crate::client::session::token(12)).into();
     let (out, rx) = mpsc::unbounded_channel();
     let client = Arc::new(Client {
         pending: Pending::new(&shared.config.inbox_prefix, &id),

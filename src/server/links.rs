@@ -11,9 +11,11 @@ use tracing::{debug, info};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::client::session::SessionKey;
 use crate::connection::ConnectionConfig;
+use crate::lattice::forward::{Answer, Call, Unanswered};
+use crate::lattice::Lattice;
 use crate::server::client::Client;
 use crate::server::Listener;
-use crate::{read, subjects, write, Role, Roles, WebSocketMessagingProvider};
+use crate::{read, subjects, write, Replication, Role, Roles, WebSocketMessagingProvider};
 
 /// A listener and the links that hold it: a consumer link and a handler link with the same
 /// (component, link name) share one listener, which closes when the last of them goes.
@@ -70,6 +72,27 @@ impl WebSocketMessagingProvider {
             ));
         }
         let addr = cfg.listen.as_ref().map(|l| l.addr);
+        // SO_REUSEPORT lets the replicas share a port; within one process two links must not.
+        if let Some((other, _)) = addr.filter(|a| a.port() != 0).and_then(|addr| {
+            listeners
+                .iter()
+                .find(|(_, l)| l.listener.config().listen.as_ref().map(|l| l.addr) == Some(addr))
+        }) {
+            let error = format!(
+                "cannot listen on {}: the link {other} listens there already",
+                addr.map_or_else(String::new, |a| a.to_string())
+            );
+            write(&self.unbound).insert(key, error.clone());
+            return Err(error);
+        }
+        let lattice = match &self.replication {
+            Replication::Lattice(lattice) => Some(Arc::clone(lattice)),
+            _ => None,
+        };
+        let id_tag = lattice.as_ref().map_or_else(
+            || crate::client::session::token(crate::lattice::listeners::TAG_LEN),
+            |l| l.tag.clone(),
+        );
         let listener = Listener::bind(
             key.clone(),
             cfg,
@@ -77,6 +100,7 @@ impl WebSocketMessagingProvider {
             role == Role::Handler,
             &self.totals,
             Arc::clone(&self.listener_counters),
+            id_tag,
         );
         let listener = match listener {
             Ok(listener) => {
@@ -89,10 +113,24 @@ impl WebSocketMessagingProvider {
                 return Err(error);
             }
         };
+        let listener = Arc::new(listener);
+        if let Some(lattice) = lattice {
+            // What the component publishes on another replica reaches this one's clients.
+            let weak = Arc::downgrade(&listener);
+            lattice.follow_fanout(
+                crate::lattice::lease_key(&key.component, &key.link_name),
+                listener.stopped(),
+                move |msg| {
+                    if let Some(listener) = weak.upgrade() {
+                        listener.publish(&msg);
+                    }
+                },
+            );
+        }
         listeners.insert(
             key,
             LinkedListener {
-                listener: Arc::new(listener),
+                listener,
                 roles: Roles::of(role),
             },
         );
@@ -167,12 +205,21 @@ impl WebSocketMessagingProvider {
     /// subject the clients subscribed to it (none subscribed: nothing is sent, as with NATS).
     pub(crate) async fn publish_to_listener(
         &self,
-        component: &str,
         listener: &Listener,
         msg: BrokerMessage,
     ) -> Result<(), String> {
         if !msg.subject.starts_with(crate::RESERVED_SUBJECT_PREFIX) {
             listener.publish(&msg);
+            if let Replication::Lattice(lattice) = &self.replication {
+                let key = listener.key();
+                let lease_key = crate::lattice::lease_key(&key.component, &key.link_name);
+                if let Err(error) = lattice.fan_out(&lease_key, &msg).await {
+                    return Err(format!(
+                        "publish to {}: it reached this replica's clients, but not those of the provider's other replicas: {error}",
+                        subjects::quoted(&msg.subject)
+                    ));
+                }
+            }
             return Ok(());
         }
         subjects::check_enabled(listener.config(), &listener.key().link_name)?;
@@ -183,36 +230,250 @@ impl WebSocketMessagingProvider {
                     body: msg.body,
                     reply_to: msg.reply_to,
                 };
-                self.send_to_session(component, id, &forwarded).await
+                self.send_to_session(listener.key(), id, &forwarded).await
             }
-            subjects::Subject::Close { id } => self.close_client(component, id),
+            subjects::Subject::Close { id } => self.close_client(listener.key(), id).await,
             _ => Err(subjects::unknown(&msg.subject, "publish")),
         }
     }
 
-    /// `$ws.close.<id>`: closes a client of one of the caller's listeners (Close 1000).
-    pub(crate) fn close_client(&self, component: &str, id: &str) -> Result<(), String> {
-        let (_, client) = self
-            .find_client(component, id)
-            .ok_or_else(|| format!("component {component} has no listener client {id}"))?;
-        client.close(1000, "closed by the component");
-        Ok(())
+    /// The replica (tag, host) where client `id` is connected, when it is another one: its id
+    /// carries that replica's tag.
+    pub(crate) fn replica_of_client(&self, id: &str) -> Option<(Arc<Lattice>, String, String)> {
+        let Replication::Lattice(lattice) = &self.replication else {
+            return None;
+        };
+        let tag = crate::lattice::listeners::tag_of(id).filter(|t| *t != lattice.tag)?;
+        let host = lattice
+            .listening_peers()
+            .into_iter()
+            .find(|(t, _)| t == tag)
+            .map_or_else(|| format!("with tag {tag}"), |(_, host)| host);
+        Some((Arc::clone(lattice), tag.to_string(), host))
     }
 
-    /// `request("$ws.session.<id>.<subject>")`: a request to one client, answered by its reply.
+    /// Runs `call` (for client `id` of another replica) there; its answer, or why there is none.
+    pub(crate) async fn call_client_elsewhere(
+        &self,
+        id: &str,
+        call: Call,
+        limit: Duration,
+    ) -> Option<Result<Answer, String>> {
+        let (lattice, tag, host) = self.replica_of_client(id)?;
+        Some(
+            match lattice.call_clients_of(&tag, &host, &call, limit).await {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(Unanswered::NoResponders)) => Err(format!(
+                    "client {id} was connected to replica {host}, which is gone; nothing was sent"
+                )),
+                Ok(Err(Unanswered::TimedOut)) => Err(format!(
+                    "replica {host}, where client {id} is connected, did not answer within {} ms; the call may or may not have run there",
+                    limit.as_millis()
+                )),
+                Ok(Err(Unanswered::Other(error))) | Err(error) => Err(format!(
+                    "the call could not be passed to replica {host}, where client {id} is connected: {error}"
+                )),
+            },
+        )
+    }
+
+    /// `$ws.close.<id>`: closes a client of one of the caller's listeners (Close 1000), on
+    /// whichever replica it is connected.
+    pub(crate) async fn close_client(&self, key: &SessionKey, id: &str) -> Result<(), String> {
+        if let Some((_, client)) = self.find_client(&key.component, id) {
+            client.close(1000, "closed by the component");
+            return Ok(());
+        }
+        let call = Call::Publish {
+            key: key.clone(),
+            msg: BrokerMessage {
+                subject: format!("{}{id}", subjects::CLOSE_PREFIX),
+                body: Bytes::new(),
+                reply_to: None,
+            },
+        };
+        match self.call_client_elsewhere(id, call, FORWARD_LIMIT).await {
+            Some(answer) => done(answer),
+            None => Err(format!(
+                "component {} has no listener client {id}",
+                key.component
+            )),
+        }
+    }
+
+    /// A `$ws.` publish or request for one client, forwarded here by another replica: run here
+    /// only (never forwarded again).
+    pub(crate) async fn serve_client_call(&self, call: Call) -> Answer {
+        let failed = |r: Result<(), String>| match r {
+            Ok(()) => Answer::Done,
+            Err(error) => Answer::Failed(error),
+        };
+        match call {
+            Call::Publish { key, msg } => match subjects::parse(&msg.subject) {
+                subjects::Subject::Session { id, subject } => {
+                    let Some((listener, client)) = self.find_client(&key.component, id) else {
+                        return Answer::Failed(format!(
+                            "component {} has no listener client {id} (it left)",
+                            key.component
+                        ));
+                    };
+                    let forwarded = BrokerMessage {
+                        subject: subject.to_string(),
+                        body: msg.body,
+                        reply_to: msg.reply_to,
+                    };
+                    failed(listener.send_to(&client, &forwarded))
+                }
+                subjects::Subject::Close { id } => match self.find_client(&key.component, id) {
+                    Some((_, client)) => {
+                        client.close(1000, "closed by the component");
+                        Answer::Done
+                    }
+                    None => Answer::Failed(format!(
+                        "component {} has no listener client {id} (it left)",
+                        key.component
+                    )),
+                },
+                _ => Answer::Failed(subjects::unknown(&msg.subject, "publish")),
+            },
+            Call::Request {
+                key,
+                subject,
+                body,
+                timeout_ms,
+            } => {
+                let subjects::Subject::Session { id, subject } = subjects::parse(&subject) else {
+                    return Answer::Failed(subjects::unknown(&subject, "request"));
+                };
+                let Some((listener, client)) = self.find_client(&key.component, id) else {
+                    return Answer::Failed(format!(
+                        "component {} has no listener client {id} (it left)",
+                        key.component
+                    ));
+                };
+                match listener
+                    .request(&client, subject, body, Duration::from_millis(timeout_ms))
+                    .await
+                {
+                    Ok(reply) => Answer::Reply(reply),
+                    Err(error) => Answer::Failed(error),
+                }
+            }
+            Call::Clients { key } => {
+                let entries: Vec<_> = read(&self.listeners)
+                    .get(&key)
+                    .map(|l| Arc::clone(&l.listener))
+                    .map(|listener| self.client_entries(&listener))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(info, stats)| serde_json::json!([info, stats]))
+                    .collect();
+                Answer::Json(Bytes::from(
+                    serde_json::to_vec(&entries).expect("entries serialize"),
+                ))
+            }
+            other => Answer::Failed(format!("not a call for a listener's client: {other:?}")),
+        }
+    }
+
+    /// The `$ws.sessions` and `$ws.stats` entries of a listener's clients on this replica.
+    pub(crate) fn client_entries(
+        &self,
+        listener: &Listener,
+    ) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let host = self.host_id();
+        listener
+            .clients()
+            .iter()
+            .map(|client| {
+                let mut info = subjects::client_info(listener, client);
+                info["owner"] = serde_json::json!(host);
+                (info, subjects::client_stats(listener, client))
+            })
+            .collect()
+    }
+
+    /// The entries of a listener's clients on every replica: this one's, and those the other
+    /// replicas listening for the same link answer within `limit`.
+    pub(crate) async fn all_client_entries(
+        &self,
+        listener: &Listener,
+        limit: Duration,
+    ) -> Vec<(serde_json::Value, serde_json::Value)> {
+        let mut entries = self.client_entries(listener);
+        let Replication::Lattice(lattice) = &self.replication else {
+            return entries;
+        };
+        let key = listener.key();
+        let peers =
+            lattice.peers_listening(&crate::lattice::lease_key(&key.component, &key.link_name));
+        let call = Call::Clients { key: key.clone() };
+        let answers = futures::future::join_all(
+            peers
+                .iter()
+                .map(|(tag, host)| lattice.call_clients_of(tag, host, &call, limit)),
+        )
+        .await;
+        for ((_, host), answer) in peers.iter().zip(answers) {
+            match answer {
+                Ok(Ok(Answer::Json(json))) => {
+                    let pairs: Vec<(serde_json::Value, serde_json::Value)> =
+                        serde_json::from_slice(&json).unwrap_or_default();
+                    entries.extend(pairs);
+                }
+                other => {
+                    debug!(replica = %host, answer = ?other, "another replica did not list its clients");
+                }
+            }
+        }
+        entries
+    }
+
+    /// `request("$ws.session.<id>.<subject>")`: a request to one client, on whichever replica
+    /// it is connected, answered by its reply.
     pub(crate) async fn request_client(
         &self,
-        component: &str,
+        key: &SessionKey,
         id: &str,
         subject: &str,
         body: Bytes,
         timeout: Duration,
     ) -> Result<BrokerMessage, String> {
-        let (listener, client) = self.find_client(component, id).ok_or_else(|| {
-            format!("component {component} has no listener client {id} (requests through `$ws.session.<id>.<subject>` go to a listener's clients)")
-        })?;
         subjects::check_incoming(subject, None)
             .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
-        listener.request(&client, subject, body, timeout).await
+        if let Some((listener, client)) = self.find_client(&key.component, id) {
+            return listener.request(&client, subject, body, timeout).await;
+        }
+        let call = Call::Request {
+            key: key.clone(),
+            subject: format!("{}{id}.{subject}", subjects::SESSION_PREFIX),
+            body,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self
+            .call_client_elsewhere(id, call, timeout + crate::FORWARD_SLACK)
+            .await
+        {
+            Some(Ok(Answer::Reply(reply))) => Ok(reply),
+            Some(Ok(Answer::Failed(error)) | Err(error)) => Err(error),
+            Some(Ok(other)) => Err(format!(
+                "unexpected answer to a forwarded request: {other:?}"
+            )),
+            None => Err(format!("component {} has no listener client {id} (requests through `$ws.session.<id>.<subject>` go to a listener's clients)", key.component)),
+        }
+    }
+}
+
+/// How long a call for a client on another replica may take (it only queues a frame there).
+pub(crate) const FORWARD_LIMIT: Duration = Duration::from_millis(2000);
+
+/// A forwarded publish's answer as a result.
+pub(crate) fn done(answer: Result<Answer, String>) -> Result<(), String> {
+    match answer {
+        Ok(Answer::Done) => Ok(()),
+        Ok(Answer::Failed(error)) | Err(error) => Err(error),
+        Ok(other) => Err(format!(
+            "unexpected answer to a forwarded publish: {other:?}"
+        )),
     }
 }

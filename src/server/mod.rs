@@ -126,6 +126,9 @@ pub struct Shared {
     pub totals: Totals,
     /// Cancelled when the listener closes; every client's token is a child of it.
     pub stop: CancellationToken,
+    /// What every client id starts with (after `c`): the replica's tag, which tells the other
+    /// replicas where the client is connected.
+    pub id_tag: String,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
     subscriptions: RwLock<Subscriptions>,
     /// Clients connected or being upgraded: what `max_clients` bounds.
@@ -200,6 +203,7 @@ impl Listener {
         handler_linked: bool,
         totals: &Totals,
         counters: Arc<ListenerCounters>,
+        id_tag: String,
     ) -> Result<Listener, String> {
         let listen = config.listen.clone().ok_or("no `listen` address")?;
         let tcp = bind(listen.addr).map_err(|e| {
@@ -228,6 +232,7 @@ impl Listener {
             counters,
             totals: totals.clone(),
             stop: CancellationToken::new(),
+            id_tag,
             clients: RwLock::default(),
             subscriptions: RwLock::default(),
             admitted: AtomicUsize::new(0),
@@ -260,6 +265,11 @@ impl Listener {
 
     pub fn counters(&self) -> &ListenerCounters {
         &self.shared.counters
+    }
+
+    /// Cancelled when the listener closes.
+    pub fn stopped(&self) -> CancellationToken {
+        self.shared.stop.clone()
     }
 
     pub fn set_handler_linked(&self, linked: bool) {
@@ -357,7 +367,9 @@ impl Drop for Listener {
 }
 
 /// A listening socket with SO_REUSEADDR, so that a port released by a closed listener can be
-/// bound again at once (its old connections may still be in TIME_WAIT).
+/// bound again at once (its old connections may still be in TIME_WAIT), and SO_REUSEPORT, so
+/// that the provider's replicas on one host share the port (the kernel spreads the clients over
+/// them; a process of another user, or one without SO_REUSEPORT, still cannot take it).
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
@@ -365,6 +377,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
+    #[cfg(unix)]
+    socket.set_reuseport(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }
