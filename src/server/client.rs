@@ -19,7 +19,9 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::{SinkExt as _, StreamExt as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use tokio::sync::mpsc;
+use std::collections::VecDeque;
+
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -37,8 +39,8 @@ use crate::stats::{self, SessionStats};
 pub const RATE_GRACE: Duration = Duration::from_secs(2);
 /// How long a closing client's Close frame may take to go out.
 const CLOSE_GRACE: Duration = Duration::from_millis(200);
-/// The most frames written before one flush.
-const BATCH: usize = 64;
+/// The queue capacity (frames) a client keeps after a burst.
+const BATCH_KEPT: usize = 16;
 
 /// Why sending to a client failed.
 #[derive(Debug)]
@@ -60,7 +62,11 @@ pub struct Client {
     allowed: Option<Vec<Pattern>>,
     subscriptions: Mutex<Vec<Pattern>>,
     pub stats: Arc<SessionStats>,
-    out: mpsc::UnboundedSender<(Out, usize)>,
+    /// Frames waiting to be written, with their lengths: a deque allocates nothing until the
+    /// first frame, and the writer takes all of it at once (one flush for the lot).
+    out: Mutex<VecDeque<(Out, usize)>>,
+    /// Wakes the writer when `out` gets a frame.
+    queued_one: Notify,
     /// Bytes queued and not yet written.
     queued: AtomicUsize,
     queue_limit: usize,
@@ -103,9 +109,9 @@ impl Client {
             }
             return Err(SendError::Slow);
         }
-        self.out
-            .send((Out::from(frame), len))
-            .map_err(|_| SendError::Gone)
+        lock(&self.out).push_back((Out::from(frame), len));
+        self.queued_one.notify_one();
+        Ok(())
     }
 
     /// Closes the client with `code` (the first reason given wins).
@@ -161,16 +167,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A new client and the receiving end of its queue.
+/// A new client.
 pub fn new(
     shared: &Shared,
     remote_addr: SocketAddr,
     user: Option<String>,
     allowed: Option<Vec<Pattern>>,
-) -> (Arc<Client>, mpsc::UnboundedReceiver<(Out, usize)>) {
+) -> Arc<Client> {
     let id: Arc<str> = format!("c{}{}", shared.id_tag, crate::client::session::token(12)).into();
-    let (out, rx) = mpsc::unbounded_channel();
-    let client = Arc::new(Client {
+    Arc::new(Client {
         pending: Pending::new(&shared.config.inbox_prefix, &id),
         id,
         remote_addr,
@@ -179,14 +184,14 @@ pub fn new(
         allowed,
         subscriptions: Mutex::default(),
         stats: Arc::new(SessionStats::for_session(&shared.totals)),
-        out,
+        out: Mutex::default(),
+        queued_one: Notify::new(),
         queued: AtomicUsize::new(0),
         queue_limit: shared.listen().client_queue_bytes,
         stop: shared.stop.child_token(),
         closing: Mutex::default(),
         slow: AtomicBool::new(false),
-    });
-    (client, rx)
+    })
 }
 
 /// How a client's connection ended.
@@ -203,12 +208,7 @@ enum End {
 }
 
 /// Serves one client until it leaves or is closed; then forgets it.
-pub async fn run(
-    shared: Arc<Shared>,
-    client: Arc<Client>,
-    socket: ClientSocket,
-    mut rx: mpsc::UnboundedReceiver<(Out, usize)>,
-) {
+pub async fn run(shared: Arc<Shared>, client: Arc<Client>, socket: ClientSocket) {
     let (mut sink, mut stream) = socket.split();
     let target = Target {
         session_id: client.id.to_string(),
@@ -233,11 +233,11 @@ pub async fn run(
         warned_malformed: false,
     };
     if shared.listen().client_events {
-        reader.event("$ws.connected").await;
+        Box::pin(reader.event("$ws.connected")).await;
     }
     let end = tokio::select! {
         end = reader.read(&mut stream) => end,
-        end = write(&shared, &client, &mut sink, &mut rx) => end,
+        end = write(&shared, &client, &mut sink) => end,
         () = client.stop.cancelled() => End::Closed,
     };
     let closing = *lock(&client.closing);
@@ -247,11 +247,11 @@ pub async fn run(
         (End::Refused(code, reason), _) => {
             let reason: String = reason.chars().take(120).collect();
             let closing = sink.send(socket::close_frame(*code, &reason));
-            let _ = tokio::time::timeout(CLOSE_GRACE, closing).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, closing)).await;
         }
         (End::Closed, Some((code, reason))) => {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(socket::close_frame(code, reason)))
-                .await;
+            let closing = sink.send(socket::close_frame(code, reason));
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, closing)).await;
         }
         (End::Dead, _) => {
             stats::bump(&shared.counters.dead_clients);
@@ -259,7 +259,7 @@ pub async fn run(
         }
         _ => {
             // The library's answer to the client's Close goes out before the connection ends.
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+            let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, sink.close())).await;
         }
     }
     drop(sink);
@@ -281,51 +281,50 @@ pub async fn run(
         return;
     }
     if shared.listen().client_events {
-        reader.event("$ws.disconnected").await;
+        Box::pin(reader.event("$ws.disconnected")).await;
     }
     while reader.in_flight.next().await.is_some() {}
 }
 
-/// Writes what is queued, in batches with one flush each, and a keepalive ping every
-/// `ping_interval_sec`.
+/// Writes what is queued: everything queued since the last write, fed to the socket (which
+/// writes out every 64 KiB) and flushed once; and a keepalive ping every `ping_interval_sec`.
 async fn write(
     shared: &Shared,
     client: &Client,
     sink: &mut futures::stream::SplitSink<ClientSocket, Out>,
-    rx: &mut mpsc::UnboundedReceiver<(Out, usize)>,
 ) -> End {
     let period = shared.config.ping_interval;
     let mut ping = tokio::time::interval_at(Instant::now() + period, period);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The frames being written; swapped with the queue, so both keep their capacity.
+    let mut batch = VecDeque::new();
     loop {
-        let first = tokio::select! {
-            next = rx.recv() => next,
+        tokio::select! {
+            () = client.queued_one.notified() => {}
             _ = ping.tick() => {
                 if let Err(e) = sink.send(socket::ping()).await {
                     return End::Left(e);
                 }
                 continue;
             }
-        };
-        let Some((frame, len)) = first else {
-            return End::Closed;
-        };
-        let (mut frames, mut bytes) = (1, len);
-        if let Err(e) = sink.feed(frame).await {
-            return End::Left(e);
         }
-        while frames < BATCH {
-            let Ok((frame, len)) = rx.try_recv() else {
-                break;
-            };
+        std::mem::swap(&mut *lock(&client.out), &mut batch);
+        if batch.is_empty() {
+            continue;
+        }
+        let (frames, mut bytes) = (batch.len(), 0);
+        for (frame, len) in batch.drain(..) {
+            bytes += len;
             if let Err(e) = sink.feed(frame).await {
                 return End::Left(e);
             }
-            frames += 1;
-            bytes += len;
         }
         if let Err(e) = sink.flush().await {
             return End::Left(e);
+        }
+        if batch.capacity() > BATCH_KEPT {
+            // A burst is over: an idle client keeps a small queue.
+            batch.shrink_to(BATCH_KEPT);
         }
         client.queued.fetch_sub(bytes, Ordering::Relaxed);
         stats::add(&client.stats.frames_out, frames);
@@ -429,7 +428,9 @@ impl<'a> Reader<'a> {
                 match self.client.pending.route(msg) {
                     Routed::Reply => {}
                     Routed::Late => stats::bump(&stats.dropped_unmatched),
-                    Routed::Deliver(msg) => self.deliver(msg).await,
+                    // Boxed: a delivery's future is large and lives only while it is handed
+                    // over; in place it would make every idle client's task that much bigger.
+                    Routed::Deliver(msg) => Box::pin(self.deliver(msg)).await,
                 }
             }
         }

@@ -513,7 +513,7 @@ fn upgrade(
             return refuse(StatusCode::BAD_REQUEST, Refused::Upgrade, &reason);
         }
     };
-    let (client, rx) = client::new(&shared, remote, admitted.user, admitted.allowed);
+    let client = client::new(&shared, remote, admitted.user, admitted.allowed);
     write(&shared.clients).insert(Arc::clone(&client.id), Arc::clone(&client));
     stats::bump(&shared.counters.clients_admitted);
     stats::bump(&client.stats.connects);
@@ -521,7 +521,7 @@ fn upgrade(
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         match upgrading.socket().await {
-            Ok(socket) => client::run(shared, client, socket, rx).await,
+            Ok(socket) => client::run(shared, client, socket).await,
             Err(reason) => {
                 debug!(client = %client.id, %remote, %reason, "client upgrade failed");
                 shared.forget(&client);
