@@ -23,7 +23,7 @@ use crate::envelope::Frame;
 const READ_BUFFER: usize = 1024;
 const WRITE_BUFFER: usize = 512;
 /// How many bytes of frames may wait in the write buffer before they are written out.
-const WRITE_BOUNDARY: usize = 64 * 1024;
+const WRITE_BOUNDARY: usize = 16 * 1024;
 
 /// What a client sent.
 pub enum In {
