@@ -59,7 +59,27 @@ impl NatsServer {
         Self::launch(None).await
     }
 
+    /// With JetStream, as [`NatsServer::start`], and the settings of `conf` (nats-server's
+    /// configuration syntax, e.g. a `websocket { .. }` block) from a file passed with `-c`; the
+    /// flags (address, ports, JetStream) still apply.
+    pub async fn start_with_config(conf: &str) -> Self {
+        let tag = format!("{}-{}", std::process::id(), free_port());
+        let store = std::env::temp_dir().join(format!("nats-js-{tag}"));
+        let file = std::env::temp_dir().join(format!("nats-conf-{tag}.conf"));
+        std::fs::write(&file, conf).expect("the nats-server config file is written");
+        Self::launch_with(Some(store), &["-c".into(), file.display().to_string()]).await
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     async fn launch(store: Option<std::path::PathBuf>) -> Self {
+        Self::launch_with(store, &[]).await
+    }
+
+    async fn launch_with(store: Option<std::path::PathBuf>, extra: &[String]) -> Self {
         // The server picks its own port (-1) and says which: a port chosen here and released
         // could be taken by another test's listener before the server binds it.
         let mut args = vec![
@@ -74,6 +94,7 @@ impl NatsServer {
         if let Some(store) = &store {
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
         }
+        args.extend_from_slice(extra);
         let mut child = Command::new(binary())
             .args(&args)
             .stdout(Stdio::null())
