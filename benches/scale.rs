@@ -38,7 +38,7 @@
 //!   closes a client whose outgoing queue is full with 1008: counted by `$ws.stats`
 //!   (`slow_consumer_closes`), and by the 100 once they read again (a Close frame, or only the end
 //!   of the connection when the Close could not be written);
-//! - inbound: 1000 fresh clients each send 16 B messages at `BENCH_INBOUND_RATE` (20) per second
+//! - inbound: 1000 fresh clients each send 16 B messages at `BENCH_INBOUND_RATE` (40) per second (40,000/s offered, over the ceiling)
 //!   for `BENCH_INBOUND_SECS` (5) s: messages/s reaching the component's handle-message (ours,
 //!   which only counts) or a NATS subscriber in this process (the peer; its latency from a
 //!   timestamp in the body). Next to it the lattice's ceiling: handle-message called directly
@@ -1608,7 +1608,7 @@ async fn run_system(
             t,
             rows,
             &f,
-            env_usize("BENCH_INBOUND_RATE", 20),
+            env_usize("BENCH_INBOUND_RATE", 40),
             env_usize("BENCH_INBOUND_SECS", 5),
         )
         .await;

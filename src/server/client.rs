@@ -76,6 +76,8 @@ pub struct Client {
     closing: Mutex<Option<(u16, &'static str)>>,
     /// Whether it was closed as a slow consumer (counted once).
     slow: AtomicBool,
+    /// Set once it is being closed or has left: nothing more is queued.
+    closed: AtomicBool,
 }
 
 impl Client {
@@ -95,7 +97,9 @@ impl Client {
     /// Queues a frame. Past `client_queue_bytes` the client is closed (1008, slow consumer),
     /// except that one message bigger than the bound alone may go to an idle queue.
     pub fn send(&self, frame: Frame, shared: &Shared) -> Result<(), SendError> {
-        if self.stop.is_cancelled() {
+        // A flag, not `stop.is_cancelled()`: a child token's check takes a lock, and a fan-out
+        // makes it once per client.
+        if self.closed.load(Ordering::Relaxed) {
             return Err(SendError::Gone);
         }
         let len = frame.len();
@@ -117,6 +121,7 @@ impl Client {
     /// Closes the client with `code` (the first reason given wins).
     pub fn close(&self, code: u16, reason: &'static str) {
         lock(&self.closing).get_or_insert((code, reason));
+        self.closed.store(true, Ordering::Relaxed);
         self.stop.cancel();
     }
 
@@ -191,6 +196,7 @@ pub fn new(
         stop: shared.stop.child_token(),
         closing: Mutex::default(),
         slow: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
     })
 }
 
@@ -264,6 +270,7 @@ pub async fn run(shared: Arc<Shared>, client: Arc<Client>, socket: ClientSocket)
     }
     drop(sink);
     drop(stream);
+    client.closed.store(true, Ordering::Relaxed);
     client.stop.cancel();
     shared.forget(&client);
     let reason = match &end {
@@ -300,7 +307,11 @@ async fn write(
     let mut batch = VecDeque::new();
     loop {
         tokio::select! {
-            () = client.queued_one.notified() => {}
+            () = client.queued_one.notified() => {
+                // Let the frames of a burst being fanned out gather (the publisher runs on the
+                // other worker, or next on this one): one write for them, not one each.
+                tokio::task::yield_now().await;
+            }
             _ = ping.tick() => {
                 if let Err(e) = sink.send(socket::ping()).await {
                     return End::Left(e);
@@ -512,7 +523,7 @@ impl<'a> Reader<'a> {
                     ));
                 }
                 mine.push(pattern.clone());
-                self.shared.subscribe(&pattern, &self.client.id);
+                self.shared.subscribe(&pattern, self.client);
             }
         }
         self.answer("ok", text);

@@ -130,7 +130,7 @@ pub struct Shared {
     /// replicas where the client is connected.
     pub id_tag: String,
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
-    subscriptions: RwLock<Subscriptions>,
+    subscriptions: RwLock<Subscriptions<Arc<Client>>>,
     /// Clients connected or being upgraded: what `max_clients` bounds.
     admitted: AtomicUsize,
     /// The listener's delivery slots, `max_in_flight` (at least [`MIN_DELIVERY_SLOTS`]) for all
@@ -149,8 +149,8 @@ impl Shared {
             .expect("a listener's settings have `listen`")
     }
 
-    pub fn subscribe(&self, pattern: &Pattern, client: &Arc<str>) {
-        write(&self.subscriptions).add(pattern, client);
+    pub fn subscribe(&self, pattern: &Pattern, client: &Arc<Client>) {
+        write(&self.subscriptions).add(pattern, &client.id, Arc::clone(client));
     }
 
     pub fn unsubscribe(&self, pattern: &Pattern, client: &str) {
@@ -300,20 +300,16 @@ impl Listener {
     /// Returns how many clients it was queued for; a client that does not keep up is closed,
     /// not waited for.
     pub fn publish(&self, msg: &BrokerMessage) -> usize {
-        let ids = read(&self.shared.subscriptions).matching(&msg.subject);
-        if ids.is_empty() {
-            debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
-            return 0;
-        }
-        let frame = self.shared.codec.encode(msg, None);
-        let clients = read(&self.shared.clients);
+        let mut frame = None;
         let mut sent = 0;
-        for id in ids {
-            if let Some(client) = clients.get(&id) {
-                if client.send(frame.clone(), &self.shared).is_ok() {
-                    sent += 1;
-                }
+        read(&self.shared.subscriptions).for_each_matching(&msg.subject, |client| {
+            let frame = frame.get_or_insert_with(|| self.shared.codec.encode(msg, None));
+            if client.send(frame.clone(), &self.shared).is_ok() {
+                sent += 1;
             }
+        });
+        if frame.is_none() {
+            debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
         }
         stats::add(&self.shared.counters.fanout_frames, sent);
         sent

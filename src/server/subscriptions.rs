@@ -99,48 +99,76 @@ fn covers(outer: &Pattern, inner: &Pattern) -> bool {
     inner_tokens.next().is_none()
 }
 
-/// Who subscribed to what: client ids by pattern.
-#[derive(Default)]
-pub struct Subscriptions {
-    literal: HashMap<Arc<str>, HashSet<Arc<str>>>,
-    wild: HashMap<Pattern, HashSet<Arc<str>>>,
+/// Who subscribed to what: the subscribers (`C`, a listener's clients) by pattern, each under its
+/// id. A publish walks the matching sets in place: no copy of a set, no lookup of each id.
+pub struct Subscriptions<C> {
+    literal: HashMap<Arc<str>, HashMap<Arc<str>, C>>,
+    wild: HashMap<Pattern, HashMap<Arc<str>, C>>,
 }
 
-impl Subscriptions {
-    pub fn add(&mut self, pattern: &Pattern, client: &Arc<str>) {
+impl<C> Default for Subscriptions<C> {
+    fn default() -> Self {
+        Subscriptions {
+            literal: HashMap::new(),
+            wild: HashMap::new(),
+        }
+    }
+}
+
+impl<C> Subscriptions<C> {
+    pub fn add(&mut self, pattern: &Pattern, id: &Arc<str>, subscriber: C) {
         let set = if pattern.wild {
             self.wild.entry(pattern.clone()).or_default()
         } else {
             self.literal.entry(Arc::clone(&pattern.text)).or_default()
         };
-        set.insert(Arc::clone(client));
+        set.insert(Arc::clone(id), subscriber);
     }
 
-    pub fn remove(&mut self, pattern: &Pattern, client: &str) {
+    pub fn remove(&mut self, pattern: &Pattern, id: &str) {
         if pattern.wild {
             if let Some(set) = self.wild.get_mut(pattern) {
-                set.remove(client);
+                set.remove(id);
                 if set.is_empty() {
                     self.wild.remove(pattern);
                 }
             }
         } else if let Some(set) = self.literal.get_mut(&*pattern.text) {
-            set.remove(client);
+            set.remove(id);
             if set.is_empty() {
                 self.literal.remove(&*pattern.text);
             }
         }
     }
 
-    /// The clients with a pattern matching `subject`, each once.
-    pub fn matching(&self, subject: &str) -> HashSet<Arc<str>> {
-        let mut found: HashSet<Arc<str>> = self.literal.get(subject).cloned().unwrap_or_default();
-        for (pattern, clients) in &self.wild {
-            if pattern.matches(subject) {
-                found.extend(clients.iter().cloned());
+    /// Calls `f` for each subscriber with a pattern matching `subject`, once each (a subscriber
+    /// of several matching patterns is kept apart by id only then).
+    pub fn for_each_matching(&self, subject: &str, mut f: impl FnMut(&C)) {
+        let literal = self.literal.get(subject);
+        let mut wild = self
+            .wild
+            .iter()
+            .filter(|(pattern, _)| pattern.matches(subject))
+            .map(|(_, set)| set)
+            .peekable();
+        if wild.peek().is_none() {
+            literal.into_iter().flat_map(HashMap::values).for_each(f);
+            return;
+        }
+        let mut seen: HashSet<&str> = HashSet::new();
+        for (id, subscriber) in literal.into_iter().flatten().chain(wild.flatten()) {
+            if seen.insert(id) {
+                f(subscriber);
             }
         }
-        found
+    }
+
+    /// How many subscribers [`Self::for_each_matching`] would call.
+    #[cfg(test)]
+    fn matching(&self, subject: &str) -> usize {
+        let mut n = 0;
+        self.for_each_matching(subject, |_| n += 1);
+        n
     }
 
     /// The number of distinct patterns (for leak checks).
@@ -191,14 +219,14 @@ mod tests {
 
     #[test]
     fn the_index_finds_each_client_once() {
-        let mut subs = Subscriptions::default();
+        let mut subs = Subscriptions::<()>::default();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        subs.add(&p("chat.lobby"), &a);
-        subs.add(&p("chat.*"), &a);
-        subs.add(&p("chat.>"), &b);
-        assert_eq!(subs.matching("chat.lobby").len(), 2);
-        assert_eq!(subs.matching("chat.garden").len(), 2);
-        assert_eq!(subs.matching("chat.garden.x").len(), 1);
+        subs.add(&p("chat.lobby"), &a, ());
+        subs.add(&p("chat.*"), &a, ());
+        subs.add(&p("chat.>"), &b, ());
+        assert_eq!(subs.matching("chat.lobby"), 2);
+        assert_eq!(subs.matching("chat.garden"), 2);
+        assert_eq!(subs.matching("chat.garden.x"), 1);
         subs.remove(&p("chat.lobby"), "a");
         subs.remove(&p("chat.*"), "a");
         subs.remove(&p("chat.>"), "b");
