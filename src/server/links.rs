@@ -301,41 +301,29 @@ impl WebSocketMessagingProvider {
         }
     }
 
-    /// A `$ws.` publish or request for one client, forwarded here by another replica: run here
-    /// only (never forwarded again).
+    /// A `$ws.` publish or request for one client, forwarded here by another replica: the same
+    /// calls as the component's own. The client's id carries this replica's tag, so nothing is
+    /// forwarded again: a client that left gets the answer it gets on one replica.
     pub(crate) async fn serve_client_call(&self, call: Call) -> Answer {
-        let failed = |r: Result<(), String>| match r {
-            Ok(()) => Answer::Done,
-            Err(error) => Answer::Failed(error),
-        };
         match call {
-            Call::Publish { key, msg } => match subjects::parse(&msg.subject) {
-                subjects::Subject::Session { id, subject } => {
-                    let Some((listener, client)) = self.find_client(&key.component, id) else {
-                        return Answer::Failed(format!(
-                            "component {} has no listener client {id} (it left)",
-                            key.component
-                        ));
-                    };
-                    let forwarded = BrokerMessage {
-                        subject: subject.to_string(),
-                        body: msg.body,
-                        reply_to: msg.reply_to,
-                    };
-                    failed(listener.send_to(&client, &forwarded))
-                }
-                subjects::Subject::Close { id } => match self.find_client(&key.component, id) {
-                    Some((_, client)) => {
-                        client.close(1000, "closed by the component");
-                        Answer::Done
+            Call::Publish { key, msg } => {
+                let sent = match subjects::parse(&msg.subject) {
+                    subjects::Subject::Session { id, subject } => {
+                        let forwarded = BrokerMessage {
+                            subject: subject.to_string(),
+                            body: msg.body,
+                            reply_to: msg.reply_to,
+                        };
+                        self.send_to_session(&key, id, &forwarded).await
                     }
-                    None => Answer::Failed(format!(
-                        "component {} has no listener client {id} (it left)",
-                        key.component
-                    )),
-                },
-                _ => Answer::Failed(subjects::unknown(&msg.subject, "publish")),
-            },
+                    subjects::Subject::Close { id } => self.close_client(&key, id).await,
+                    _ => Err(subjects::unknown(&msg.subject, "publish")),
+                };
+                match sent {
+                    Ok(()) => Answer::Done,
+                    Err(error) => Answer::Failed(error),
+                }
+            }
             Call::Request {
                 key,
                 subject,
@@ -345,14 +333,8 @@ impl WebSocketMessagingProvider {
                 let subjects::Subject::Session { id, subject } = subjects::parse(&subject) else {
                     return Answer::Failed(subjects::unknown(&subject, "request"));
                 };
-                let Some((listener, client)) = self.find_client(&key.component, id) else {
-                    return Answer::Failed(format!(
-                        "component {} has no listener client {id} (it left)",
-                        key.component
-                    ));
-                };
-                match listener
-                    .request(&client, subject, body, Duration::from_millis(timeout_ms))
+                match self
+                    .request_client(&key, id, subject, body, Duration::from_millis(timeout_ms))
                     .await
                 {
                     Ok(reply) => Answer::Reply(reply),
