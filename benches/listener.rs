@@ -36,6 +36,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -45,38 +46,21 @@ use bytes::Bytes;
 use common::component::{Behaviour, PlayedComponent};
 use common::nats::{free_port, NatsServer};
 use common::played::wasmcloud::messaging::types::BrokerMessage;
-use common::provider::{ProviderOptions, ProviderProcess};
+use common::provider::ProviderProcess;
 use futures::{SinkExt as _, StreamExt as _};
 use serde::Serialize;
+use support::{cpu_of, env_usize, listener, rss_of};
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use wasmcloud_provider_sdk::core::logging::Level;
 
 /// The bound of every wait: a phase that has not finished by then is reported as incomplete.
 const LIMIT: Duration = Duration::from_secs(60);
 const COMPONENT: &str = "bench-listener";
 const BROADCAST: &str = "bench.all";
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 // ---------------------------------------------------------------------------------------------
 // CPU time of the three processes.
-
-/// User + system seconds of a process, from /proc/<pid>/stat.
-fn cpu_of(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
 
 /// System seconds of a process (the kernel's share: socket writes and reads, epoll).
 fn sys_of(pid: &str) -> f64 {
@@ -85,18 +69,6 @@ fn sys_of(pid: &str) -> f64 {
     };
     let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
     fields[12].parse::<u64>().unwrap() as f64 / 100.0
-}
-
-/// Resident KiB of a process, from /proc/<pid>/status.
-fn rss_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The pid of this process's child named `name` (nats-server: `NatsServer` keeps its own).
@@ -389,43 +361,6 @@ fn percentile(sorted: &[Duration], p: f64) -> f64 {
 
 // ---------------------------------------------------------------------------------------------
 // The setup.
-
-/// A provider with a listener on a free port of 127.0.0.1, both links of `COMPONENT` on it.
-async fn listener(
-    nats: &NatsServer,
-    component: &str,
-    extra: &[(&str, &str)],
-    listen: String,
-) -> ProviderProcess {
-    let provider = ProviderProcess::start(
-        nats,
-        ProviderOptions {
-            // Info: the per-client debug lines would be most of the provider's work at connect.
-            log_level: Some(Level::Info),
-            ..Default::default()
-        },
-    )
-    .await;
-    let mut config = vec![("listen", listen.as_str())];
-    config.extend_from_slice(extra);
-    provider
-        .put_link(&provider.consumer_link(component, "default", &config))
-        .await;
-    provider
-        .put_link(&provider.handler_link(component, "default", &config))
-        .await;
-    provider
-        .logs
-        .wait_for(
-            &[
-                "link joins the existing listener",
-                &format!("key={component}/default"),
-            ],
-            LIMIT,
-        )
-        .await;
-    provider
-}
 
 async fn stats(component: &PlayedComponent) -> serde_json::Value {
     component.stats("default").await["provider"].clone()

@@ -55,6 +55,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
@@ -64,14 +65,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::component::{Behaviour, PlayedComponent};
 use common::nats::{free_port, NatsServer};
-use common::provider::{ProviderOptions, ProviderProcess};
+use common::provider::ProviderProcess;
 use futures::StreamExt as _;
 use serde::Serialize;
+use support::{cpu_of, env_usize, listener, rss_of};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use wasmcloud_provider_sdk::core::logging::Level;
 
 /// The bound of every wait: a phase that has not finished by then is reported as incomplete.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -104,13 +105,6 @@ mod hc {
     });
 }
 
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
 static START: OnceLock<Instant> = OnceLock::new();
 
 /// Nanoseconds since the bench started.
@@ -120,28 +114,6 @@ fn now_ns() -> u64 {
 
 // ---------------------------------------------------------------------------------------------
 // /proc.
-
-/// User + system seconds of a process.
-fn cpu_of(pid: &str) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
-    };
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    ticks as f64 / 100.0
-}
-
-/// Resident KiB of a process.
-fn rss_of(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 /// RLIMIT_NOFILE's soft limit raised to the hard one (the children inherit it); the limit then.
 fn raise_nofile() -> u64 {
@@ -573,6 +545,15 @@ impl Burst {
             received: AtomicU64::new(0),
         }
     }
+
+    /// Waits until `target` messages arrived, at most [`LIMIT`]; how many did.
+    async fn wait_received(&self, target: u64) -> u64 {
+        let deadline = Instant::now() + LIMIT;
+        while self.received.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.received.load(Ordering::Relaxed)
+    }
 }
 
 /// What all clients of all fleets share.
@@ -981,12 +962,8 @@ impl Target<'_> {
         let from = self.cpu();
         let failed = self.publishes(&burst, &body, n, every).await;
         let target = (n * clients) as u64;
-        let deadline = Instant::now() + LIMIT;
-        while burst.received.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let got = burst.wait_received(target).await;
         let to = self.cpu();
-        let got = burst.received.load(Ordering::Relaxed);
         let (rate, p50, p99, span) = burst_figures(&burst, got);
         let complete = if got >= target {
             "complete".to_string()
@@ -1028,12 +1005,8 @@ impl Target<'_> {
         let from = self.cpu();
         let failed = self.publishes(&burst, &body, n, None).await;
         let target = n as u64 * readers;
-        let deadline = Instant::now() + LIMIT;
-        while burst.received.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let got = burst.wait_received(target).await;
         let to = self.cpu();
-        let got = burst.received.load(Ordering::Relaxed);
         let (rate, _, _, _) = burst_figures(&burst, got);
         (rate, got, target, failed, from, to)
     }
@@ -1532,41 +1505,6 @@ async fn churn(t: &Target<'_>, rows: &mut Vec<Row>, secs: u64) {
     ));
 }
 
-/// The provider with one listener (both links of `component`) on `listen`.
-async fn listener(nats: &NatsServer, component: &str, listen: String) -> ProviderProcess {
-    let provider = ProviderProcess::start(
-        nats,
-        ProviderOptions {
-            // Info: the per-client debug lines would be most of the provider's work at connect.
-            log_level: Some(Level::Info),
-            ..Default::default()
-        },
-    )
-    .await;
-    let config = [
-        ("listen", listen.as_str()),
-        ("path", "/"),
-        ("max_clients", "20000"),
-    ];
-    provider
-        .put_link(&provider.consumer_link(component, "default", &config))
-        .await;
-    provider
-        .put_link(&provider.handler_link(component, "default", &config))
-        .await;
-    provider
-        .logs
-        .wait_for(
-            &[
-                "link joins the existing listener",
-                &format!("key={component}/default"),
-            ],
-            LIMIT,
-        )
-        .await;
-    provider
-}
-
 async fn run_system(
     t: &Target<'_>,
     rows: &mut Vec<Row>,
@@ -1669,7 +1607,13 @@ async fn main() {
     .await;
     let nats_pid = nats.pid().expect("nats-server runs").to_string();
     let port = free_port();
-    let provider = listener(&nats, COMPONENT, format!("127.0.0.1:{port}")).await;
+    let provider = listener(
+        &nats,
+        COMPONENT,
+        &[("path", "/"), ("max_clients", "20000")],
+        format!("127.0.0.1:{port}"),
+    )
+    .await;
     let component = PlayedComponent::start(&provider, &nats.url, COMPONENT).await;
     // The listener answers once the session runs: a publish that succeeds says so.
     component
