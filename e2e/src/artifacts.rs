@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context as _};
 use provider_archive::ProviderArchive;
 
-use crate::repo_root;
+use crate::{repo_root, shown};
 
 /// The provider's binary name (the contract's).
 pub const PROVIDER_BIN: &str = "messaging-websocket-provider";
@@ -77,7 +77,7 @@ pub struct Artifacts {
 }
 
 fn cargo(dir: &Path, args: &[&str], say: &dyn Fn(&str)) -> anyhow::Result<()> {
-    say(&format!("cargo {} (in {})", args.join(" "), dir.display()));
+    say(&format!("cargo {} (in {})", args.join(" "), shown(dir)));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .args(args)
@@ -106,7 +106,7 @@ pub async fn build(examples: &[Example], say: &dyn Fn(&str)) -> anyhow::Result<A
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let provider_archive = root.join("build").join(format!("{PROVIDER_BIN}.par.gz"));
-    say(&format!("packing {}", provider_archive.display()));
+    say(&format!("packing {}", shown(&provider_archive)));
     pack(&provider_bin, &provider_archive).await?;
     Ok(Artifacts {
         provider_archive,

@@ -2,9 +2,12 @@
 //! would: named config first, then the provider (one instance on each of as many hosts as its
 //! scaler asks for) and the components (on the first host), then the links.
 //!
-//! The manifest is read with wadm's own types (`wadm-types`). `file://./path` images are taken
-//! relative to the repository root, where `wash build` writes them. Overrides replace config
-//! properties by key (the end-to-end test points `uri` at its own server's free port).
+//! The manifest is read with wadm's own types (`wadm-types`), and its `file://` images are
+//! resolved as `wash app deploy` resolves them (wash 0.44, `load_app_manifest`): a relative path
+//! is relative to the folder that holds the manifest (not the working directory), an absolute one
+//! is kept as it is, and a path that does not exist refuses the manifest with wash's message,
+//! naming the path it resolved to. Overrides replace config properties by key (the end-to-end
+//! test points `uri` at its own server's free port).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -15,8 +18,6 @@ use wadm_types::{
     CapabilityProperties, ComponentProperties, ConfigProperty, Manifest, Properties, TraitProperty,
 };
 use wasmcloud_test_util::control_interface::{Client, Link};
-
-use crate::repo_root;
 
 /// What was deployed.
 #[derive(Debug, Clone)]
@@ -49,18 +50,65 @@ pub async fn read_manifest(path: &Path) -> anyhow::Result<Manifest> {
     Ok(manifest)
 }
 
+/// Reads a manifest as `wash app deploy <path>` does: validated by wadm, then every `file://`
+/// image resolved by [`resolve_file_images`] against the manifest's own folder.
+pub async fn load_manifest(path: &Path) -> anyhow::Result<Manifest> {
+    let mut manifest = read_manifest(path).await?;
+    let folder = path
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no parent folder", path.display()))?;
+    resolve_file_images(&mut manifest, folder)?;
+    Ok(manifest)
+}
+
+/// wash's rule for `file://` images: a relative path is joined to `folder` (the manifest's), an
+/// absolute one is kept; either must exist. A relative path that does not exist fails with
+/// wash's own words: `relative file path [file://./x] (resolved to [<folder>/./x]) does not
+/// exist`. Resolved images become absolute `file://` paths.
+pub fn resolve_file_images(manifest: &mut Manifest, folder: &Path) -> anyhow::Result<()> {
+    for component in &mut manifest.spec.components {
+        let image = match &mut component.properties {
+            Properties::Component { properties } => &mut properties.image,
+            Properties::Capability { properties } => &mut properties.image,
+        };
+        let Some(image) = image else { continue };
+        let Some(path) = image.strip_prefix("file://") else {
+            continue;
+        };
+        let path = Path::new(path);
+        if path.is_absolute() {
+            ensure!(
+                path.exists(),
+                "file path [{image}] (image of {}) does not exist",
+                component.name
+            );
+            continue;
+        }
+        let resolved = folder.join(path);
+        ensure!(
+            resolved.exists(),
+            "relative file path [{image}] (resolved to [{}]) does not exist",
+            resolved.display()
+        );
+        *image = format!("file://{}", resolved.display());
+    }
+    Ok(())
+}
+
 fn image_ref(image: &Option<String>, name: &str) -> anyhow::Result<String> {
     let image = image
         .as_deref()
         .ok_or_else(|| anyhow!("component {name} has no image"))?;
     Ok(match image.strip_prefix("file://") {
         Some(path) => {
-            let path = repo_root().join(path.trim_start_matches("./"));
+            let path = Path::new(path);
             ensure!(
-                path.exists(),
-                "{} (image of {name}) does not exist",
-                path.display()
+                path.is_absolute(),
+                "the image of {name} ({image}) is relative: read the manifest with load_manifest, which resolves it against the manifest's folder as wash does"
             );
+            let path = path
+                .canonicalize()
+                .with_context(|| format!("{} (image of {name})", path.display()))?;
             url::Url::from_file_path(&path)
                 .map_err(|()| anyhow!("bad path {}", path.display()))?
                 .to_string()

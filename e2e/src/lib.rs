@@ -51,6 +51,17 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// `path` as the demo prints it: relative to the repository root when it is inside it (never a
+/// path of the machine it runs on), else as it is.
+pub fn shown(path: &Path) -> String {
+    let root = repo_root();
+    match path.strip_prefix(&root) {
+        Ok(relative) if relative.as_os_str().is_empty() => ".".into(),
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => path.display().to_string(),
+    }
+}
+
 /// A nats-server with JetStream and wasmCloud hosts (the library the `wasmcloud` binary is built
 /// from) running in this process, all in one lattice.
 pub struct Lattice {

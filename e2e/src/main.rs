@@ -25,7 +25,7 @@ use base64::Engine as _;
 use wasmcloud_provider_messaging_websocket_e2e::static_files::StaticFiles;
 use wasmcloud_provider_messaging_websocket_e2e::ws::{Event, Message, WsServer};
 use wasmcloud_provider_messaging_websocket_e2e::{
-    artifacts, chat, deploy, processes_running, repo_root, Lattice,
+    artifacts, chat, deploy, processes_running, repo_root, shown, Lattice,
 };
 
 /// Where the chat demo serves its page, unless something else already listens there.
@@ -92,7 +92,7 @@ mod narration {
 fn start_logging(log: Option<&Path>) -> anyhow::Result<()> {
     if let Some(log) = log {
         narration::divert(log)
-            .with_context(|| format!("failed to send the log to {}", log.display()))?;
+            .with_context(|| format!("failed to send the log to {}", shown(log)))?;
         // A panic's message goes to stderr, now the log: say it on the terminal too.
         let log: PathBuf = log.to_path_buf();
         let report = std::panic::take_hook();
@@ -125,17 +125,6 @@ fn show(frame: &str) -> String {
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     format!("{frame}   (subject {}, body {body:?})", value["subject"])
-}
-
-/// `path` relative to the working directory when it is inside it (the script runs from the
-/// repository's root), else as it is.
-fn shown(path: &Path) -> String {
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| path.strip_prefix(cwd).ok().map(Path::to_path_buf))
-        .unwrap_or_else(|| path.to_path_buf())
-        .display()
-        .to_string()
 }
 
 #[tokio::main]
@@ -187,7 +176,7 @@ async fn run(forever: bool, log: Option<&Path>) -> anyhow::Result<()> {
     start_logging(log)?;
 
     let manifest_path = repo_root().join("examples/wadm.yaml");
-    let manifest = deploy::read_manifest(&manifest_path).await?;
+    let manifest = deploy::load_manifest(&manifest_path).await?;
     say("starting nats-server with JetStream and a wasmCloud host");
     let lattice = Lattice::start("websocket-demo").await?;
     say(&format!(
@@ -200,7 +189,7 @@ async fn run(forever: bool, log: Option<&Path>) -> anyhow::Result<()> {
     let overrides = HashMap::from([("uri".to_string(), server.uri())]);
     say(&format!(
         "deploying {} (uri set to the demo server)",
-        manifest_path.display()
+        shown(&manifest_path)
     ));
     let deployed = deploy::deploy(&lattice.ctl, &lattice.host_ids, &manifest, &overrides).await?;
     say(&format!(
@@ -284,7 +273,7 @@ async fn run_chat(log: Option<&Path>) -> anyhow::Result<()> {
     start_logging(log)?;
 
     let manifest_path = chat::manifest_path();
-    let manifest = deploy::read_manifest(&manifest_path).await?;
+    let manifest = deploy::load_manifest(&manifest_path).await?;
     let (listen, path) = chat::listener(&manifest)?;
     // The provider would log a failed bind and the browsers would reach whatever holds the port:
     // say so before starting anything.

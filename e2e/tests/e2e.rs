@@ -88,13 +88,54 @@ async fn send_until_answered(server: &WsServer, frame: &str) -> (usize, Message)
     }
 }
 
+/// Every example manifest (examples/**/wadm.yaml), after the build, loads as `wash app deploy`
+/// loads it: each relative `file://` image, resolved against the manifest's own folder, is a file
+/// the build wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_example_manifest_finds_its_images_as_wash_resolves_them() {
+    let say = |s: &str| eprintln!("[manifests] {s}");
+    artifacts(&say).await;
+    let mut manifests = Vec::new();
+    let mut dirs = vec![repo_root().join("examples")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() && !["target", "build", "wit"].iter().any(|n| path.ends_with(n)) {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n == "wadm.yaml") {
+                manifests.push(path);
+            }
+        }
+    }
+    manifests.sort();
+    let shown: Vec<_> = manifests
+        .iter()
+        .map(|p| wasmcloud_provider_messaging_websocket_e2e::shown(p))
+        .collect();
+    assert_eq!(shown, ["examples/chat/wadm.yaml", "examples/wadm.yaml"]);
+    for path in &manifests {
+        let manifest = deploy::load_manifest(path)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        for component in &manifest.spec.components {
+            let image = match &component.properties {
+                wadm_types::Properties::Capability { properties } => properties.image.clone(),
+                wadm_types::Properties::Component { properties } => properties.image.clone(),
+            };
+            let image = image.unwrap();
+            let file = image.strip_prefix("file://").expect("a local build");
+            assert!(std::path::Path::new(file).is_file(), "{image}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn echo_round_trip_through_real_hosts_with_two_provider_instances() {
     wasmcloud_provider_messaging_websocket_e2e::init_logging();
     let started = std::time::Instant::now();
     let say = |s: &str| eprintln!("[e2e {:>6.1}s] {s}", started.elapsed().as_secs_f64());
     let artifacts = artifacts(&say).await;
-    let mut manifest = deploy::read_manifest(&repo_root().join("examples/wadm.yaml"))
+    let mut manifest = deploy::load_manifest(&repo_root().join("examples/wadm.yaml"))
         .await
         .unwrap();
     scale_provider(&mut manifest, 2);
@@ -340,7 +381,7 @@ async fn chat_rooms_through_a_real_host_for_websocket_clients_and_a_browser() {
     artifacts(&say).await;
     assert!(artifacts::CHAT.wasm().is_file());
 
-    let manifest = deploy::read_manifest(&chat::manifest_path()).await.unwrap();
+    let manifest = deploy::load_manifest(&chat::manifest_path()).await.unwrap();
     let (listen, path) = chat::listener(&manifest).unwrap();
     assert_eq!(
         (listen.as_str(), path.as_str()),

@@ -74,8 +74,8 @@ async fn wadm_manifest_is_valid_and_shares_one_session() {
     }
     assert_eq!(
         provider_image.as_deref(),
-        Some("file://./build/messaging-websocket-provider.par.gz"),
-        "the archive `wash build` writes"
+        Some("file://../build/messaging-websocket-provider.par.gz"),
+        "the archive `wash build` writes, relative to examples/ (wash resolves against the manifest's folder)"
     );
     let consumer = links
         .iter()
@@ -133,14 +133,14 @@ async fn chat_manifest_is_valid_and_its_links_share_one_listener() {
         images.insert(component.name.as_str(), image.unwrap_or_default());
     }
     assert_eq!(
-        images["websocket"], "file://./build/messaging-websocket-provider.par.gz",
-        "the archive `wash build` writes"
+        images["websocket"], "file://../../build/messaging-websocket-provider.par.gz",
+        "the archive `wash build` writes, relative to examples/chat/ (the manifest's folder)"
     );
     let component_image = format!(
         "file://./{}",
         artifacts::CHAT
             .wasm()
-            .strip_prefix(repo_root())
+            .strip_prefix(chat::manifest_path().parent().unwrap())
             .unwrap()
             .display()
     );
@@ -277,4 +277,110 @@ async fn readme_security_snippet_is_valid() {
     let mut keys: Vec<_> = config.keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(keys, ["tls_ca_file", "tls_client_cert", "uri"]);
+}
+
+/// A relative `file://` image is resolved against the manifest's folder, as `wash app deploy`
+/// does, and one that does not exist there refuses the manifest with wash's message naming the
+/// path it resolved to; the repository-root reading that examples once relied on is refused.
+#[tokio::test]
+async fn a_wrong_relative_image_path_fails_naming_the_resolved_path() {
+    let dir = repo_root().join("target/manifest-paths");
+    std::fs::create_dir_all(dir.join("sub/build")).unwrap();
+    std::fs::write(dir.join("sub/build/app_s.wasm"), b"\0asm").unwrap();
+    let original = std::fs::read_to_string(repo_root().join("examples/wadm.yaml")).unwrap();
+    // The old, repository-root-relative path: wrong from examples/'s point of view.
+    let wrong = original.replace(
+        "file://./echo-component/build/echo_component_s.wasm",
+        "file://./examples/echo-component/build/echo_component_s.wasm",
+    );
+    assert_ne!(
+        wrong, original,
+        "examples/wadm.yaml names the echo component"
+    );
+    let wrong_path = repo_root().join("examples/wrong-paths.yaml");
+    std::fs::write(&wrong_path, &wrong).unwrap();
+    let err = deploy::load_manifest(&wrong_path).await.unwrap_err();
+    std::fs::remove_file(&wrong_path).unwrap();
+    let resolved =
+        repo_root().join("examples/./examples/echo-component/build/echo_component_s.wasm");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "relative file path [file://./examples/echo-component/build/echo_component_s.wasm] (resolved to [{}]) does not exist",
+            resolved.display()
+        )
+    );
+
+    // Relative to the manifest's folder: found; an absolute path is kept as it is.
+    let absolute = dir.join("sub/build/app_s.wasm");
+    let yaml = original
+        .replace(
+            "file://./echo-component/build/echo_component_s.wasm",
+            "file://./build/app_s.wasm",
+        )
+        .replace(
+            "file://../build/messaging-websocket-provider.par.gz",
+            &format!("file://{}", absolute.display()),
+        );
+    let manifest_path = dir.join("sub/wadm.yaml");
+    std::fs::write(&manifest_path, yaml).unwrap();
+    let manifest = deploy::load_manifest(&manifest_path).await.unwrap();
+    let images: Vec<_> = manifest
+        .spec
+        .components
+        .iter()
+        .map(|c| match &c.properties {
+            Properties::Capability { properties } => properties.image.clone().unwrap(),
+            Properties::Component { properties } => properties.image.clone().unwrap(),
+        })
+        .collect();
+    assert_eq!(
+        images,
+        [
+            format!("file://{}", dir.join("sub/./build/app_s.wasm").display()),
+            format!("file://{}", absolute.display()),
+        ]
+    );
+}
+
+/// Every yaml block of README.md and docs/*.md that is not a whole manifest (those are validated
+/// above) is an excerpt, line for line, of an example manifest, which the end-to-end tests
+/// deploy; comment lines at column 0 (the doc's own remarks) are not part of the excerpt.
+#[test]
+fn doc_yaml_excerpts_are_taken_from_the_example_manifests() {
+    let examples: Vec<String> = ["examples/wadm.yaml", "examples/chat/wadm.yaml"]
+        .iter()
+        .map(|p| std::fs::read_to_string(repo_root().join(p)).unwrap())
+        .collect();
+    let mut docs = vec![repo_root().join("README.md")];
+    if let Ok(entries) = std::fs::read_dir(repo_root().join("docs")) {
+        docs.extend(
+            entries
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md")),
+        );
+    }
+    let mut checked = 0;
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc).unwrap();
+        for block in text
+            .split("```yaml\n")
+            .skip(1)
+            .filter_map(|rest| rest.split("```").next())
+            .filter(|block| !block.starts_with("apiVersion:"))
+        {
+            let excerpt: String = block
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            assert!(
+                examples.iter().any(|e| e.contains(&excerpt)),
+                "{}: this yaml is not an excerpt of an example manifest:\n{excerpt}",
+                doc.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1, "the README shows the chat example's links");
 }
