@@ -177,14 +177,22 @@ pub fn check_place(listen: &ListenConfig, path: &str, headers: &HeaderMap) -> Re
     }
     let origin = headers
         .get(http::header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(|o| o.trim_end_matches('/').to_ascii_lowercase());
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match origin {
-        Some(origin) if listen.allowed_origins.contains(&origin) => Ok(()),
-        Some(_) => Err(refuse(
+        Some(origin)
+            if listen
+                .allowed_origins
+                .contains(&origin.trim_end_matches('/').to_ascii_lowercase()) =>
+        {
+            Ok(())
+        }
+        Some(origin) => Err(refuse(
             StatusCode::FORBIDDEN,
             Refused::Origin,
-            "this Origin is not in allowed_origins",
+            format!(
+                "the Origin {} is not in allowed_origins",
+                crate::subjects::quoted(&origin)
+            ),
         )),
         None => Err(refuse(
             StatusCode::FORBIDDEN,
@@ -296,9 +304,20 @@ mod tests {
         let good = headers(&[("origin", "https://chat.example.com/")]);
         assert_eq!(check_place(&l, "/", &good).unwrap_err().why, Refused::Path);
         let evil = headers(&[("origin", "https://evil.example.com")]);
+        let refusal = check_place(&l, "/chat", &evil).unwrap_err();
+        assert_eq!(refusal.status, StatusCode::FORBIDDEN);
         assert_eq!(
-            check_place(&l, "/chat", &evil).unwrap_err().status,
-            StatusCode::FORBIDDEN
+            refusal.reason,
+            "the Origin \"https://evil.example.com\" is not in allowed_origins"
+        );
+        let long = format!("https://{}.example.com", "a".repeat(200));
+        let reason = check_place(&l, "/chat", &headers(&[("origin", &long)]))
+            .unwrap_err()
+            .reason;
+        assert!(reason.len() < 120, "{reason}");
+        assert!(
+            reason.contains("...") && !reason.contains(&long),
+            "{reason}"
         );
         assert!(check_place(&l, "/chat", &good).is_ok());
         assert!(authenticate(&l, None, None, &good).is_ok());
