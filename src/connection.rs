@@ -61,6 +61,8 @@ pub const KNOWN_KEYS: &[&str] = &[
     "allowed_origins",
     "jwt_secret",
     "jwt_public_key",
+    "jwt_audience",
+    "jwt_issuer",
     "client_queue_bytes",
     "client_rate_limit",
     "client_events",
@@ -76,6 +78,8 @@ pub const LISTENER_KEYS: &[&str] = &[
     "allowed_origins",
     "jwt_secret",
     "jwt_public_key",
+    "jwt_audience",
+    "jwt_issuer",
     "client_queue_bytes",
     "client_rate_limit",
     "client_events",
@@ -99,8 +103,28 @@ const DIALLING_KEYS: &[&str] = &[
     "failover_sec",
 ];
 
+/// The keys whose value may come from a secret (the link's, then the provider's), besides
+/// `header.<Name>`: the credentials ([`is_sensitive`]) and the certificates, public keys and URL
+/// that may carry or pin them.
+pub const SECRET_KEYS: &[&str] = &[
+    "uri",
+    "auth_token",
+    "tls_ca",
+    "tls_client_cert",
+    "tls_client_key",
+    "jwt_secret",
+    "jwt_public_key",
+    "tls_cert",
+    "tls_key",
+];
+
+/// Whether `key` may come from a secret.
+pub fn may_be_secret(key: &str) -> bool {
+    SECRET_KEYS.contains(&key) || key.starts_with(HEADER_PREFIX)
+}
+
 /// Keys whose values are credentials: read from secrets first, never logged.
-fn is_sensitive(key: &str) -> bool {
+pub fn is_sensitive(key: &str) -> bool {
     matches!(
         key,
         "auth_token" | "tls_client_key" | "jwt_secret" | "tls_key"
@@ -450,6 +474,10 @@ impl Layers<'_> {
 
     /// A key from the secrets only: the link's, then the provider's.
     fn secret(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        debug_assert!(
+            may_be_secret(key),
+            "`{key}` is read from secrets but not listed in SECRET_KEYS"
+        );
         for secrets in [self.link_secrets, &self.defaults.secrets] {
             if let Some(secret) = secrets.get(key) {
                 let value = match secret {
@@ -703,6 +731,30 @@ impl Layers<'_> {
             (Some(secret), None) => Some(JwtKey::secret(&secret)?),
             (None, Some(pem)) => Some(JwtKey::public_key(&pem)?),
             (None, None) => None,
+        };
+        let [audience, issuer] = ["jwt_audience", "jwt_issuer"].map(|key| match self.plain(key) {
+            Some("") => Err(invalid(
+                key,
+                "",
+                "empty: give the value client JWTs must carry",
+            )),
+            value => Ok(value.map(str::to_string)),
+        });
+        let (audience, issuer) = (audience?, issuer?);
+        let jwt = match jwt {
+            Some(key) => Some(key.requiring(audience, issuer)),
+            None => {
+                for (key, value) in [("jwt_audience", &audience), ("jwt_issuer", &issuer)] {
+                    if let Some(value) = value {
+                        return Err(invalid(
+                            key,
+                            value,
+                            "set, but no JWT key is (`jwt_secret` or `jwt_public_key`): it applies to client JWTs only",
+                        ));
+                    }
+                }
+                None
+            }
         };
         if jwt.is_some() && self.sensitive("auth_token")?.is_some() {
             return Err(invalid(
@@ -967,7 +1019,10 @@ impl ListenConfig {
             ("path", *path == other.path),
             ("max_clients", *max_clients == other.max_clients),
             ("allowed_origins", *allowed_origins == other.allowed_origins),
-            ("jwt_secret / jwt_public_key", *jwt == other.jwt),
+            (
+                "jwt_secret / jwt_public_key / jwt_audience / jwt_issuer",
+                *jwt == other.jwt,
+            ),
             (
                 "client_queue_bytes",
                 *client_queue_bytes == other.client_queue_bytes,
@@ -1594,60 +1649,127 @@ mod tests {
         );
     }
 
-    /// The README's configuration table lists exactly the keys the code knows, and every default
-    /// it shows in backticks is the code's default.
-    #[test]
-    fn readme_config_table_matches_the_code() {
-        let readme = include_str!("../README.md");
-        let section = readme
-            .split("\n## Configuration\n")
+    /// One table of docs/configuration.md: its rows, split into cells.
+    fn doc_table(doc: &str, heading: &str) -> Vec<Vec<String>> {
+        let section = doc
+            .split(&format!("\n## {heading}"))
             .nth(1)
-            .expect("README has a Configuration section");
+            .unwrap_or_else(|| panic!("docs/configuration.md has a section \"## {heading}\""));
         let section = section.split("\n## ").next().unwrap();
-        let rows: Vec<Vec<&str>> = section
+        section
             .lines()
             .filter(|l| l.starts_with("| `"))
-            .map(|l| l.trim_matches('|').split(" | ").map(str::trim).collect())
-            .collect();
-        let keys: Vec<&str> = rows.iter().map(|r| r[0].trim_matches('`')).collect();
-        let mut expected: Vec<&str> = KNOWN_KEYS.to_vec();
-        expected.insert(2, "header.<Name>");
-        assert_eq!(keys, expected, "README keys, in the code's order");
+            .map(|l| {
+                l.trim_matches('|')
+                    .split(" | ")
+                    .map(|c| c.trim().to_string())
+                    .collect()
+            })
+            .collect()
+    }
 
+    /// docs/configuration.md has one table per mode, and each lists exactly the keys the code
+    /// accepts in that mode, with the code's defaults, bounds and secret handling, and an
+    /// example the code accepts.
+    #[test]
+    fn docs_configuration_tables_match_the_code() {
+        let doc = include_str!("../docs/configuration.md");
+        let replica_keys = ["replicas", "failover_sec"];
+        let client: BTreeSet<&str> = KNOWN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !LISTENER_KEYS.contains(k) && !replica_keys.contains(k))
+            .chain(["header.<Name>"])
+            .collect();
+        let server: BTreeSet<&str> = KNOWN_KEYS
+            .iter()
+            .copied()
+            .filter(|k| !DIALLING_KEYS.contains(k))
+            .collect();
+        let replicas: BTreeSet<&str> = replica_keys.into_iter().collect();
         let d = ProviderDefaults::default();
         let mut checked = 0;
-        for row in &rows {
-            let (key, default, max) = (row[0].trim_matches('`'), row[2], row[3]);
-            let base = link(&d, &[mode(key)]).unwrap();
-            if let Some(value) = default.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
-                let explicit = link(&d, &[mode(key), (key, value)]).unwrap();
-                assert_eq!(explicit, base, "README default of `{key}` is `{value}`");
-                checked += 1;
-            }
-            match BOUNDS.iter().find(|b| b.key == key) {
-                Some(bound) => {
-                    assert_eq!(max, bound.max.to_string(), "README bound of `{key}`");
-                    assert_eq!(
-                        default,
-                        format!("`{}`", bound.default),
-                        "default of `{key}`"
-                    );
-                    let at_max = bound.max.to_string();
-                    let over = (bound.max + 1).to_string();
-                    let mut cfg = vec![mode(key), (key, at_max.as_str())];
-                    if key == "reconnect_initial_delay_ms" {
-                        cfg.push(("reconnect_max_delay_ms", "3600000"));
+        for (heading, expected, mode) in [
+            ("Client mode", client, ("uri", "wss://h")),
+            ("Server mode", server, ("listen", "127.0.0.1:9")),
+            ("Replicas", replicas, ("uri", "wss://h")),
+        ] {
+            let rows = doc_table(doc, heading);
+            let keys: BTreeSet<&str> = rows.iter().map(|r| r[0].trim_matches('`')).collect();
+            assert_eq!(keys, expected, "the keys of \"{heading}\"");
+            assert_eq!(keys.len(), rows.len(), "one row per key in \"{heading}\"");
+            for row in &rows {
+                assert_eq!(row.len(), 7, "{row:?}");
+                let name = row[0].trim_matches('`');
+                let key = if name == "header.<Name>" {
+                    "header.X-Tenant"
+                } else {
+                    name
+                };
+                let (default, max, secret, example) = (&row[2], &row[3], &row[4], &row[5]);
+                let secret_mark = if is_sensitive(key) {
+                    "preferred"
+                } else if may_be_secret(key) {
+                    "yes"
+                } else {
+                    "no"
+                };
+                assert_eq!(secret, secret_mark, "the secret column of `{name}`");
+                // A key that needs another to be accepted.
+                let companion = match key {
+                    "jwt_audience" | "jwt_issuer" => {
+                        Some(("jwt_secret", "a-secret-of-thirty-two-bytes-xyz"))
                     }
-                    assert!(link(&d, &cfg).is_ok(), "`{key}` = its bound is accepted");
-                    let err = link(&d, &[mode(key), (key, over.as_str())]).unwrap_err();
-                    assert!(
-                        err.to_string().contains(&format!("at most {}", bound.max)),
-                        "{err}"
-                    );
+                    _ => None,
+                };
+                let with = |pairs: &[(&str, &str)]| {
+                    let mut cfg = vec![mode];
+                    cfg.extend(companion);
+                    cfg.extend_from_slice(pairs);
+                    link(&d, &cfg)
+                };
+                let base = with(&[]).unwrap();
+                if let Some(value) = default.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
+                    let explicit = with(&[(key, value)]).unwrap();
+                    assert_eq!(explicit, base, "the default of `{name}` is `{value}`");
+                    checked += 1;
                 }
-                None => assert_eq!(max, "-", "`{key}` is not a number"),
+                // The example is accepted (a file path only where the file exists).
+                if let Some(value) = example.strip_prefix('`').and_then(|v| v.strip_suffix('`')) {
+                    if key != "tls_ca_file" || std::path::Path::new(value).exists() {
+                        with(&[(key, value)])
+                            .unwrap_or_else(|e| panic!("the example of `{name}`: {e}"));
+                    }
+                    checked += 1;
+                }
+                match BOUNDS.iter().find(|b| b.key == key) {
+                    Some(bound) => {
+                        assert_eq!(*max, bound.max.to_string(), "the bound of `{name}`");
+                        assert_eq!(
+                            *default,
+                            format!("`{}`", bound.default),
+                            "default of `{name}`"
+                        );
+                        let at_max = bound.max.to_string();
+                        let over = (bound.max + 1).to_string();
+                        let mut cfg = vec![(key, at_max.as_str())];
+                        if key == "reconnect_initial_delay_ms" {
+                            cfg.push(("reconnect_max_delay_ms", "3600000"));
+                        }
+                        assert!(with(&cfg).is_ok(), "`{name}` = its bound is accepted");
+                        let err = with(&[(key, over.as_str())]).unwrap_err();
+                        assert!(
+                            err.to_string().contains(&format!("at most {}", bound.max)),
+                            "{err}"
+                        );
+                    }
+                    None => assert_eq!(max, "-", "`{name}` is not a number"),
+                }
             }
         }
-        assert_eq!(checked, 26, "every default given as a value was checked");
+        assert!(checked >= 80, "defaults and examples checked: {checked}");
+        for key in SECRET_KEYS {
+            assert!(KNOWN_KEYS.contains(key), "{key}");
+        }
     }
 }

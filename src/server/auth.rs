@@ -13,8 +13,9 @@ use subtle::ConstantTimeEq as _;
 use crate::connection::{invalid, ConfigError, ListenConfig};
 use crate::server::subscriptions::Pattern;
 
-/// How far a JWT's `exp` may lie in the past (clock skew between issuer and provider).
-const JWT_LEEWAY_SECS: u64 = 5;
+/// How far a JWT's `exp` may lie in the past, and its `nbf` in the future (clock skew between
+/// the issuer and the provider).
+pub const JWT_LEEWAY_SECS: u64 = 30;
 
 /// A key that verifies client JWTs, and the algorithms it accepts.
 #[derive(Clone)]
@@ -23,6 +24,10 @@ pub struct JwtKey {
     source: Arc<str>,
     key: DecodingKey,
     algorithm: Algorithm,
+    /// `jwt_audience`: the `aud` a token must carry.
+    audience: Option<String>,
+    /// `jwt_issuer`: the `iss` a token must carry.
+    issuer: Option<String>,
 }
 
 impl JwtKey {
@@ -39,6 +44,8 @@ impl JwtKey {
             source: secret.into(),
             key: DecodingKey::from_secret(secret.as_bytes()),
             algorithm: Algorithm::HS256,
+            audience: None,
+            issuer: None,
         })
     }
 
@@ -59,18 +66,49 @@ impl JwtKey {
             source: pem.into(),
             key,
             algorithm,
+            audience: None,
+            issuer: None,
         })
     }
 
+    /// The `aud` and `iss` a token must carry (`jwt_audience`, `jwt_issuer`), when set.
+    pub fn requiring(mut self, audience: Option<String>, issuer: Option<String>) -> Self {
+        self.audience = audience;
+        self.issuer = issuer;
+        self
+    }
+
     fn verify(&self, token: &str) -> Result<Claims, String> {
+        // The algorithm is the key's, never the token's header: `Validation::new` accepts that
+        // one alone.
         let mut validation = Validation::new(self.algorithm);
         validation.leeway = JWT_LEEWAY_SECS;
-        validation.validate_aud = false;
+        validation.validate_nbf = true;
+        let mut required = vec!["exp"];
+        match &self.audience {
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
+            None => validation.validate_aud = false,
+        }
+        if let Some(issuer) = &self.issuer {
+            validation.set_issuer(&[issuer]);
+            required.push("iss");
+        }
+        validation.set_required_spec_claims(&required);
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &validation).map_err(|e| {
             use jsonwebtoken::errors::ErrorKind;
             match e.kind() {
                 ErrorKind::ExpiredSignature => "the JWT has expired (exp)".to_string(),
                 ErrorKind::InvalidSignature => "the JWT's signature does not verify".to_string(),
+                ErrorKind::ImmatureSignature => "the JWT is not valid yet (nbf)".to_string(),
+                ErrorKind::InvalidAudience => {
+                    "the JWT's audience (aud) is not `jwt_audience`".to_string()
+                }
+                ErrorKind::InvalidIssuer => {
+                    "the JWT's issuer (iss) is not `jwt_issuer`".to_string()
+                }
                 ErrorKind::InvalidAlgorithm => format!(
                     "the JWT is not signed with {:?}, the algorithm of the listener's key",
                     self.algorithm
@@ -88,6 +126,8 @@ impl JwtKey {
 impl PartialEq for JwtKey {
     fn eq(&self, other: &Self) -> bool {
         self.source == other.source
+            && self.audience == other.audience
+            && self.issuer == other.issuer
     }
 }
 
@@ -327,5 +367,90 @@ mod tests {
         assert!(authenticate(&l, Some("s3cret"), Some("a=1&token=s3cret"), &good).is_ok());
         let bearer = headers(&[("authorization", "Bearer s3cret")]);
         assert!(authenticate(&l, Some("s3cret"), None, &bearer).is_ok());
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn hs256(secret: &[u8], claims: serde_json::Value) -> String {
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        jsonwebtoken::encode(&jsonwebtoken::Header::new(Algorithm::HS256), &claims, &key).unwrap()
+    }
+
+    #[test]
+    fn jwts_are_checked_for_exp_nbf_aud_iss_with_the_leeway() {
+        let secret = b"a-secret-of-thirty-two-bytes-xyz";
+        let plain = JwtKey::secret(std::str::from_utf8(secret).unwrap()).unwrap();
+        let strict = plain.clone().requiring(
+            Some("chat.example.com".into()),
+            Some("https://auth.example.com".into()),
+        );
+        let t = now();
+        let verify = |key: &JwtKey, claims| key.verify(&hs256(secret, claims)).map(|_| ());
+        let ok = serde_json::json!({"exp": t + 60});
+        assert!(verify(&plain, ok.clone()).is_ok());
+        // Within the leeway either side, and past it.
+        assert!(verify(&plain, serde_json::json!({"exp": t - 20})).is_ok());
+        assert_eq!(
+            verify(&plain, serde_json::json!({"exp": t - 40})),
+            Err("the JWT has expired (exp)".into())
+        );
+        assert!(verify(&plain, serde_json::json!({"exp": t + 60, "nbf": t + 20})).is_ok());
+        assert_eq!(
+            verify(&plain, serde_json::json!({"exp": t + 600, "nbf": t + 120})),
+            Err("the JWT is not valid yet (nbf)".into())
+        );
+        assert_eq!(
+            verify(&plain, serde_json::json!({"sub": "x"})),
+            Err("the JWT has no `exp` claim".into())
+        );
+        let both = serde_json::json!({"exp": t + 60, "aud": "chat.example.com", "iss": "https://auth.example.com"});
+        assert!(verify(&strict, both).is_ok());
+        assert_eq!(
+            verify(
+                &strict,
+                serde_json::json!({"exp": t + 60, "aud": "other", "iss": "https://auth.example.com"})
+            ),
+            Err("the JWT's audience (aud) is not `jwt_audience`".into())
+        );
+        assert_eq!(
+            verify(
+                &strict,
+                serde_json::json!({"exp": t + 60, "aud": "chat.example.com", "iss": "https://evil.example.com"})
+            ),
+            Err("the JWT's issuer (iss) is not `jwt_issuer`".into())
+        );
+        assert_eq!(
+            verify(&strict, ok),
+            Err("the JWT has no `aud` claim".into())
+        );
+        assert_ne!(plain, strict, "aud and iss are part of the settings");
+    }
+
+    #[test]
+    fn the_algorithm_is_the_keys_never_the_tokens() {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = pair.public_key_pem();
+        let key = JwtKey::public_key(&public).unwrap();
+        // HS256 signed with the public key's PEM as the secret: the classic confusion.
+        let forged = hs256(public.as_bytes(), serde_json::json!({"exp": now() + 60}));
+        assert_eq!(
+            key.verify(&forged).map(|_| ()),
+            Err("the JWT is not signed with ES256, the algorithm of the listener's key".into())
+        );
+        // `alg: none`, no signature.
+        use base64::Engine as _;
+        let b64 = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let none = format!(
+            "{}.{}.",
+            b64(r#"{"alg":"none","typ":"JWT"}"#),
+            b64(&format!(r#"{{"exp":{}}}"#, now() + 60))
+        );
+        let refused = key.verify(&none).map(|_| ()).unwrap_err();
+        assert!(refused.starts_with("the JWT is not valid"), "{refused}");
     }
 }
