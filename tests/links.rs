@@ -36,11 +36,13 @@ async fn invalid_settings_refuse_only_that_link() {
         .await;
 
     let logs = &rig.provider.logs;
-    logs.wait_for(
-        &["ERROR", "consumer link bad-uri/default refused: invalid `uri` 'http://x': expected a ws:// or wss:// URL"],
-        WAIT,
-    )
-    .await;
+    let refused = logs
+        .wait_for(
+            &["ERROR", "consumer link bad-uri/default refused: invalid `uri` 'http://x': expected a ws:// or wss:// URL"],
+            WAIT,
+        )
+        .await;
+    common::docs::assert_shows("The link is refused: wrong uri scheme", &refused);
     logs.wait_for(
         &["ERROR", "consumer link bad-timeout/default refused: invalid `connect_timeout_sec` 'abc': expected whole seconds"],
         WAIT,

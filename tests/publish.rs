@@ -203,6 +203,7 @@ async fn oversized_publish_fails_before_anything_is_sent() {
             && err.contains("nothing was sent"),
         "{err}"
     );
+    common::docs::assert_shows("publish fails: message too large", &err);
     server.no_frame(Duration::from_millis(300)).await;
 }
 
@@ -223,10 +224,12 @@ async fn publish_waits_for_a_connection_then_fails_clearly() {
     );
     rig.provider.put_link(&link).await;
     let component = rig.component("comp").await;
-    rig.provider
+    let failed = rig
+        .provider
         .logs
         .wait_for(&["connection attempt failed", &uri], WAIT)
         .await;
+    common::docs::assert_shows("The server cannot be reached", &failed);
 
     let started = Instant::now();
     let (first, second) = tokio::join!(component.publish("default", "a", &b"1"[..], None), async {
@@ -247,6 +250,7 @@ async fn publish_waits_for_a_connection_then_fails_clearly() {
     let (second, second_took) = second;
     let second = second.unwrap().unwrap_err();
     assert!(second.contains("is full (max_pending = 1)"), "{second}");
+    common::docs::assert_shows("publish fails: send queue full", &second);
     assert!(
         second_took < Duration::from_millis(300),
         "a full queue fails at once, took {second_took:?}"

@@ -504,6 +504,7 @@ async fn without_jetstream_replicas_one_is_refused_saying_why_and_all_works() {
         .await;
     assert!(refused.contains("needs JetStream"), "{refused}");
     assert!(refused.contains("`replicas` to `all`"), "{refused}");
+    common::docs::assert_shows("replicas = one is refused: no JetStream", &refused);
     provider
         .put_link(&provider.consumer_link(
             "rep-nojs",

@@ -116,6 +116,7 @@ async fn without_the_ca_the_handshake_fails_with_unknown_issuer() {
     )
     .await;
     eprintln!("as the user sees it: {line}");
+    common::docs::assert_shows("TLS fails: the server's certificate is not trusted", &line);
 }
 
 #[tokio::test]
@@ -444,6 +445,11 @@ async fn oversized_handshake_responses_are_refused() {
             huge,
             "the server's handshake response is larger than 64 KiB; refused",
         ),
+        (
+            "refused-401",
+            "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_string(),
+            "the server refused the WebSocket handshake with HTTP 401",
+        ),
     ];
     for (component, response, expected) in cases {
         let server = TcpServer::answering(response.into_bytes()).await;
@@ -460,6 +466,9 @@ async fn oversized_handshake_responses_are_refused() {
             .wait_for(&["connection attempt failed", component, expected], WAIT)
             .await;
         eprintln!("{line}");
+        if component == "refused-401" {
+            common::docs::assert_shows("The server refuses the handshake (401, 403)", &line);
+        }
     }
     // The provider keeps serving.
     let server = WsServer::recorder().await;

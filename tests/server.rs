@@ -411,14 +411,22 @@ async fn admission_refuses_before_the_upgrade_and_nothing_reaches_the_component(
         attempt(format!("{root}/other"), vec![origin(), bearer()]).await,
         Some(404)
     );
+    let (status, body) = WsClient::connect_or_refusal(
+        &url,
+        Connect {
+            headers: vec![("origin", "https://evil.example.com".into()), bearer()],
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .unwrap();
+    assert_eq!(status, 403);
     assert_eq!(
-        attempt(
-            url.clone(),
-            vec![("origin", "https://evil.example.com".into()), bearer()]
-        )
-        .await,
-        Some(403)
+        body,
+        "the Origin \"https://evil.example.com\" is not in allowed_origins\n"
     );
+    common::docs::assert_shows("A browser gets 403: origin refused", &body);
     assert_eq!(
         attempt(url.clone(), vec![bearer()]).await,
         Some(403),
@@ -608,12 +616,22 @@ async fn jwts_admit_clients_with_their_user_and_allowed_subjects() {
         Some(401)
     );
     assert_eq!(WsClient::connect(&url).await.err(), Some(401), "no token");
-    for reason in ["the JWT has expired", "the JWT's signature does not verify"] {
+    for entry in [
+        "A client gets 401: the JWT has expired",
+        "A client gets 401: the JWT's signature does not verify",
+    ] {
+        let reason = common::docs::entry(entry);
         rig.provider
             .logs
-            .wait_for(&["refused a client", reason], WAIT)
+            .wait_for(&["refused a client", &reason], WAIT)
             .await;
     }
+    let (status, body) = WsClient::connect_or_refusal(&with_token(&expired), Connect::default())
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(status, 401);
+    common::docs::assert_shows("A client gets 401: the JWT has expired", &body);
     let log = rig.provider.logs.all();
     assert!(
         !log.contains(&expired) && !log.contains(&forged),
@@ -678,6 +696,46 @@ async fn jwts_admit_clients_with_their_user_and_allowed_subjects() {
         WsClient::connect(&format!("{url}?token={hs}")).await.err(),
         Some(401)
     );
+
+    // `jwt_audience` and `jwt_issuer`: a token for another audience or from another issuer is
+    // refused; one with both is admitted.
+    let (_rig, _component, _, url) = rig_with_listener(
+        "aud",
+        "/",
+        &[
+            ("jwt_secret", secret),
+            ("jwt_audience", "chat.example.com"),
+            ("jwt_issuer", "https://auth.example.com"),
+        ],
+    )
+    .await;
+    let claims = |aud: &str, iss: &str| {
+        jwt(
+            &key,
+            Algorithm::HS256,
+            json!({ "sub": "ann", "exp": now_secs() + 600, "aud": aud, "iss": iss }),
+        )
+    };
+    let good = claims("chat.example.com", "https://auth.example.com");
+    WsClient::connect_when_listening(&format!("{url}?token={good}"), Connect::default())
+        .await
+        .expect("a JWT with the audience and the issuer is admitted");
+    let other_audience = claims("other.example.com", "https://auth.example.com");
+    let (status, body) =
+        WsClient::connect_or_refusal(&format!("{url}?token={other_audience}"), Connect::default())
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(status, 401);
+    common::docs::assert_shows("A client gets 401: the JWT's audience is wrong", &body);
+    let other_issuer = claims("chat.example.com", "https://evil.example.com");
+    let (status, body) =
+        WsClient::connect_or_refusal(&format!("{url}?token={other_issuer}"), Connect::default())
+            .await
+            .err()
+            .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body, "the JWT's issuer (iss) is not `jwt_issuer`\n");
 }
 
 #[tokio::test]

@@ -115,14 +115,22 @@ pub async fn build(examples: &[Example], say: &dyn Fn(&str)) -> anyhow::Result<A
     })
 }
 
-/// Packs `bin` into a signed, compressed provider archive for this machine's target.
+/// Packs `bin` into a signed, compressed provider archive for this machine's target, with the
+/// name, vendor, revision and version of `wasmcloud.toml` (read by wash's own parser), as
+/// `wash build` writes them.
 pub async fn pack(bin: &Path, destination: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(bin).with_context(|| format!("failed to read {}", bin.display()))?;
+    let project = wash::lib::parser::load_config(Some(crate::repo_root()), Some(false))
+        .await
+        .context("wash cannot parse wasmcloud.toml")?;
+    let wash::lib::parser::TypeConfig::Provider(provider) = &project.project_type else {
+        anyhow::bail!("wasmcloud.toml is not a provider project");
+    };
     let mut par = ProviderArchive::new(
-        "Messaging WebSocket",
-        "wasmcloud-provider-messaging-websocket",
-        Some(0),
-        Some("0.1.0".into()),
+        &project.common.name,
+        &provider.vendor,
+        Some(project.common.revision),
+        Some(project.common.version.to_string()),
     );
     let target = format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS);
     par.add_library(&target, &bytes)

@@ -22,6 +22,8 @@ pub mod static_files;
 
 #[path = "../../tests/common/clients.rs"]
 pub mod clients;
+#[path = "../../tests/common/docs.rs"]
+pub mod docs;
 
 #[path = "../../tests/common/nats.rs"]
 pub mod nats;

@@ -1,5 +1,5 @@
 //! The packaging files parse with the real parsers: `wasmcloud.toml` with wash's own parser, the
-//! wadm manifests (`examples/wadm.yaml`, `examples/chat/wadm.yaml`, the README's) with wadm's own
+//! wadm manifests (`examples/wadm.yaml`, `examples/chat/wadm.yaml`, the whole manifests of docs/) with wadm's own
 //! types and validation.
 
 use std::collections::HashMap;
@@ -8,7 +8,7 @@ use wadm_types::{Properties, TraitProperty};
 use wash::lib::parser::{load_config, TypeConfig};
 use wasmcloud_provider_messaging_websocket_e2e::{
     artifacts::{self, PROVIDER_BIN},
-    chat, deploy, repo_root,
+    chat, deploy, docs, repo_root,
 };
 
 #[tokio::test]
@@ -201,18 +201,23 @@ async fn chat_manifest_is_valid_and_its_links_share_one_listener() {
     assert!(page.contains("ws://127.0.0.1:8766/chat"));
 }
 
-/// The `n`th yaml block of README.md (0-based) that is a whole manifest (starts with
-/// `apiVersion:`; excerpts of one, such as the server mode's links, are not counted), checked by
-/// wadm's own validation.
-async fn readme_manifest(n: usize) -> wadm_types::Manifest {
-    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let snippet = readme
-        .split("```yaml\n")
+/// The yaml blocks of a doc (README.md or docs/*.md) that are whole manifests (they start with
+/// `apiVersion:`; excerpts of one, such as the server mode's links, are not counted).
+fn doc_manifests(doc: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+    text.split("```yaml\n")
         .skip(1)
         .filter_map(|rest| rest.split("```").next())
         .filter(|block| block.starts_with("apiVersion:"))
-        .nth(n)
-        .unwrap_or_else(|| panic!("README has a yaml manifest number {}", n + 1));
+        .map(str::to_string)
+        .collect()
+}
+
+/// The one whole manifest of `doc`, checked by wadm's own validation.
+async fn doc_manifest(doc: &str) -> wadm_types::Manifest {
+    let manifests = doc_manifests(doc);
+    assert_eq!(manifests.len(), 1, "{doc} shows one whole manifest");
+    let snippet = &manifests[0];
     let (manifest, failures) = wadm_types::validation::validate_manifest_bytes(snippet)
         .await
         .expect("the snippet parses as a wadm manifest");
@@ -227,6 +232,22 @@ async fn readme_manifest(n: usize) -> wadm_types::Manifest {
         .collect();
     assert!(errors.is_empty(), "{errors:?}");
     manifest
+}
+
+/// Whole manifests live in docs/configuration.md and docs/security.md, and nowhere else.
+#[test]
+fn whole_manifests_are_only_where_the_tests_validate_them() {
+    let mut docs = vec!["README.md".to_string()];
+    for entry in std::fs::read_dir(repo_root().join("docs")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if name.ends_with(".md") {
+            docs.push(format!("docs/{name}"));
+        }
+    }
+    for doc in docs {
+        let expected = usize::from(doc == "docs/configuration.md" || doc == "docs/security.md");
+        assert_eq!(doc_manifests(&doc).len(), expected, "{doc}");
+    }
 }
 
 /// The link traits of a manifest, in order.
@@ -244,8 +265,8 @@ fn links(manifest: &wadm_types::Manifest) -> Vec<&wadm_types::LinkProperty> {
 }
 
 #[tokio::test]
-async fn readme_manifest_snippet_is_valid() {
-    let manifest = readme_manifest(0).await;
+async fn the_configuration_docs_manifest_is_valid() {
+    let manifest = doc_manifest("docs/configuration.md").await;
     let interfaces: Vec<_> = links(&manifest)
         .iter()
         .map(|l| l.interfaces.clone())
@@ -257,8 +278,8 @@ async fn readme_manifest_snippet_is_valid() {
 }
 
 #[tokio::test]
-async fn readme_security_snippet_is_valid() {
-    let manifest = readme_manifest(1).await;
+async fn the_security_docs_manifest_is_valid() {
+    let manifest = doc_manifest("docs/security.md").await;
     let links = links(&manifest);
     assert_eq!(links.len(), 1);
     let target = &links[0].target;
@@ -309,6 +330,10 @@ async fn a_wrong_relative_image_path_fails_naming_the_resolved_path() {
             "relative file path [file://./examples/echo-component/build/echo_component_s.wasm] (resolved to [{}]) does not exist",
             resolved.display()
         )
+    );
+    docs::assert_shows(
+        "wash app deploy: relative file path does not exist",
+        &err.to_string(),
     );
 
     // Relative to the manifest's folder: found; an absolute path is kept as it is.
@@ -382,5 +407,154 @@ fn doc_yaml_excerpts_are_taken_from_the_example_manifests() {
             checked += 1;
         }
     }
-    assert!(checked >= 1, "the README shows the chat example's links");
+    assert!(checked >= 1, "the docs show the chat example's links");
+}
+
+/// Every entry of docs/troubleshooting.md is checked by some test: its title appears, as a
+/// string, in the tests' sources (where `docs::assert_shows` or `docs::entry` take it).
+#[test]
+fn every_troubleshooting_entry_is_triggered_by_a_test() {
+    let doc = std::fs::read_to_string(repo_root().join("docs/troubleshooting.md")).unwrap();
+    let titles: Vec<&str> = doc.lines().filter_map(|l| l.strip_prefix("## ")).collect();
+    assert!(titles.len() >= 12, "{titles:?}");
+    let mut sources = String::new();
+    for dir in ["tests", "e2e/tests"] {
+        for entry in std::fs::read_dir(repo_root().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    for title in titles {
+        assert!(
+            !docs::entry(title).is_empty(),
+            "the entry \"{title}\" shows a text"
+        );
+        assert!(
+            sources.contains(&format!("\"{title}\"")),
+            "no test triggers the troubleshooting entry \"{title}\""
+        );
+    }
+}
+
+/// The archive carries the name, vendor and version of `wasmcloud.toml` in its claims (what
+/// `wash inspect` shows), and the `wash push` command of docs/operations.md parses with wash's own
+/// command-line parser and pushes the archive that `wash build` writes.
+#[tokio::test]
+async fn the_archive_carries_wasmcloud_toml_and_the_documented_push_parses() {
+    let dir = repo_root().join("target/par-claims");
+    std::fs::create_dir_all(&dir).unwrap();
+    let bin = dir.join("bin");
+    std::fs::write(&bin, b"#!/bin/sh\n").unwrap();
+    let par = dir.join("provider.par.gz");
+    artifacts::pack(&bin, &par).await.unwrap();
+    let archive = provider_archive::ProviderArchive::try_load_file(&par)
+        .await
+        .unwrap();
+    let metadata = archive.claims().unwrap().metadata.unwrap();
+    let project = load_config(Some(repo_root()), Some(false)).await.unwrap();
+    let version = project.common.version.to_string();
+    assert_eq!(metadata.name.as_deref(), Some("Messaging WebSocket"));
+    assert_eq!(metadata.vendor, "wasmcloud-provider-messaging-websocket");
+    assert_eq!(metadata.ver.as_deref(), Some(version.as_str()));
+    let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml")).unwrap();
+    assert!(
+        cargo.contains(&format!("\nversion = \"{version}\"\n")),
+        "Cargo.toml and wasmcloud.toml carry the same version"
+    );
+
+    let doc = std::fs::read_to_string(repo_root().join("docs/operations.md")).unwrap();
+    let publishing = doc.split("\n## Publishing\n").nth(1).unwrap();
+    let command = publishing
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|b| b.split("\n```").next())
+        .unwrap();
+    let words: Vec<&str> = command.split_whitespace().collect();
+    assert_eq!(words[..2], ["wash", "push"]);
+    use clap::Parser as _;
+    let push = wash::lib::cli::registry::RegistryPushCommand::try_parse_from(&words[1..])
+        .unwrap_or_else(|e| panic!("wash does not parse `{command}`: {e}"));
+    assert_eq!(push.artifact, "build/messaging-websocket-provider.par.gz");
+    assert!(push.url.ends_with(&format!(":{version}")), "{}", push.url);
+    // The reference the example manifest names in its comment.
+    let example = std::fs::read_to_string(repo_root().join("examples/wadm.yaml")).unwrap();
+    assert!(
+        example.contains(&format!("# image: {}", push.url)),
+        "{}",
+        push.url
+    );
+}
+
+/// GitHub's anchor of a heading: lowercase, punctuation dropped, spaces as `-`.
+fn anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            ' ' => Some('-'),
+            c if c.is_alphanumeric() || c == '-' || c == '_' => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every relative link of README.md, TECHNICAL.md, BENCHMARKS.md and docs/*.md reaches a file
+/// that exists, and its `#anchor` a heading of that file.
+#[test]
+fn doc_links_reach_files_and_headings() {
+    let root = repo_root();
+    let mut docs = vec![
+        root.join("README.md"),
+        root.join("TECHNICAL.md"),
+        root.join("BENCHMARKS.md"),
+    ];
+    for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "md") {
+            docs.push(path);
+        }
+    }
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for link in text
+            .split("](")
+            .skip(1)
+            .filter_map(|rest| rest.split(')').next())
+        {
+            if link.contains("://") || link.starts_with("mailto:") {
+                continue;
+            }
+            let (file, fragment) = link.split_once('#').unwrap_or((link, ""));
+            let target = if file.is_empty() {
+                doc.clone()
+            } else {
+                doc.parent().unwrap().join(file)
+            };
+            assert!(
+                target.exists(),
+                "{}: the link ({link}) names a missing file",
+                doc.display()
+            );
+            if !fragment.is_empty() {
+                let headings: Vec<String> = std::fs::read_to_string(&target)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with('#'))
+                    .map(|l| anchor(l.trim_start_matches('#')))
+                    .collect();
+                assert!(
+                    headings.iter().any(|h| h == fragment),
+                    "{}: the link ({link}) names no heading of {}",
+                    doc.display(),
+                    target.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 30, "{checked} links checked");
 }

@@ -61,6 +61,16 @@ impl WsClient {
     }
 
     pub async fn connect_with(url: &str, options: Connect<'_>) -> Result<WsClient, u16> {
+        Self::connect_or_refusal(url, options)
+            .await
+            .map_err(|(status, _)| status)
+    }
+
+    /// Connects, or gives the HTTP status and body of the refusal (status 0: no connection).
+    pub async fn connect_or_refusal(
+        url: &str,
+        options: Connect<'_>,
+    ) -> Result<WsClient, (u16, String)> {
         let mut request = url.into_client_request().expect("a valid ws URL");
         for (name, value) in &options.headers {
             request.headers_mut().insert(
@@ -111,9 +121,10 @@ impl WsClient {
         match tokio::time::timeout(Duration::from_secs(10), connecting).await {
             Err(_) => panic!("connecting to {url} took more than 10 s"),
             Ok(Err(tokio_tungstenite::tungstenite::Error::Http(response))) => {
-                Err(response.status().as_u16())
+                let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default());
+                Err((response.status().as_u16(), body.into_owned()))
             }
-            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(_))) => Err(0),
+            Ok(Err(tokio_tungstenite::tungstenite::Error::Io(e))) => Err((0, e.to_string())),
             Ok(Err(e)) => panic!("connecting to {url} failed: {e}"),
             Ok(Ok(client)) => Ok(client),
         }

@@ -9,6 +9,7 @@
 pub mod certs;
 pub mod clients;
 pub mod component;
+pub mod docs;
 pub mod nats;
 pub mod otlp;
 pub mod provider;
