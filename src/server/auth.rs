@@ -425,9 +425,20 @@ mod tests {
             Err("the JWT's issuer (iss) is not `jwt_issuer`".into())
         );
         assert_eq!(
-            verify(&strict, ok),
+            verify(
+                &strict,
+                serde_json::json!({"exp": t + 60, "iss": "https://auth.example.com"})
+            ),
             Err("the JWT has no `aud` claim".into())
         );
+        assert_eq!(
+            verify(
+                &strict,
+                serde_json::json!({"exp": t + 60, "aud": "chat.example.com"})
+            ),
+            Err("the JWT has no `iss` claim".into())
+        );
+        assert!(verify(&strict, ok).is_err());
         assert_ne!(plain, strict, "aud and iss are part of the settings");
     }
 
