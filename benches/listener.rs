@@ -26,11 +26,11 @@
 //! clients and the component) and of nats-server, so that what bounds a number shows. Numbers
 //! go to stdout and `target/bench/listener.json`.
 //!
-//! `cargo bench --bench listener -- --autobahn-echo <port> [--nats-max-payload <bytes>]` instead
+//! `cargo bench --bench listener -- --autobahn-echo <port>` instead
 //! runs an echo setup for `scripts/autobahn.sh --provider`: a listener on 127.0.0.1:<port> (path
 //! `/`, `format = raw`, `compression = deflate`, `max_message_bytes` 16 MiB, `max_in_flight` 1 so
 //! that echoes keep their order) whose component publishes every message's body back to its
-//! reply-to, on a nats-server with that `max_payload` (default: the server's, 1 MiB); it prints
+//! reply-to, on a nats-server at its default `max_payload` (1 MiB: larger calls are streamed); it prints
 //! `autobahn-echo: ready` and runs until SIGINT or SIGTERM. In format `raw` the body is all that
 //! travels, so a binary message whose bytes are valid UTF-8 comes back as a text message.
 
@@ -849,40 +849,7 @@ async fn serve_echo(
     })
 }
 
-/// Makes `NatsServer::start` run nats-server with `max_payload` (1 MiB by default; only a config
-/// file sets it): `NATS_SERVER_BIN` becomes a wrapper that adds `-c` with that setting.
-fn nats_with_max_payload(bytes: usize) {
-    let real = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| {
-        let on_path = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join("nats-server").is_file())
-        });
-        if on_path {
-            "nats-server"
-        } else {
-            "/usr/sbin/nats-server"
-        }
-        .into()
-    });
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
-    std::fs::create_dir_all(&dir).unwrap();
-    let conf = dir.join("autobahn-nats.conf");
-    std::fs::write(&conf, format!("max_payload: {bytes}\n")).unwrap();
-    let wrapper = dir.join("autobahn-nats-server");
-    std::fs::write(
-        &wrapper,
-        format!("#!/bin/sh\nexec {real} -c {} \"$@\"\n", conf.display()),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Before any other thread reads the environment: the runtime's workers do not.
-    std::env::set_var("NATS_SERVER_BIN", &wrapper);
-}
-
-async fn autobahn_echo(port: u16, max_payload: Option<usize>) {
-    if let Some(bytes) = max_payload {
-        nats_with_max_payload(bytes);
-    }
+async fn autobahn_echo(port: u16) {
     let nats = NatsServer::start().await;
     let listen = format!("127.0.0.1:{port}");
     let id = "autobahn-echo";
@@ -907,9 +874,8 @@ async fn autobahn_echo(port: u16, max_payload: Option<usize>) {
     .await;
     let serving = serve_echo(&provider, &nats.url, id).await;
     println!(
-        "autobahn-echo: ready on ws://{listen}/ (provider pid {}, nats-server max_payload {})",
+        "autobahn-echo: ready on ws://{listen}/ (provider pid {}, nats-server at its default max_payload, 1 MiB)",
         provider.pid(),
-        max_payload.map_or("1 MiB (its default)".to_string(), |b| format!("{b} bytes"))
     );
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).unwrap();
@@ -939,13 +905,7 @@ async fn main() {
             .get(at + 1)
             .and_then(|p| p.parse().ok())
             .expect("--autobahn-echo <port>");
-        let max_payload = args
-            .iter()
-            .position(|a| a == "--nats-max-payload")
-            .and_then(|at| args.get(at + 1))
-            .map(|b| b.parse().expect("--nats-max-payload <bytes>"))
-            .filter(|b| *b > 0);
-        return autobahn_echo(port, max_payload).await;
+        return autobahn_echo(port).await;
     }
     bench().await;
 }

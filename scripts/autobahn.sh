@@ -137,12 +137,9 @@ for line in sys.stdin:
     [ -x "$echo_bin" ] || { echo "no benches/listener.rs executable" >&2; exit 1; }
     # Run directly, not under cargo: SIGTERM reaches it, and it kills its nats-server and provider.
     # TEST_PROVIDER_OUTPUT: the provider's log lines go to that log too. The lattice's
-    # nats-server gets max_payload AUTOBAHN_NATS_MAX_PAYLOAD (32 MiB; 0 = its default, 1 MiB):
-    # with 1 MiB, wRPC splits a larger call into several NATS messages, and now and then the
-    # provider's export side fails to take such a publish ("bytes remaining on stream"); the
-    # echo is then lost and the fuzzingclient waits for it forever (see BENCHMARKS.md).
+    # nats-server runs at its default max_payload (1 MiB): larger calls are streamed, which the
+    # provider's exports take whole since they are served on wrpc-transport-nats 0.31.
     TEST_PROVIDER_OUTPUT=1 "$echo_bin" --autobahn-echo "$port" \
-        --nats-max-payload "${AUTOBAHN_NATS_MAX_PAYLOAD:-33554432}" \
         >"$OUT/provider-echo.log" 2>&1 &
     echo_pid=$!
     trap 'kill $echo_pid 2>/dev/null || true; wait $echo_pid 2>/dev/null || true' EXIT

@@ -9,6 +9,7 @@
 //! - [`socket`]: dialling, TLS and the handshake (yawc), permessage-deflate, errors in words.
 //! - [`requests`]: request-reply correlation (inboxes of waiting requests).
 //! - [`delivery`]: incoming messages to the component's `handle-message`, bounded in flight.
+//! - `exports`: serves the `consumer` export over wRPC (wrpc-transport-nats 0.31, not the SDK's 0.29).
 //! - `invoke`: the wRPC client that calls `handle-message` (one per component).
 //! - [`stats`]: per-session counters and the provider's totals.
 //! - [`metrics`]: the counters as OpenTelemetry metrics.
@@ -29,12 +30,10 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use bytes::Bytes;
 use tokio::time::Instant;
-use tracing::{debug, error, info, warn};
-use wasmcloud_provider_sdk::provider::WrpcClient;
+use tracing::{debug, error, info};
 use wasmcloud_provider_sdk::{
-    get_connection, initialize_observability, load_host_data, run_provider, Context,
-    HealthCheckRequest, HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider,
-    ProviderConfigUpdate,
+    initialize_observability, load_host_data, run_provider, Context, HealthCheckRequest,
+    HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider, ProviderConfigUpdate,
 };
 
 pub mod budget;
@@ -42,6 +41,7 @@ pub mod client;
 pub mod connection;
 pub mod delivery;
 pub mod envelope;
+mod exports;
 mod invoke;
 pub mod lattice;
 pub mod metrics;
@@ -1114,28 +1114,6 @@ impl Provider for WebSocketMessagingProvider {
     }
 }
 
-impl bindings::exports::wasmcloud::messaging::consumer::Handler<Option<Context>>
-    for WebSocketMessagingProvider
-{
-    async fn publish(
-        &self,
-        ctx: Option<Context>,
-        msg: BrokerMessage,
-    ) -> anyhow::Result<Result<(), String>> {
-        Ok(self.publish_message(ctx, msg).await)
-    }
-
-    async fn request(
-        &self,
-        ctx: Option<Context>,
-        subject: String,
-        body: Bytes,
-        timeout_ms: u32,
-    ) -> anyhow::Result<Result<BrokerMessage, String>> {
-        Ok(self.request_message(ctx, subject, body, timeout_ms).await)
-    }
-}
-
 /// Runs the provider the way the host starts it: HostData on stdin, logging set up the host's
 /// way, links and control messages through the SDK, the `consumer` export served over wRPC.
 pub async fn run() -> anyhow::Result<()> {
@@ -1174,56 +1152,9 @@ pub async fn run() -> anyhow::Result<()> {
     let shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;
-    let connection = get_connection();
-    let wrpc = connection
-        .get_wrpc_client(connection.provider_key())
-        .await
-        .context("failed to create the wRPC client")?;
-    serve_exports(&wrpc, provider, shutdown)
+    exports::serve(host_data, provider, shutdown)
         .await
         .context("failed to serve the provider's exports")?;
     info!("provider stopped");
     Ok(())
-}
-
-/// Serves the `consumer` export until `shutdown`. The SDK's `serve_provider_exports` spawns each
-/// invocation into a `JoinSet` it never joins, so every call it ever served stays in the set and
-/// memory grows with the number of calls (the benchmark's soak measured it: see BENCHMARKS.md).
-/// Here each invocation is a task of a `TaskTracker`, which forgets a task when it ends. The loop
-/// is otherwise the SDK's: the same two branches, so the invocation stream is only ever polled
-/// the way the SDK polls it. Invocations still running at shutdown end with the runtime.
-async fn serve_exports(
-    wrpc: &WrpcClient,
-    provider: WebSocketMessagingProvider,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    use futures::StreamExt as _;
-    let invocations = bindings::serve(wrpc, provider)
-        .await
-        .context("failed to serve exports")?;
-    let mut invocations = futures::stream::select_all(
-        invocations
-            .into_iter()
-            .map(|(instance, name, calls)| calls.map(move |call| (instance, name, call))),
-    );
-    let mut shutdown = std::pin::pin!(shutdown);
-    let tasks = tokio_util::task::TaskTracker::new();
-    loop {
-        tokio::select! {
-            Some((instance, name, call)) = invocations.next() => match call {
-                Ok(call) => {
-                    tasks.spawn(async move {
-                        if let Err(err) = call.await {
-                            warn!(?err, instance, name, "failed to serve invocation");
-                        }
-                    });
-                }
-                Err(err) => warn!(?err, instance, name, "failed to accept invocation"),
-            },
-            () = &mut shutdown => {
-                tasks.close();
-                return Ok(());
-            }
-        }
-    }
 }

@@ -1254,3 +1254,71 @@ async fn shutdown_closes_every_client_with_1001_within_the_host_s_300_ms() {
         assert_eq!(client.closed(WAIT).await, Some(1001));
     }
 }
+
+/// Messages of 1.5 MiB and 8 MiB, past nats-server's default `max_payload` (1 MiB), so the
+/// wRPC calls are streamed: a client's message reaches the component, the component's publish
+/// to the client and its request with the client's reply arrive byte for byte.
+#[tokio::test]
+async fn large_messages_arrive_byte_exact_both_ways() {
+    let (_rig, component, _, url) = rig_with_listener(
+        "big",
+        "/",
+        &[
+            ("max_message_bytes", "16777216"),
+            ("max_in_flight_bytes", "16777216"),
+            ("client_queue_bytes", "33554432"),
+        ],
+    )
+    .await;
+    let mut client = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    for (i, size) in [3 << 19, 8 << 20].into_iter().enumerate() {
+        let body = common::pattern(size, i as u64 + 11);
+        client.send_text(envelope("big.in", &body, None));
+        let got = component.wait_received(i + 1, WAIT).await;
+        assert!(
+            got[i].body[..] == body[..],
+            "the client's {size} bytes reached the component changed ({} bytes)",
+            got[i].body.len()
+        );
+        let id = client_id(got[i].reply_to.as_deref().unwrap());
+        assert_eq!(
+            component
+                .publish(
+                    "default",
+                    &format!("$ws.session.{id}.big.out"),
+                    body.clone(),
+                    None
+                )
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        let frame = client.json(WAIT).await;
+        assert_eq!(frame["subject"], "big.out");
+        assert!(
+            body_of(&frame) == body,
+            "the published {size} bytes arrived changed"
+        );
+
+        let ask = format!("$ws.session.{id}.big.ask");
+        let asking = component.request("default", &ask, body.clone(), 9000);
+        let answering = async {
+            let request = client.json(WAIT).await;
+            assert!(
+                body_of(&request) == body,
+                "the request's {size} bytes arrived changed"
+            );
+            let inbox = request["reply_to"].as_str().unwrap().to_string();
+            client.send_text(envelope(&inbox, &body, None));
+        };
+        let (reply, ()) = tokio::join!(asking, answering);
+        let reply = reply.unwrap().unwrap();
+        assert!(
+            reply.body[..] == body[..],
+            "the reply of {size} bytes arrived changed"
+        );
+    }
+}
+

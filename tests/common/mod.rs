@@ -50,6 +50,20 @@ pub mod played {
 
 /// A JSON envelope as a server sends it: `{subject, body (base64), reply_to?}`.
 /// Standard base64 with padding, as the envelope's `body`.
+/// `len` bytes that differ from position to position (and from `seed` to `seed`), so a chunk
+/// lost, repeated or reordered on the way shows.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(bytes)
