@@ -1322,3 +1322,66 @@ async fn large_messages_arrive_byte_exact_both_ways() {
     }
 }
 
+/// A client that stops reading holds at most `client_queue_bytes` in the provider's queue plus
+/// the accepted socket's fixed send buffer, whatever the kernel's defaults (its autotuning would
+/// let the send buffer grow to `net.ipv4.tcp_wmem`'s maximum, megabytes): with a 64 KiB queue and
+/// a 4 KiB receive buffer, it is closed as a slow consumer long before 1,000 broadcasts of 1 KiB
+/// are through, and once it reads again it finds only what fit in those buffers; the other
+/// client gets all 1,000.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_at_its_bound_not_the_kernels() {
+    let (_rig, component, _, url) =
+        rig_with_listener("bounded", "/", &[("client_queue_bytes", "65536")]).await;
+    let mut fast = WsClient::connect_when_listening(&url, Connect::default())
+        .await
+        .unwrap();
+    assert_eq!(fast.subscribe("news").await["ok"], "news");
+    let mut slow = WsClient::connect_with(
+        &url,
+        Connect {
+            recv_buffer: Some(4096),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(slow.subscribe("news").await["ok"], "news");
+    slow.stop_reading();
+    let body = vec![b'x'; 1024];
+    let broadcasts = 1000;
+    let mut closed_after = None;
+    for n in 1..=broadcasts {
+        component
+            .publish("default", "news", body.clone(), None)
+            .await
+            .unwrap()
+            .unwrap();
+        if closed_after.is_none() && n % 50 == 0 {
+            let stats = component.stats("default").await;
+            if stats["provider"]["slow_consumer_closes"] == 1 {
+                closed_after = Some(n);
+            }
+        }
+    }
+    for n in 0..broadcasts {
+        let frame = fast.json(WAIT).await;
+        assert_eq!(frame["subject"], "news", "the fast client's message {n}");
+    }
+    let stats = component.stats("default").await;
+    assert_eq!(stats["provider"]["slow_consumer_closes"], 1, "{stats}");
+    slow.resume_reading();
+    let (got, _) = slow.frames_until_closed(WAIT).await;
+    eprintln!(
+        "the slow client got {got} of {broadcasts}, closed after {closed_after:?} broadcasts"
+    );
+    // The queue's 64 KiB, the socket's send buffer (64 KiB, doubled by the kernel) and the
+    // client's 4 KiB, in frames of about 1 KiB each, with room for the kernel's accounting.
+    assert!(
+        got < 400,
+        "the slow client got {got} of {broadcasts} broadcasts (closed after {closed_after:?})"
+    );
+    assert_eq!(
+        stats["provider"]["clients"], 1,
+        "only the slow one was closed"
+    );
+}

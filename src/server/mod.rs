@@ -362,6 +362,13 @@ impl Drop for Listener {
     }
 }
 
+/// The send buffer of every client's socket. Fixed, so that what a client that stops reading
+/// holds is `client_queue_bytes` plus this (Linux doubles the value for its own accounting), not
+/// whatever the kernel's autotuning grows it to (up to `net.ipv4.tcp_wmem`'s maximum, 4 MiB on
+/// many machines), and a client that stops reading is closed at its bound. 64 KiB keeps a
+/// fast client's writes as large as the provider makes them.
+const CLIENT_SEND_BUFFER: u32 = 64 * 1024;
+
 /// A listening socket with SO_REUSEADDR, so that a port released by a closed listener can be
 /// bound again at once (its old connections may still be in TIME_WAIT), and SO_REUSEPORT, so
 /// that the provider's replicas on one host share the port (the kernel spreads the clients over
@@ -375,6 +382,8 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.set_reuseaddr(true)?;
     #[cfg(unix)]
     socket.set_reuseport(true)?;
+    // Accepted sockets inherit it, with the kernel's autotuning of it off.
+    socket.set_send_buffer_size(CLIENT_SEND_BUFFER)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
 }

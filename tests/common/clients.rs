@@ -242,6 +242,26 @@ impl WsClient {
         let _ = self.pause.send(true);
     }
 
+    /// Reads again after [`WsClient::stop_reading`].
+    pub fn resume_reading(&mut self) {
+        let _ = self.pause.send(false);
+    }
+
+    /// Counts the data frames until the connection closes or ends (within `limit`), and gives
+    /// the Close frame's code (None: it ended without one).
+    pub async fn frames_until_closed(&mut self, limit: Duration) -> (usize, Option<u16>) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut frames = 0;
+        loop {
+            match tokio::time::timeout_at(deadline, self.frames.recv()).await {
+                Ok(Some(Got::Frame(_))) => frames += 1,
+                Ok(Some(Got::Closed(frame))) => return (frames, frame.map(|f| f.code.into())),
+                Ok(Some(Got::Ended) | None) => return (frames, None),
+                Err(_) => panic!("not closed within {limit:?} ({frames} frames read)"),
+            }
+        }
+    }
+
     /// Closes the connection (a Close frame, then the end).
     pub fn close(self) {
         drop(self.out);
