@@ -133,11 +133,15 @@ pub async fn serve(
                 Ok(call) => {
                     tasks.spawn(async move {
                         if let Err(err) = call.await {
-                            warn!(?err, instance, name, "failed to serve a call of a component");
+                            crate::stats::bump(&crate::stats::CALL_ERRORS);
+                            warn!(?err, instance, name, "failed to serve a call of a component (counted as call_errors)");
                         }
                     });
                 }
-                Err(err) => warn!(?err, instance, name, "failed to accept a call of a component"),
+                Err(err) => {
+                    crate::stats::bump(&crate::stats::CALL_ERRORS);
+                    warn!(?err, instance, name, "failed to accept a call of a component (counted as call_errors)");
+                }
             },
             () = &mut shutdown => {
                 tasks.close();

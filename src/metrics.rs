@@ -74,6 +74,16 @@ pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static
         .with_callback(move |observer| observer.observe(all().len() as u64, &[]))
         .build();
     meter
+        .u64_observable_counter(format!("{PREFIX}.call_errors"))
+        .with_description("Components' calls that failed on the wRPC transport")
+        .with_callback(|observer| {
+            observer.observe(
+                crate::stats::CALL_ERRORS.load(std::sync::atomic::Ordering::Relaxed),
+                &[],
+            );
+        })
+        .build();
+    meter
         .u64_observable_gauge(format!("{PREFIX}.sessions_open"))
         .with_description("Sessions with an open connection")
         .with_callback(move |observer| {

@@ -174,6 +174,12 @@ impl Totals {
     }
 }
 
+/// Components' calls (`publish`, `request`) that failed on the wRPC transport, so the provider
+/// could not take them or could not send their result: a streamed parameter lost or cut, a
+/// result the caller was no longer there for. The calling component then gets a wRPC error or no
+/// answer; each one is also warned about. Provider-wide: such a call names no session.
+pub static CALL_ERRORS: AtomicU64 = AtomicU64::new(0);
+
 /// Adds one to a counter.
 pub fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);

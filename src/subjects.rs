@@ -251,6 +251,10 @@ pub fn provider_totals<'a>(
     totals
         .sum(all.iter().map(|s| &*s.stats).chain(clients))
         .add_json(&mut provider);
+    provider.insert(
+        "call_errors".into(),
+        json!(crate::stats::CALL_ERRORS.load(std::sync::atomic::Ordering::Relaxed)),
+    );
     provider
 }
 
@@ -259,7 +263,7 @@ pub fn provider_totals<'a>(
 pub fn add_totals(into: &mut Map<String, Value>, other: &Map<String, Value>) {
     let summed = crate::stats::SessionStats::NAMES
         .iter()
-        .chain(&["sessions_open", "listeners", "clients"])
+        .chain(&["sessions_open", "listeners", "clients", "call_errors"])
         .chain(crate::server::ListenerCounters::NAMES)
         .chain(&crate::lattice::COUNTERS)
         .copied();

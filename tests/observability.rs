@@ -342,3 +342,40 @@ async fn health_names_sessions_down_longer_than_their_backoff_cap() {
     .await;
     assert_eq!(watcher.stats("default").await["provider"]["sessions"], 1);
 }
+
+/// A call the provider cannot take (here: parameters that do not decode) is counted as
+/// `call_errors` and warned about, and the provider keeps serving.
+#[tokio::test]
+async fn a_call_that_fails_on_the_transport_is_counted_and_warned() {
+    let rig = Rig::start().await;
+    let server = common::ws::WsServer::recorder().await;
+    let component = rig.linked_both_ways("calls", &server.uri(), &[]).await;
+    component
+        .publish_when_ready("default", "warm", &b""[..], WAIT)
+        .await;
+    let subject = format!(
+        "{}.{}.wrpc.0.0.1.wasmcloud:messaging/consumer@0.2.0.publish",
+        rig.provider.lattice, rig.provider.provider_key
+    );
+    // A reply subject, so the provider takes the call; a body that is no encoded broker-message.
+    let inbox = rig.client.new_inbox();
+    let mut replies = rig.client.subscribe(format!("{inbox}.>")).await.unwrap();
+    rig.client
+        .publish_with_reply(subject, inbox, bytes::Bytes::from_static(&[0xff; 7]))
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        futures::StreamExt::next(&mut replies),
+    )
+    .await;
+    rig.provider
+        .logs
+        .wait_for(&["a call of a component (counted as call_errors)"], WAIT)
+        .await;
+    let stats = component.stats("default").await;
+    assert_eq!(stats["provider"]["call_errors"], 1, "{stats}");
+    component
+        .publish_when_ready("default", "still.serving", &b""[..], WAIT)
+        .await;
+}
