@@ -152,7 +152,16 @@ impl PlayedComponent {
     /// Serves `handle-message` for component `id` on `lattice`, and calls `consumer` on
     /// `target` there (a provider, or the benchmark's trivial server).
     pub async fn start_for(lattice: &str, target: &str, nats_url: &str, id: &str) -> Self {
-        let nats = Arc::new(delivery_nats::connect(nats_url).await.unwrap());
+        // Its connection's events (a disconnect, a slow consumer dropping messages) are printed:
+        // they are how a call or a result goes missing on this side.
+        let nats = delivery_nats::ConnectOptions::new()
+            .event_callback(|event| async move {
+                eprintln!("played component's NATS connection: {event}");
+            })
+            .connect(nats_url)
+            .await
+            .unwrap();
+        let nats = Arc::new(nats);
         let own = delivery_wrpc::Client::new(Arc::clone(&nats), format!("{lattice}.{id}"), None)
             .await
             .unwrap();

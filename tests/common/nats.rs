@@ -95,6 +95,17 @@ impl NatsServer {
             args.extend(["-js".into(), "-sd".into(), store.display().to_string()]);
         }
         args.extend_from_slice(extra);
+        // `TEST_NATS_TRACE=<folder>`: the server traces its protocol (`-V`: every PUB, SUB and MSG
+        // with its subject and reply subject) into a file there, to see which side of a wRPC call
+        // lost what.
+        let trace = std::env::var_os("TEST_NATS_TRACE").map(|dir| {
+            let dir = std::path::PathBuf::from(dir);
+            std::fs::create_dir_all(&dir).expect("the trace folder is made");
+            dir.join(format!("nats-{}-{}.log", std::process::id(), free_port()))
+        });
+        if trace.is_some() {
+            args.push("-V".into());
+        }
         let mut child = Command::new(binary())
             .args(&args)
             .stdout(Stdio::null())
@@ -124,7 +135,19 @@ impl NatsServer {
         .flatten()
         .expect("nats-server says which ports it listens on");
         // Keep reading its log, so that it never writes into a closed pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        tokio::spawn(async move {
+            let mut file = trace.map(|path| {
+                eprintln!("nats-server traces into {}", path.display());
+                std::io::BufWriter::new(std::fs::File::create(path).expect("the trace file"))
+            });
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(file) = &mut file {
+                    use std::io::Write as _;
+                    let _ = writeln!(file, "{line}");
+                    let _ = file.flush();
+                }
+            }
+        });
         let url = format!("nats://127.0.0.1:{port}");
         wait_until(
             "nats-server accepts connections",
