@@ -98,11 +98,7 @@ impl NatsServer {
         // `TEST_NATS_TRACE=<folder>`: the server traces its protocol (`-V`: every PUB, SUB and MSG
         // with its subject and reply subject) into a file there, to see which side of a wRPC call
         // lost what.
-        let trace = std::env::var_os("TEST_NATS_TRACE").map(|dir| {
-            let dir = std::path::PathBuf::from(dir);
-            std::fs::create_dir_all(&dir).expect("the trace folder is made");
-            dir.join(format!("nats-{}-{}.log", std::process::id(), free_port()))
-        });
+        let trace = std::env::var_os("TEST_NATS_TRACE").map(std::path::PathBuf::from);
         if trace.is_some() {
             args.push("-V".into());
         }
@@ -134,17 +130,20 @@ impl NatsServer {
         .ok()
         .flatten()
         .expect("nats-server says which ports it listens on");
+        // The trace file is unbuffered: the reading task is dropped with the runtime, and nothing it
+        // read may stay unwritten.
+        let mut trace = trace.map(|dir| {
+            std::fs::create_dir_all(&dir).expect("the trace folder is made");
+            let path = dir.join(format!("nats-{}-{port}.log", std::process::id()));
+            eprintln!("nats-server traces into {}", path.display());
+            std::fs::File::create(path).expect("the trace file is made")
+        });
         // Keep reading its log, so that it never writes into a closed pipe.
         tokio::spawn(async move {
-            let mut file = trace.map(|path| {
-                eprintln!("nats-server traces into {}", path.display());
-                std::io::BufWriter::new(std::fs::File::create(path).expect("the trace file"))
-            });
             while let Ok(Some(line)) = lines.next_line().await {
-                if let Some(file) = &mut file {
+                if let Some(file) = &mut trace {
                     use std::io::Write as _;
                     let _ = writeln!(file, "{line}");
-                    let _ = file.flush();
                 }
             }
         });
