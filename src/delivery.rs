@@ -11,7 +11,7 @@
 //! back (lost on the lattice, or a handler that never returns) would otherwise hold its slot
 //! forever, and with `max_in_flight = 1` stall the session with nothing logged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use tracing::{debug, warn};
 use crate::budget::Slot;
 use crate::client::session::{Acker, SessionKey};
 pub use crate::invoke::HandlerClients;
-pub(crate) use crate::invoke::{HandlerClient, Message};
+pub(crate) use crate::invoke::{HandlerClient, Message, Stage};
 use crate::lattice::lease::Fence;
 use crate::stats::{self, SessionStats};
 
@@ -134,7 +134,8 @@ pub(crate) async fn deliver(
     ack_id: Option<String>,
     slot: Option<Slot>,
 ) {
-    let result = tokio::time::timeout(target.timeout, client.handle_message(&msg)).await;
+    let stage = AtomicU8::new(Stage::Invoke as u8);
+    let result = tokio::time::timeout(target.timeout, client.handle_message(&msg, &stage)).await;
     drop(slot);
     match result {
         Ok(Ok(Ok(()))) => {
@@ -155,7 +156,8 @@ pub(crate) async fn deliver(
         }
         Err(_) => {
             stats::bump(&target.stats.delivery_timeouts);
-            warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, timeout_ms = target.timeout.as_millis() as u64, acknowledged = false, "handle-message did not return within delivery_timeout_ms; the call is abandoned and its slot freed");
+            let stage = Stage::load(&stage).describe();
+            warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, timeout_ms = target.timeout.as_millis() as u64, stage, acknowledged = false, "handle-message did not return within delivery_timeout_ms; the call is abandoned and its slot freed");
         }
     }
 }

@@ -1,18 +1,39 @@
-//! Invoking a component's `handle-message` over wRPC.
+//! Invoking a component's `handle-message` over wRPC, on the wire protocol of wRPC over NATS
+//! (`wrpc.0.0.1`), with a demultiplexer of our own.
 //!
-//! The SDK's wRPC client (wrpc-transport-nats 0.29) can lose the reply of an invocation: its
-//! demultiplexing task may route the reply before it has registered the call's subscription, and
-//! the call then hangs until its timeout although the component handled the message. With
-//! `max_in_flight = 1` that stalls a session for the whole timeout. wrpc-transport-nats 0.31 fixes
-//! the race and speaks the same wire protocol, so deliveries go through it, on a NATS connection of
-//! their own made from the HostData credentials, with the headers the SDK's client would add
+//! wrpc-transport-nats loses the reply of an invocation now and then, in both versions we could
+//! use. Its client sends each call's subscriptions to a demultiplexing task over a channel and
+//! publishes the invocation right after; the task, when it wakes, looks at that channel and then
+//! at the incoming messages. 0.29 picks between the two at random; 0.31 looks at the channel first
+//! (`biased`), but a thread preempted between the two looks still routes an answer that arrived
+//! meanwhile before the subscription that was sent meanwhile: the answer is dropped ("no
+//! subscriber"), and the call waits until its deadline although the component handled the
+//! message. Traced in a one-at-a-time run (BENCHMARKS.md, "Losses and stalls seen"): about one
+//! call in 30,000 under load, each one stalling its session for `delivery_timeout_ms`.
+//!
+//! Here a call's subjects are registered in the routing table before its invocation is published,
+//! in the calling task, so no answer can come before its route. The rest is the protocol as
+//! wrpc-transport-nats speaks it: the invocation goes to
+//! `<lattice>.<component>.wrpc.0.0.1.<instance>.<function>` with the call's inbox as its reply
+//! subject and the parameters (those past nats-server's `max_payload` follow to
+//! `<handshake reply>.params` once the component answered the handshake, then an empty message
+//! ends them); the result comes on `<inbox>.results`. The encoding of the message and the result
+//! is the generated bindings' (wit-bindgen-wrpc 0.11). One NATS connection of its own (made from
+//! the HostData credentials) serves every delivery, with the headers the SDK's client would add
 //! (`source-id` = the provider, `target-id` = the component).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 
-use anyhow::Context as _;
-use tokio::sync::OnceCell;
+use anyhow::{bail, Context as _};
+use delivery_bindgen::bytes::{Bytes, BytesMut};
+use delivery_bindgen::wrpc_transport::{Decode, Encode};
+use delivery_nats::{HeaderMap, StatusCode, Subject};
+use futures::StreamExt as _;
+use tokio::sync::{mpsc, OnceCell};
+use tokio_util::codec::{Decoder as _, Encoder as _};
+use tracing::debug;
 use wasmcloud_provider_sdk::load_host_data;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
@@ -51,70 +72,271 @@ impl From<BrokerMessage> for Message {
     }
 }
 
-/// What the provider needs to reach components on the lattice.
-#[derive(Clone)]
+/// The deliveries' connection to the lattice, and its routing table.
 struct Lattice {
-    nats: Arc<delivery_nats::Client>,
+    nats: delivery_nats::Client,
     lattice: String,
     provider_id: String,
+    inbox: Arc<Inbox>,
 }
 
-type ClientCell = Arc<OnceCell<Arc<HandlerClient>>>;
+/// Where the answers of the calls under way go: one wildcard subscription on `<inbox>.>`, and
+/// a route per subject of each call.
+struct Inbox {
+    /// `<inbox>.`; a call's subject is this and a number.
+    prefix: String,
+    next: AtomicU64,
+    routes: Mutex<HashMap<String, mpsc::UnboundedSender<delivery_nats::Message>>>,
+}
 
-/// One wRPC client per target component, created on first use and reused by every session that
-/// delivers to that component (each client holds a NATS inbox subscription of its own).
+impl Inbox {
+    /// Subscribes and starts routing.
+    async fn start(nats: &delivery_nats::Client) -> anyhow::Result<Arc<Self>> {
+        let prefix = format!("{}.", nats.new_inbox());
+        let mut subscription = nats
+            .subscribe(format!("{prefix}>"))
+            .await
+            .context("failed to subscribe to the deliveries' inbox")?;
+        let inbox = Arc::new(Inbox {
+            prefix,
+            next: AtomicU64::new(0),
+            routes: Mutex::default(),
+        });
+        let routing = Arc::downgrade(&inbox);
+        tokio::spawn(async move {
+            while let Some(message) = subscription.next().await {
+                let Some(inbox) = routing.upgrade() else {
+                    return;
+                };
+                let route = inbox.routes().get(message.subject.as_str()).cloned();
+                match route {
+                    Some(route) => {
+                        let _ = route.send(message);
+                    }
+                    // The end of a result already read.
+                    None if message.payload.is_empty() => {}
+                    // The answer of a call abandoned at its deadline (counted then as a timeout).
+                    None => debug!(subject = %message.subject, "answer of no call under way"),
+                }
+            }
+        });
+        Ok(inbox)
+    }
+
+    fn routes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<delivery_nats::Message>>>
+    {
+        self.routes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A new call's subjects (handshake, result), routed from now until the call ends.
+    fn call(self: &Arc<Self>) -> Call {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let handshake = Subject::from(format!("{}{n}", self.prefix));
+        let result = Subject::from(format!("{handshake}.results"));
+        let (handshake_tx, handshake_rx) = mpsc::unbounded_channel();
+        let (result_tx, result_rx) = mpsc::unbounded_channel();
+        {
+            let mut routes = self.routes();
+            routes.insert(handshake.to_string(), handshake_tx);
+            routes.insert(result.to_string(), result_tx);
+        }
+        Call {
+            inbox: Arc::clone(self),
+            handshake,
+            result,
+            handshake_rx,
+            result_rx,
+        }
+    }
+}
+
+/// The routes of one call; dropping it (the call ended or was abandoned) removes them.
+struct Call {
+    inbox: Arc<Inbox>,
+    handshake: Subject,
+    result: Subject,
+    handshake_rx: mpsc::UnboundedReceiver<delivery_nats::Message>,
+    result_rx: mpsc::UnboundedReceiver<delivery_nats::Message>,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        let mut routes = self.inbox.routes();
+        routes.remove(self.handshake.as_str());
+        routes.remove(self.result.as_str());
+    }
+}
+
+/// One client per target component, created on first use and reused by every session that
+/// delivers to that component.
 #[derive(Clone, Default)]
 pub struct HandlerClients {
-    lattice: Arc<OnceCell<Lattice>>,
-    clients: Arc<Mutex<HashMap<String, ClientCell>>>,
+    lattice: Arc<OnceCell<Arc<Lattice>>>,
+    clients: Arc<Mutex<HashMap<String, Arc<HandlerClient>>>>,
 }
 
 /// Calls `handle-message` on one component.
 pub struct HandlerClient {
-    client: delivery_wrpc::Client,
-    headers: delivery_nats::HeaderMap,
+    lattice: Arc<Lattice>,
+    /// `<lattice>.<component>.wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message`
+    invocation: Subject,
+    headers: HeaderMap,
+    /// What the headers take of nats-server's `max_payload` (`NATS/1.0`, each `key: value`).
+    headers_len: usize,
 }
 
 impl HandlerClient {
     /// Delivers `msg`; the outer error is a transport failure, the inner one the component's own
-    /// error result. Unbounded here: the caller bounds the whole call (the transport's own
-    /// timeout would bound only the start of the invocation, with a second timer per call).
-    pub async fn handle_message(&self, msg: &Message) -> anyhow::Result<Result<(), String>> {
-        bindings::wasmcloud::messaging::handler::handle_message(
-            &self.client,
-            Some(self.headers.clone()),
-            msg,
+    /// error result. Unbounded here: the caller bounds the whole call. `stage` tells a caller
+    /// whose deadline passed how far the call got.
+    pub async fn handle_message(
+        &self,
+        msg: &Message,
+        stage: &AtomicU8,
+    ) -> anyhow::Result<Result<(), String>> {
+        let mut params = BytesMut::new();
+        let mut encoder = <(&Message,) as Encode<delivery_wrpc::ParamWriter>>::Encoder::default();
+        encoder
+            .encode((msg,), &mut params)
+            .context("failed to encode the message")?;
+        let mut params = params.freeze();
+        let nats = &self.lattice.nats;
+        let max_payload = nats.server_info().max_payload;
+        let mut call = self.lattice.inbox.call();
+        let first = params.split_to(
+            max_payload
+                .saturating_sub(self.headers_len)
+                .min(params.len()),
+        );
+        nats.publish_with_reply_and_headers(
+            self.invocation.clone(),
+            call.handshake.clone(),
+            self.headers.clone(),
+            first,
         )
         .await
+        .context("failed to publish the invocation")?;
+        stage.store(Stage::Handshake as u8, Ordering::Relaxed);
+        let handshake = call
+            .handshake_rx
+            .recv()
+            .await
+            .context("the deliveries' inbox closed")?;
+        let reply = match (handshake.status, handshake.reply) {
+            (Some(StatusCode::NO_RESPONDERS), _) => {
+                bail!("no instance of the component serves handle-message (no responders)")
+            }
+            (Some(status), _) if !status.is_success() => bail!(
+                "the lattice answered the invocation with status {status}{}",
+                handshake
+                    .description
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+            (_, Some(reply)) => reply,
+            (_, None) => bail!("the component's handshake names no subject for the parameters"),
+        };
+        // The rest of a body past `max_payload`, then the end of the parameters.
+        let rest = Subject::from(format!("{reply}.params"));
+        while !params.is_empty() {
+            let chunk = params.split_to(max_payload.min(params.len()));
+            nats.publish(rest.clone(), chunk)
+                .await
+                .context("failed to publish the parameters")?;
+        }
+        nats.publish(rest, Bytes::new())
+            .await
+            .context("failed to end the parameters")?;
+        stage.store(Stage::Result as u8, Ordering::Relaxed);
+        let mut decoder =
+            <(Result<(), String>,) as Decode<delivery_wrpc::Reader>>::Decoder::default();
+        let mut received = BytesMut::new();
+        loop {
+            let message = call
+                .result_rx
+                .recv()
+                .await
+                .context("the deliveries' inbox closed")?;
+            if message.payload.is_empty() {
+                bail!("incomplete result: the component ended its result stream early");
+            }
+            received.extend_from_slice(&message.payload);
+            if let Some((result,)) = decoder
+                .decode(&mut received)
+                .context("failed to decode the result")?
+            {
+                return Ok(result);
+            }
+        }
+    }
+}
+
+/// The instance and function a delivery invokes.
+const HANDLE_MESSAGE: &str = "wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message";
+
+/// How far a `handle-message` call got, in the order of its steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Stage {
+    /// Publishing the invocation.
+    Invoke = 0,
+    /// Waiting for the component's handshake, which ends the parameters.
+    Handshake = 1,
+    /// Waiting for the result.
+    Result = 2,
+}
+
+impl Stage {
+    /// The stage recorded in `stage` by [`HandlerClient::handle_message`].
+    pub fn load(stage: &AtomicU8) -> Self {
+        match stage.load(Ordering::Relaxed) {
+            0 => Self::Invoke,
+            1 => Self::Handshake,
+            _ => Self::Result,
+        }
+    }
+
+    /// For logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Invoke => "publishing the invocation",
+            Self::Handshake => "waiting for the component's handshake",
+            Self::Result => "waiting for the result",
+        }
     }
 }
 
 impl HandlerClients {
     /// The client of `component`, connecting to the lattice first if needed.
     pub async fn get(&self, component: &str) -> anyhow::Result<Arc<HandlerClient>> {
-        let lattice = self.lattice.get_or_try_init(connect).await?.clone();
-        let cell = {
-            let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(clients.entry(component.to_string()).or_default())
-        };
-        cell.get_or_try_init(|| async {
-            let prefix = format!("{}.{component}", lattice.lattice);
-            let client = delivery_wrpc::Client::new(
-                Arc::clone(&lattice.nats),
-                prefix.clone(),
-                Some(prefix.into()),
-            )
-            .await
-            .with_context(|| {
-                format!("failed to create the wRPC client of component {component}")
-            })?;
-            let mut headers = delivery_nats::HeaderMap::new();
+        let lattice = Arc::clone(self.lattice.get_or_try_init(connect).await?);
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        let client = clients.entry(component.to_string()).or_insert_with(|| {
+            let mut headers = HeaderMap::new();
             headers.insert("source-id", lattice.provider_id.as_str());
             headers.insert("target-id", component);
-            Ok(Arc::new(HandlerClient { client, headers }))
-        })
-        .await
-        .cloned()
+            let headers_len = b"NATS/1.0\r\n\r\n".len()
+                + headers
+                    .iter()
+                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v)))
+                    .map(|(k, v)| {
+                        let k: &[u8] = k.as_ref();
+                        k.len() + v.as_str().len() + b": \r\n".len()
+                    })
+                    .sum::<usize>();
+            Arc::new(HandlerClient {
+                invocation: Subject::from(format!(
+                    "{}.{component}.{HANDLE_MESSAGE}",
+                    lattice.lattice
+                )),
+                lattice: Arc::clone(&lattice),
+                headers,
+                headers_len,
+            })
+        });
+        Ok(Arc::clone(client))
     }
 
     /// Forgets the client of a component that has no handler link left.
@@ -126,13 +348,15 @@ impl HandlerClients {
     }
 }
 
-/// The deliveries' own connection to the lattice's NATS.
-async fn connect() -> anyhow::Result<Lattice> {
+/// The deliveries' own connection to the lattice's NATS, and its inbox.
+async fn connect() -> anyhow::Result<Arc<Lattice>> {
     let host_data = load_host_data().context("failed to load host data")?;
     let nats = crate::lattice::connect(host_data, "delivery").await?;
-    Ok(Lattice {
-        nats: Arc::new(nats),
+    let inbox = Inbox::start(&nats).await?;
+    Ok(Arc::new(Lattice {
+        nats,
         lattice: host_data.lattice_rpc_prefix.clone(),
         provider_id: host_data.provider_key.clone(),
-    })
+        inbox,
+    }))
 }
