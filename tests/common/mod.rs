@@ -154,7 +154,7 @@ impl Rig {
         component::PlayedComponent::start(&self.provider, &self.nats.url, id).await
     }
 
-    /// Puts `component`'s consumer and handler links named `default` (one session) to `uri`,
+    /// Puts `component`'s handler and consumer links named `default` (one session) to `uri`,
     /// with `extra` settings, and plays the component.
     pub async fn linked_both_ways(
         &self,
@@ -165,11 +165,13 @@ impl Rig {
         let mut config = vec![("uri", uri)];
         config.extend_from_slice(extra);
         let provider = &self.provider;
-        provider
-            .put_link(&provider.consumer_link(component, "default", &config))
-            .await;
+        // The handler link first: the session it makes delivers from its first frame on (made
+        // by the consumer link, it would drop frames until the handler link's put is handled).
         provider
             .put_link(&provider.handler_link(component, "default", &config))
+            .await;
+        provider
+            .put_link(&provider.consumer_link(component, "default", &config))
             .await;
         self.component(component).await
     }
