@@ -14,6 +14,9 @@ use super::played::wasmcloud::messaging::types::BrokerMessage;
 use super::provider::ProviderProcess;
 use super::wait::Counter;
 
+/// A callback that sees every message the handler gets.
+pub type OnMessage = Arc<dyn Fn(&BrokerMessage) + Send + Sync>;
+
 /// What the played component's handler does with a message.
 #[derive(Clone, Default)]
 pub struct Behaviour {
@@ -30,6 +33,8 @@ pub struct Behaviour {
     /// Make a `request` to subject `ask` through this link before answering, and record its
     /// result (see [`PlayedComponent::requests_made`]).
     pub request_through: Option<String>,
+    /// Called with every message before it is counted (the loss benchmark's tally).
+    pub on_message: Option<OnMessage>,
 }
 
 /// The provider's client and the component's id.
@@ -82,6 +87,9 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
         let mut answer = b"answer: ".to_vec();
         if behaviour.answer_through.is_some() {
             answer.extend_from_slice(&msg.body);
+        }
+        if let Some(on_message) = &behaviour.on_message {
+            on_message(&msg);
         }
         if !behaviour.count_only {
             self.received.lock().unwrap().push(msg);

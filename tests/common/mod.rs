@@ -10,6 +10,7 @@ pub mod certs;
 pub mod clients;
 pub mod component;
 pub mod docs;
+pub mod loss;
 pub mod nats;
 pub mod otlp;
 pub mod provider;
