@@ -19,7 +19,7 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::budget::Slot;
 use crate::client::session::{Acker, SessionKey};
@@ -79,8 +79,9 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
         }
         fenced = false;
         if !target.handler_linked.load(Ordering::Relaxed) {
-            stats::bump(&target.stats.dropped_no_handler);
-            debug!(session = %target.session_id, subject = %msg.subject, "no handler link on this session; message dropped");
+            if let Some(count) = stats::bump_loss(&target.stats.dropped_no_handler) {
+                warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, count, "a frame came while the session has no handler link; dropped (counted as dropped_no_handler; logged at the 1st, 10th, 100th, ...)");
+            }
             continue;
         }
         let ready = match &client {

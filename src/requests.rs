@@ -25,8 +25,8 @@ struct Waiter {
 pub enum Routed {
     /// It answered a waiting request.
     Reply,
-    /// It answers a request that no longer waits.
-    Late,
+    /// It answers a request that no longer waits (its subject).
+    Late(String),
     /// Not a reply: deliver it.
     Deliver(BrokerMessage),
 }
@@ -92,9 +92,9 @@ impl Pending {
             // A request that gave up in the meantime drops its receiver: that is a late reply too.
             Some(waiter) => match waiter.reply.send(Ok(msg)) {
                 Ok(()) => Routed::Reply,
-                Err(_) => Routed::Late,
+                Err(returned) => Routed::Late(returned.map(|m| m.subject).unwrap_or_default()),
             },
-            None => Routed::Late,
+            None => Routed::Late(msg.subject),
         }
     }
 
@@ -164,7 +164,7 @@ mod tests {
             ticket.inbox
         );
         assert!(
-            matches!(pending.route(msg(&ticket.inbox)), Routed::Late),
+            matches!(pending.route(msg(&ticket.inbox)), Routed::Late(_)),
             "a second reply is late"
         );
         drop(ticket);
@@ -174,7 +174,7 @@ mod tests {
         let inbox = ticket.inbox.clone();
         drop(ticket); // timed out
         assert!(pending.is_empty(), "no leak");
-        assert!(matches!(pending.route(msg(&inbox)), Routed::Late));
+        assert!(matches!(pending.route(msg(&inbox)), Routed::Late(_)));
     }
 
     #[test]

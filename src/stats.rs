@@ -174,6 +174,18 @@ impl Totals {
     }
 }
 
+/// Counts one lost message on `counter` and says whether to log it, with how many so far: the
+/// 1st, 10th, 100th, ... of the counter (its first one and then ever more rarely), so each kind
+/// of loss is warned with a subject without a flood of lines from a hostile or broken peer.
+pub fn bump_loss(counter: &AtomicU64) -> Option<u64> {
+    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut power = 1;
+    while power < n {
+        power *= 10;
+    }
+    (power == n).then_some(n)
+}
+
 /// Components' calls (`publish`, `request`) that failed on the wRPC transport, so the provider
 /// could not take them or could not send their result: a streamed parameter lost or cut, a
 /// result the caller was no longer there for. The calling component then gets a wRPC error or no
@@ -193,6 +205,14 @@ pub fn add(counter: &AtomicU64, n: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loss_is_logged_at_the_first_and_every_power_of_ten() {
+        let counter = AtomicU64::new(0);
+        let logged: Vec<u64> = (0..12_000).filter_map(|_| bump_loss(&counter)).collect();
+        assert_eq!(logged, [1, 10, 100, 1000, 10_000]);
+        assert_eq!(counter.load(Ordering::Relaxed), 12_000);
+    }
 
     #[test]
     fn latency_lands_in_the_first_bucket_that_holds_it() {

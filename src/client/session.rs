@@ -1235,8 +1235,9 @@ impl SocketTask {
             }
             Ok(Incoming::Ack(id)) => {
                 if !self.acks.acked(&id) {
-                    stats::bump(&self.stats.dropped_unmatched);
-                    debug!(session = %self.id, id = ?id, "dropped an ack nobody waits for");
+                    if let Some(count) = stats::bump_loss(&self.stats.dropped_unmatched) {
+                        warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, id = %id, count, "dropped an acknowledgement nobody waits for (counted as dropped_unmatched; logged at the 1st, 10th, 100th, ...)");
+                    }
                 }
                 return None;
             }
@@ -1249,8 +1250,9 @@ impl SocketTask {
         let (msg, ack_id) = match checked {
             Ok(message) => message,
             Err(error) => {
-                stats::bump(&self.stats.dropped_malformed);
-                warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, "dropped an incoming frame");
+                if let Some(count) = stats::bump_loss(&self.stats.dropped_malformed) {
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %error, count, "dropped an incoming frame (counted as dropped_malformed; logged at the 1st, 10th, 100th, ...)");
+                }
                 return None;
             }
         };
@@ -1261,9 +1263,10 @@ impl SocketTask {
                 slot: None,
             }),
             Routed::Reply => None,
-            Routed::Late => {
-                stats::bump(&self.stats.dropped_unmatched);
-                debug!(session = %self.id, "dropped a reply whose request no longer waits");
+            Routed::Late(subject) => {
+                if let Some(count) = stats::bump_loss(&self.stats.dropped_unmatched) {
+                    warn!(session = %self.id, component = %self.key.component, link_name = %self.key.link_name, %subject, count, "dropped a reply whose request no longer waits (counted as dropped_unmatched; logged at the 1st, 10th, 100th, ...)");
+                }
                 None
             }
         }

@@ -438,7 +438,11 @@ impl<'a> Reader<'a> {
                 }
                 match self.client.pending.route(msg) {
                     Routed::Reply => {}
-                    Routed::Late => stats::bump(&stats.dropped_unmatched),
+                    Routed::Late(subject) => {
+                        if let Some(count) = stats::bump_loss(&stats.dropped_unmatched) {
+                            warn!(client = %self.client.id, component = %self.shared.key.component, link_name = %self.shared.key.link_name, %subject, count, "dropped a client's reply whose request no longer waits (counted as dropped_unmatched; logged at the 1st, 10th, 100th, ... of this client)");
+                        }
+                    }
                     // Boxed: a delivery's future is large and lives only while it is handed
                     // over; in place it would make every idle client's task that much bigger.
                     Routed::Deliver(msg) => Box::pin(self.deliver(msg)).await,
@@ -584,8 +588,9 @@ impl<'a> Reader<'a> {
 
     async fn hand_over(&mut self, msg: BrokerMessage) {
         if !self.shared.handler_linked.load(Ordering::Relaxed) {
-            stats::bump(&self.client.stats.dropped_no_handler);
-            debug!(client = %self.client.id, subject = %msg.subject, "no handler link on this listener; message dropped");
+            if let Some(count) = stats::bump_loss(&self.client.stats.dropped_no_handler) {
+                warn!(client = %self.client.id, component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, count, "a client's message came while the listener has no handler link; dropped (counted as dropped_no_handler; logged at the 1st, 10th, 100th, ... of this client)");
+            }
             return;
         }
         let handler = match &self.handler {
