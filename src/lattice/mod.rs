@@ -66,6 +66,7 @@ macro_rules! connect_with {
                     }
                     other => warn!(connection = purpose, event = %other, "the lattice's NATS connection: {}", match purpose {
                         "delivery" => "a call under way may lose its invocation or result (it then ends at delivery_timeout_ms)",
+                        "exports" => "components' publish and request calls fail while it is down (the host reports them to the component)",
                         _ => "leases cannot be renewed while it is down (an owner closes its connections after 3/4 of failover_sec)",
                     }),
                 }
