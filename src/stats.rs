@@ -178,12 +178,8 @@ impl Totals {
 /// 1st, 10th, 100th, ... of the counter (its first one and then ever more rarely), so each kind
 /// of loss is warned with a subject without a flood of lines from a hostile or broken peer.
 pub fn bump_loss(counter: &AtomicU64) -> Option<u64> {
-    let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
-    let mut power = 1;
-    while power < n {
-        power *= 10;
-    }
-    (power == n).then_some(n)
+    let n = counter.fetch_add(1, Ordering::Relaxed).saturating_add(1);
+    (10u64.pow(n.ilog10()) == n).then_some(n)
 }
 
 /// Components' calls (`publish`, `request`) that failed on the wRPC transport, so the provider
@@ -212,6 +208,8 @@ mod tests {
         let logged: Vec<u64> = (0..12_000).filter_map(|_| bump_loss(&counter)).collect();
         assert_eq!(logged, [1, 10, 100, 1000, 10_000]);
         assert_eq!(counter.load(Ordering::Relaxed), 12_000);
+        // A counter at its end neither overflows nor panics.
+        assert_eq!(bump_loss(&AtomicU64::new(u64::MAX)), None);
     }
 
     #[test]
