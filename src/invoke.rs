@@ -1,5 +1,6 @@
-//! Invoking a component's `handle-message` over wRPC, on the wire protocol of wRPC over NATS
-//! (`wrpc.0.0.1`), with a demultiplexer of our own.
+//! Calling a function over wRPC, on the wire protocol of wRPC over NATS (`wrpc.0.0.1`), with a
+//! demultiplexer of our own: [`Caller`]. The provider calls components' `handle-message` with it
+//! ([`HandlerClients`]); the tests' played component calls the provider's `consumer` with it.
 //!
 //! wrpc-transport-nats loses the reply of an invocation now and then, in both versions we could
 //! use. Its client sends each call's subscriptions to a demultiplexing task over a channel and
@@ -20,7 +21,8 @@
 //! ends them); the result comes on `<inbox>.results`. The encoding of the message and the result
 //! is the generated bindings' (wit-bindgen-wrpc 0.11). One NATS connection of its own (made from
 //! the HostData credentials) serves every delivery, with the headers the SDK's client would add
-//! (`source-id` = the provider, `target-id` = the component).
+//! (`source-id` = the provider, `target-id` = the component). Any function's parameters and
+//! result can go through [`Caller::call`], with the bindings' types of that function.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -72,12 +74,150 @@ impl From<BrokerMessage> for Message {
     }
 }
 
-/// The deliveries' connection to the lattice, and its routing table.
+/// The deliveries' connection to the lattice.
 struct Lattice {
-    nats: delivery_nats::Client,
+    caller: Caller,
     lattice: String,
     provider_id: String,
+}
+
+/// Calls functions over wRPC on one NATS connection: one inbox subscription serves every call.
+pub struct Caller {
+    nats: delivery_nats::Client,
     inbox: Arc<Inbox>,
+}
+
+/// A function of a component (or provider) to call, with the headers every call of it carries.
+pub struct Callee {
+    /// `<lattice>.<target>.wrpc.0.0.1.<instance>.<function>`
+    subject: Subject,
+    headers: HeaderMap,
+    /// What the headers take of nats-server's `max_payload` (`NATS/1.0`, each `key: value`).
+    headers_len: usize,
+}
+
+impl Callee {
+    /// `function` (e.g. `wasmcloud:messaging/handler@0.2.0.handle-message`) of `target` on
+    /// `lattice`.
+    pub fn new(lattice: &str, target: &str, function: &str, headers: HeaderMap) -> Self {
+        let headers_len = b"NATS/1.0\r\n\r\n".len()
+            + headers
+                .iter()
+                .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v)))
+                .map(|(k, v)| {
+                    let k: &[u8] = k.as_ref();
+                    k.len() + v.as_str().len() + b": \r\n".len()
+                })
+                .sum::<usize>();
+        Callee {
+            subject: Subject::from(format!("{lattice}.{target}.wrpc.0.0.1.{function}")),
+            headers,
+            headers_len,
+        }
+    }
+}
+
+impl Caller {
+    /// Subscribes to a new inbox on `nats` and starts routing its answers.
+    pub async fn start(nats: delivery_nats::Client) -> anyhow::Result<Self> {
+        let inbox = Inbox::start(&nats).await?;
+        Ok(Caller { nats, inbox })
+    }
+
+    /// Calls `callee` with `params` and returns its result; the error is a transport failure.
+    /// Unbounded here: the caller bounds the whole call. `stage` tells a caller whose deadline
+    /// passed how far the call got.
+    pub async fn call<P, R>(
+        &self,
+        callee: &Callee,
+        params: P,
+        stage: &AtomicU8,
+    ) -> anyhow::Result<R>
+    where
+        P: Encode<delivery_wrpc::ParamWriter>,
+        <P::Encoder as tokio_util::codec::Encoder<P>>::Error: Into<anyhow::Error>,
+        R: Decode<delivery_wrpc::Reader>,
+        <R::Decoder as tokio_util::codec::Decoder>::Error: Into<anyhow::Error>,
+    {
+        let mut encoded = BytesMut::new();
+        let mut encoder = P::Encoder::default();
+        encoder
+            .encode(params, &mut encoded)
+            .map_err(Into::into)
+            .context("failed to encode the parameters")?;
+        let mut params = encoded.freeze();
+        let nats = &self.nats;
+        let max_payload = nats.server_info().max_payload;
+        let mut call = self.inbox.call();
+        let first = params.split_to(
+            max_payload
+                .saturating_sub(callee.headers_len)
+                .min(params.len()),
+        );
+        nats.publish_with_reply_and_headers(
+            callee.subject.clone(),
+            call.handshake.clone(),
+            callee.headers.clone(),
+            first,
+        )
+        .await
+        .context("failed to publish the invocation")?;
+        stage.store(Stage::Handshake as u8, Ordering::Relaxed);
+        let handshake = call
+            .handshake_rx
+            .recv()
+            .await
+            .context("the wRPC inbox closed")?;
+        let reply = match (handshake.status, handshake.reply) {
+            (Some(StatusCode::NO_RESPONDERS), _) => {
+                bail!(
+                    "no instance of {} serves it (no responders)",
+                    callee.subject
+                )
+            }
+            (Some(status), _) if !status.is_success() => bail!(
+                "the lattice answered the invocation with status {status}{}",
+                handshake
+                    .description
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+            (_, Some(reply)) => reply,
+            (_, None) => bail!("the handshake names no subject for the parameters"),
+        };
+        // The rest of the parameters past `max_payload`, then their end.
+        let rest = Subject::from(format!("{reply}.params"));
+        while !params.is_empty() {
+            let chunk = params.split_to(max_payload.min(params.len()));
+            nats.publish(rest.clone(), chunk)
+                .await
+                .context("failed to publish the parameters")?;
+        }
+        nats.publish(rest, Bytes::new())
+            .await
+            .context("failed to end the parameters")?;
+        stage.store(Stage::Result as u8, Ordering::Relaxed);
+        let mut decoder = R::Decoder::default();
+        let mut received = BytesMut::new();
+        loop {
+            let message = call
+                .result_rx
+                .recv()
+                .await
+                .context("the wRPC inbox closed")?;
+            if message.payload.is_empty() {
+                bail!("incomplete result: the callee ended its result stream early");
+            }
+            received.extend_from_slice(&message.payload);
+            if let Some(result) = decoder
+                .decode(&mut received)
+                .map_err(Into::into)
+                .context("failed to decode the result")?
+            {
+                return Ok(result);
+            }
+        }
+    }
 }
 
 /// Where the answers of the calls under way go: one wildcard subscription on `<inbox>.>`, and
@@ -180,11 +320,7 @@ pub struct HandlerClients {
 /// Calls `handle-message` on one component.
 pub struct HandlerClient {
     lattice: Arc<Lattice>,
-    /// `<lattice>.<component>.wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message`
-    invocation: Subject,
-    headers: HeaderMap,
-    /// What the headers take of nats-server's `max_payload` (`NATS/1.0`, each `key: value`).
-    headers_len: usize,
+    callee: Callee,
 }
 
 impl HandlerClient {
@@ -196,85 +332,17 @@ impl HandlerClient {
         msg: &Message,
         stage: &AtomicU8,
     ) -> anyhow::Result<Result<(), String>> {
-        let mut params = BytesMut::new();
-        let mut encoder = <(&Message,) as Encode<delivery_wrpc::ParamWriter>>::Encoder::default();
-        encoder
-            .encode((msg,), &mut params)
-            .context("failed to encode the message")?;
-        let mut params = params.freeze();
-        let nats = &self.lattice.nats;
-        let max_payload = nats.server_info().max_payload;
-        let mut call = self.lattice.inbox.call();
-        let first = params.split_to(
-            max_payload
-                .saturating_sub(self.headers_len)
-                .min(params.len()),
-        );
-        nats.publish_with_reply_and_headers(
-            self.invocation.clone(),
-            call.handshake.clone(),
-            self.headers.clone(),
-            first,
-        )
-        .await
-        .context("failed to publish the invocation")?;
-        stage.store(Stage::Handshake as u8, Ordering::Relaxed);
-        let handshake = call
-            .handshake_rx
-            .recv()
-            .await
-            .context("the deliveries' inbox closed")?;
-        let reply = match (handshake.status, handshake.reply) {
-            (Some(StatusCode::NO_RESPONDERS), _) => {
-                bail!("no instance of the component serves handle-message (no responders)")
-            }
-            (Some(status), _) if !status.is_success() => bail!(
-                "the lattice answered the invocation with status {status}{}",
-                handshake
-                    .description
-                    .map(|d| format!(" ({d})"))
-                    .unwrap_or_default()
-            ),
-            (_, Some(reply)) => reply,
-            (_, None) => bail!("the component's handshake names no subject for the parameters"),
-        };
-        // The rest of a body past `max_payload`, then the end of the parameters.
-        let rest = Subject::from(format!("{reply}.params"));
-        while !params.is_empty() {
-            let chunk = params.split_to(max_payload.min(params.len()));
-            nats.publish(rest.clone(), chunk)
-                .await
-                .context("failed to publish the parameters")?;
-        }
-        nats.publish(rest, Bytes::new())
-            .await
-            .context("failed to end the parameters")?;
-        stage.store(Stage::Result as u8, Ordering::Relaxed);
-        let mut decoder =
-            <(Result<(), String>,) as Decode<delivery_wrpc::Reader>>::Decoder::default();
-        let mut received = BytesMut::new();
-        loop {
-            let message = call
-                .result_rx
-                .recv()
-                .await
-                .context("the deliveries' inbox closed")?;
-            if message.payload.is_empty() {
-                bail!("incomplete result: the component ended its result stream early");
-            }
-            received.extend_from_slice(&message.payload);
-            if let Some((result,)) = decoder
-                .decode(&mut received)
-                .context("failed to decode the result")?
-            {
-                return Ok(result);
-            }
-        }
+        let (result,) = self
+            .lattice
+            .caller
+            .call(&self.callee, (msg,), stage)
+            .await?;
+        Ok(result)
     }
 }
 
 /// The instance and function a delivery invokes.
-const HANDLE_MESSAGE: &str = "wrpc.0.0.1.wasmcloud:messaging/handler@0.2.0.handle-message";
+const HANDLE_MESSAGE: &str = "wasmcloud:messaging/handler@0.2.0.handle-message";
 
 /// How far a `handle-message` call got, in the order of its steps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -317,23 +385,9 @@ impl HandlerClients {
             let mut headers = HeaderMap::new();
             headers.insert("source-id", lattice.provider_id.as_str());
             headers.insert("target-id", component);
-            let headers_len = b"NATS/1.0\r\n\r\n".len()
-                + headers
-                    .iter()
-                    .flat_map(|(k, vs)| vs.iter().map(move |v| (k, v)))
-                    .map(|(k, v)| {
-                        let k: &[u8] = k.as_ref();
-                        k.len() + v.as_str().len() + b": \r\n".len()
-                    })
-                    .sum::<usize>();
             Arc::new(HandlerClient {
-                invocation: Subject::from(format!(
-                    "{}.{component}.{HANDLE_MESSAGE}",
-                    lattice.lattice
-                )),
+                callee: Callee::new(&lattice.lattice, component, HANDLE_MESSAGE, headers),
                 lattice: Arc::clone(&lattice),
-                headers,
-                headers_len,
             })
         });
         Ok(Arc::clone(client))
@@ -352,11 +406,9 @@ impl HandlerClients {
 async fn connect() -> anyhow::Result<Arc<Lattice>> {
     let host_data = load_host_data().context("failed to load host data")?;
     let nats = crate::lattice::connect(host_data, "delivery").await?;
-    let inbox = Inbox::start(&nats).await?;
     Ok(Arc::new(Lattice {
-        nats,
+        caller: Caller::start(nats).await?,
         lattice: host_data.lattice_rpc_prefix.clone(),
         provider_id: host_data.provider_key.clone(),
-        inbox,
     }))
 }

@@ -42,7 +42,7 @@ pub mod connection;
 pub mod delivery;
 pub mod envelope;
 mod exports;
-mod invoke;
+pub mod invoke;
 pub mod lattice;
 pub mod metrics;
 pub mod requests;

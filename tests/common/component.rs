@@ -1,13 +1,19 @@
 //! A played component: calls the provider's `consumer` export over wRPC with the headers the host
 //! sets (`source-id`, `link-name`), and serves `handler.handle-message`, recording every message.
+//!
+//! Its calls go through the provider's own wRPC caller (`invoke::Caller`), not through
+//! wrpc-transport-nats 0.31's client, which now and then drops a result that arrives before its
+//! subscription is applied (src/invoke.rs): a loss of the test's client must not be counted as
+//! the provider's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::Notify;
+use wasmcloud_provider_messaging_websocket::invoke::{Callee, Caller};
 
 use super::played;
 use super::played::wasmcloud::messaging::types::BrokerMessage;
@@ -37,8 +43,58 @@ pub struct Behaviour {
     pub on_message: Option<OnMessage>,
 }
 
-/// The provider's client and the component's id.
-type Caller = (Arc<delivery_wrpc::Client>, String);
+/// Calls the provider's `consumer` functions as component `id`, as the host does.
+pub struct Consumer {
+    caller: Caller,
+    lattice: String,
+    target: String,
+    id: String,
+}
+
+impl Consumer {
+    fn callee(&self, function: &str, link_name: &str) -> Callee {
+        Callee::new(
+            &self.lattice,
+            &self.target,
+            &format!("wasmcloud:messaging/consumer@0.2.0.{function}"),
+            headers(&self.id, link_name),
+        )
+    }
+
+    /// `consumer.publish`; the outer error is a wRPC failure.
+    async fn publish(
+        &self,
+        link_name: &str,
+        msg: &BrokerMessage,
+    ) -> anyhow::Result<Result<(), String>> {
+        let stage = AtomicU8::new(0);
+        let (result,) = self
+            .caller
+            .call(&self.callee("publish", link_name), (msg,), &stage)
+            .await?;
+        Ok(result)
+    }
+
+    /// `consumer.request`; the outer error is a wRPC failure.
+    async fn request(
+        &self,
+        link_name: &str,
+        subject: &str,
+        body: &Bytes,
+        timeout_ms: u32,
+    ) -> anyhow::Result<Result<BrokerMessage, String>> {
+        let stage = AtomicU8::new(0);
+        let (result,) = self
+            .caller
+            .call(
+                &self.callee("request", link_name),
+                (subject, body, timeout_ms),
+                &stage,
+            )
+            .await?;
+        Ok(result)
+    }
+}
 
 #[derive(Clone)]
 struct Recorder {
@@ -53,7 +109,7 @@ struct Recorder {
     /// The results of the requests the handler made (`request_through`).
     requests: Arc<Mutex<Vec<Result<BrokerMessage, String>>>>,
     /// What the handler needs to call the provider back.
-    caller: Arc<Mutex<Option<Caller>>>,
+    caller: Arc<Mutex<Option<Arc<Consumer>>>>,
 }
 
 impl Default for Recorder {
@@ -97,7 +153,7 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
         self.count.bump();
         self.changed.notify_waiters();
         let caller = self.caller.lock().unwrap().clone();
-        if let (Some(link), Some(reply_to), Some((provider, id))) =
+        if let (Some(link), Some(reply_to), Some(consumer)) =
             (&behaviour.answer_through, reply_to, caller)
         {
             let reply = BrokerMessage {
@@ -105,27 +161,17 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
                 body: answer.into(),
                 reply_to: None,
             };
-            let result = played::wasmcloud::messaging::consumer::publish(
-                &*provider,
-                Some(headers(&id, link)),
-                &reply,
-            )
-            .await;
+            let result = consumer.publish(link, &reply).await;
             if !matches!(result, Ok(Ok(()))) {
                 self.running.fetch_sub(1, Ordering::SeqCst);
                 return Ok(Err(format!("answering failed: {result:?}")));
             }
         }
         let caller = self.caller.lock().unwrap().clone();
-        if let (Some(link), Some((provider, id))) = (&behaviour.request_through, caller) {
-            let result = played::wasmcloud::messaging::consumer::request(
-                &*provider,
-                Some(headers(&id, link)),
-                "ask",
-                &Bytes::from_static(b"question"),
-                3000,
-            )
-            .await;
+        if let (Some(link), Some(consumer)) = (&behaviour.request_through, caller) {
+            let result = consumer
+                .request(link, "ask", &Bytes::from_static(b"question"), 3000)
+                .await;
             let result = match result {
                 Ok(result) => result,
                 Err(e) => Err(format!("the request call failed: {e:#}")),
@@ -146,7 +192,7 @@ impl played::exports::wasmcloud::messaging::handler::Handler<delivery_wrpc::Nats
 
 pub struct PlayedComponent {
     pub id: String,
-    provider: Arc<delivery_wrpc::Client>,
+    provider: Arc<Consumer>,
     recorder: Recorder,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -195,11 +241,13 @@ impl PlayedComponent {
                 }
             }
         });
-        let provider_client = delivery_wrpc::Client::new(nats, format!("{lattice}.{target}"), None)
-            .await
-            .unwrap();
-        let provider_client = Arc::new(provider_client);
-        *recorder.caller.lock().unwrap() = Some((Arc::clone(&provider_client), id.to_string()));
+        let provider_client = Arc::new(Consumer {
+            caller: Caller::start((*nats).clone()).await.unwrap(),
+            lattice: lattice.to_string(),
+            target: target.to_string(),
+            id: id.to_string(),
+        });
+        *recorder.caller.lock().unwrap() = Some(Arc::clone(&provider_client));
         PlayedComponent {
             id: id.into(),
             provider: provider_client,
@@ -217,10 +265,6 @@ impl PlayedComponent {
         self.recorder.gate.add_permits(n);
     }
 
-    fn headers(&self, link_name: &str) -> delivery_nats::HeaderMap {
-        headers(&self.id, link_name)
-    }
-
     /// `consumer.publish` through `link_name`; the outer error is a wRPC failure.
     pub async fn publish(
         &self,
@@ -234,11 +278,7 @@ impl PlayedComponent {
             body: body.into(),
             reply_to: reply_to.map(Into::into),
         };
-        let call = played::wasmcloud::messaging::consumer::publish(
-            &*self.provider,
-            Some(self.headers(link_name)),
-            &msg,
-        );
+        let call = self.provider.publish(link_name, &msg);
         tokio::time::timeout(Duration::from_secs(20), call)
             .await
             .map_err(|_| anyhow::anyhow!("publish call got no answer within 20 s"))?
@@ -277,13 +317,7 @@ impl PlayedComponent {
         timeout_ms: u32,
     ) -> anyhow::Result<Result<BrokerMessage, String>> {
         let body: Bytes = body.into();
-        let call = played::wasmcloud::messaging::consumer::request(
-            &*self.provider,
-            Some(self.headers(link_name)),
-            subject,
-            &body,
-            timeout_ms,
-        );
+        let call = self.provider.request(link_name, subject, &body, timeout_ms);
         tokio::time::timeout(Duration::from_secs(20), call)
             .await
             .map_err(|_| anyhow::anyhow!("request call got no answer within 20 s"))?
