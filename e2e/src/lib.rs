@@ -64,11 +64,71 @@ pub fn shown(path: &Path) -> String {
     }
 }
 
+/// What `wash up` lets a user set on a host, as far as the tests need it.
+#[derive(Clone, Debug)]
+pub struct HostSettings {
+    /// `--max-execution-time-ms` (`WASMCLOUD_MAX_EXECUTION_TIME_MS`): how long the host lets one
+    /// invocation of a component run before it drops it and frees the instance.
+    pub max_execution_time: std::time::Duration,
+}
+
+impl Default for HostSettings {
+    /// The host's defaults (10 minutes).
+    fn default() -> Self {
+        HostSettings {
+            max_execution_time: wasmcloud_host::wasmbus::HostConfig::default().max_execution_time,
+        }
+    }
+}
+
+/// A wasmCloud host in this process, configured as `WasmCloudTestHost::start` of
+/// wasmcloud-test-util configures it, and with [`HostSettings`].
+struct Host {
+    id: String,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>>>>,
+    _host: std::sync::Arc<wasmcloud_host::wasmbus::Host>,
+}
+
+impl Host {
+    async fn start(nats_url: &str, lattice: &str, settings: &HostSettings) -> anyhow::Result<Self> {
+        use wasmcloud_host::wasmbus::{Features, HostConfig};
+        let nats_url = url::Url::parse(nats_url).context("failed to parse the NATS URL")?;
+        let key = std::sync::Arc::new(nkeys::KeyPair::new_server());
+        let config = HostConfig {
+            ctl_nats_url: nats_url.clone(),
+            rpc_nats_url: nats_url,
+            lattice: lattice.into(),
+            host_key: Some(std::sync::Arc::clone(&key)),
+            provider_shutdown_delay: Some(std::time::Duration::from_millis(300)),
+            allow_file_load: true,
+            experimental_features: Features::new()
+                .enable_builtin_http_client()
+                .enable_builtin_http_server()
+                .enable_builtin_messaging_nats()
+                .enable_wasmcloud_messaging_v3(),
+            max_execution_time: settings.max_execution_time,
+            ..Default::default()
+        };
+        let (host, shutdown) = wasmcloud_host::wasmbus::Host::new(config)
+            .await
+            .context("failed to initialize the host")?;
+        Ok(Host {
+            id: key.public_key(),
+            shutdown: Box::pin(shutdown),
+            _host: host,
+        })
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.await.context("failed to shut the host down")
+    }
+}
+
 /// A nats-server with JetStream and wasmCloud hosts (the library the `wasmcloud` binary is built
 /// from) running in this process, all in one lattice.
 pub struct Lattice {
     pub nats: nats::NatsServer,
-    hosts: Vec<wasmcloud_test_util::host::WasmCloudTestHost>,
+    hosts: Vec<Host>,
     pub ctl: control_interface::Client,
     /// The first host's id: where components run.
     pub host_id: String,
@@ -84,10 +144,19 @@ impl Lattice {
 
     /// `n` hosts on one nats-server, as a lattice of `n` machines.
     pub async fn start_hosts(lattice: &str, n: usize) -> anyhow::Result<Self> {
+        Self::start_hosts_with(lattice, n, HostSettings::default()).await
+    }
+
+    /// `n` hosts with `settings`.
+    pub async fn start_hosts_with(
+        lattice: &str,
+        n: usize,
+        settings: HostSettings,
+    ) -> anyhow::Result<Self> {
         let nats = nats::NatsServer::start_with_jetstream().await;
         let mut hosts = Vec::with_capacity(n);
         for i in 0..n {
-            let host = wasmcloud_test_util::host::WasmCloudTestHost::start(&nats.url, lattice)
+            let host = Host::start(&nats.url, lattice, &settings)
                 .await
                 .with_context(|| format!("failed to start wasmCloud host {}", i + 1))?;
             hosts.push(host);
@@ -98,8 +167,10 @@ impl Lattice {
             .connect(&nats.url)
             .await
             .context("failed to connect the control client")?;
-        let ctl = hosts[0].get_ctl_client(Some(client)).await?;
-        let host_ids: Vec<String> = hosts.iter().map(|h| h.host_id()).collect();
+        let ctl = control_interface::ClientBuilder::new(client)
+            .lattice(lattice)
+            .build();
+        let host_ids: Vec<String> = hosts.iter().map(|h| h.id.clone()).collect();
         Ok(Lattice {
             nats,
             hosts,
