@@ -16,7 +16,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::connection::Format;
+use crate::config::Format;
 
 /// One outgoing or incoming WebSocket data frame, independent of the WebSocket library.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,24 +36,25 @@ use wasmcloud_provider_sdk::{
     HealthCheckResponse, LinkConfig, LinkDeleteInfo, Provider, ProviderConfigUpdate,
 };
 
-pub mod budget;
 pub mod client;
-pub mod connection;
+pub mod config;
+pub mod control;
 pub mod delivery;
 pub mod envelope;
 mod exports;
-pub mod invoke;
+pub mod identity;
 pub mod lattice;
 pub mod metrics;
 pub mod requests;
 pub mod server;
 pub mod stats;
 pub mod subjects;
-pub mod tls;
+pub mod websocket;
 
-use crate::client::session::{Session, SessionKey, SessionState};
-use crate::connection::{ConnectionConfig, ProviderDefaults, Replicas, MAX_REQUEST_TIMEOUT_MS};
+use crate::client::session::{Session, SessionState};
+use crate::config::{ConnectionConfig, ProviderDefaults, Replicas, MAX_REQUEST_TIMEOUT_MS};
 use crate::delivery::HandlerClients;
+use crate::identity::SessionKey;
 use crate::lattice::forward::{Answer, Call, Unanswered};
 use crate::lattice::lease::{Claim, Fence, Leave};
 use crate::lattice::{Lattice, Replica};
@@ -73,10 +74,9 @@ pub mod bindings {
 use bindings::wasmcloud::messaging::types::BrokerMessage;
 
 /// The name the provider reports to the host and in logs.
-pub const PROVIDER_NAME: &str = "messaging-websocket-provider";
+pub use crate::identity::PROVIDER_NAME;
 
-/// Subjects starting with this prefix belong to the provider and never leave as frames.
-pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
+pub use crate::subjects::RESERVED_SUBJECT_PREFIX;
 
 /// How long a link's settings may take to read (`tls_ca_file` is a file) before the link is
 /// refused: the SDK handles links, health and shutdown one at a time.
@@ -699,11 +699,11 @@ impl WebSocketMessagingProvider {
             let answer = match subjects::parse(&subject) {
                 subjects::Subject::Sessions => {
                     let entries = self.describe(component).await;
-                    subjects::sessions(entries.into_iter().map(|(info, _)| info).collect())
+                    control::sessions(entries.into_iter().map(|(info, _)| info).collect())
                 }
                 subjects::Subject::Stats => {
                     let entries = self.describe(component).await;
-                    subjects::stats(
+                    control::stats(
                         self.lattice_totals().await,
                         entries.into_iter().map(|(_, stats)| stats).collect(),
                     )
@@ -770,8 +770,8 @@ impl WebSocketMessagingProvider {
     fn describe_here(&self, session: &Session) -> (serde_json::Value, serde_json::Value) {
         let owner = self.owner_of(session);
         (
-            subjects::session_info(session, owner.as_deref()),
-            subjects::session_stats(session),
+            control::session_info(session, owner.as_deref()),
+            control::session_stats(session),
         )
     }
 
@@ -857,7 +857,7 @@ impl WebSocketMessagingProvider {
         for answer in answers {
             if let Ok(Ok(Answer::Json(json))) = answer {
                 if let Ok(serde_json::Value::Object(other)) = serde_json::from_slice(&json) {
-                    subjects::add_totals(&mut provider, &other);
+                    control::add_totals(&mut provider, &other);
                 }
             }
         }
@@ -871,7 +871,7 @@ impl WebSocketMessagingProvider {
         let listeners = self.all_listeners();
         let clients: Vec<_> = listeners.iter().flat_map(|l| l.clients()).collect();
         let mut provider =
-            subjects::provider_totals(&self.totals, sessions, clients.iter().map(|c| &*c.stats));
+            control::provider_totals(&self.totals, sessions, clients.iter().map(|c| &*c.stats));
         provider.insert("listeners".into(), serde_json::json!(listeners.len()));
         provider.insert("clients".into(), serde_json::json!(clients.len()));
         self.listener_counters.add_json(&mut provider);
@@ -1144,11 +1144,34 @@ pub async fn run() -> anyhow::Result<()> {
             .context("failed to serve calls forwarded by other replicas")?;
     }
     let observed = provider.clone();
-    metrics::register(move || observed.sessions());
-    let observed = provider.clone();
-    metrics::register_listeners(Arc::clone(&provider.listener_counters), move || {
-        observed.all_listeners()
+    metrics::register(move || {
+        observed
+            .sessions()
+            .iter()
+            .map(|s| metrics::SessionView {
+                stats: Arc::clone(&s.stats),
+                attributes: s.metric_attributes.clone(),
+                open: s.state() == SessionState::Open,
+            })
+            .collect()
     });
+    let observed = provider.clone();
+    let counters = Arc::clone(&provider.listener_counters);
+    metrics::register_listeners(
+        server::ListenerCounters::NAMES,
+        move || counters.snapshot(),
+        move || {
+            observed
+                .all_listeners()
+                .iter()
+                .map(|l| metrics::ListenerView {
+                    key: l.key().clone(),
+                    listen: l.local_addr().to_string(),
+                    clients: l.client_count(),
+                })
+                .collect()
+        },
+    );
     let shutdown = run_provider(provider.clone(), PROVIDER_NAME)
         .await
         .context("failed to start the provider")?;

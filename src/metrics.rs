@@ -14,14 +14,31 @@ use std::time::Duration;
 
 use wasmcloud_provider_sdk::wasmcloud_tracing::{global, Histogram, KeyValue, Meter};
 
-use crate::client::session::{Session, SessionKey};
+use crate::identity::SessionKey;
 use crate::stats::{SessionStats, LATENCY_BOUNDS_MS};
+
+/// What the metrics read of a session at each export.
+pub struct SessionView {
+    pub stats: Arc<SessionStats>,
+    /// [`attributes`] of the session.
+    pub attributes: Vec<KeyValue>,
+    /// Whether its connection is open.
+    pub open: bool,
+}
+
+/// What the metrics read of a listener at each export.
+pub struct ListenerView {
+    pub key: SessionKey,
+    /// The address it listens on.
+    pub listen: String,
+    pub clients: usize,
+}
 
 /// The prefix of every metric name.
 pub const PREFIX: &str = "messaging_websocket";
 
 fn meter() -> Meter {
-    global::meter(crate::PROVIDER_NAME)
+    global::meter(crate::identity::PROVIDER_NAME)
 }
 
 /// The attributes of one session's measurements: `component`, `link_name`, `session`.
@@ -51,7 +68,7 @@ pub fn record_request_latency(took: Duration, attributes: &[KeyValue]) {
 /// Registers the observed instruments: one counter per [`SessionStats`] counter, per session
 /// (`messaging_websocket.<counter>`), and the gauges `messaging_websocket.sessions` and
 /// `messaging_websocket.sessions_open`. `sessions` lists the live sessions at each export.
-pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static) {
+pub fn register(sessions: impl Fn() -> Vec<SessionView> + Send + Sync + 'static) {
     let meter = meter();
     let sessions = Arc::new(sessions);
     for (index, name) in SessionStats::NAMES.iter().enumerate() {
@@ -62,7 +79,7 @@ pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static
             .with_callback(move |observer| {
                 for session in sessions() {
                     let (_, value) = session.stats.snapshot()[index];
-                    observer.observe(value, &session.metric_attributes);
+                    observer.observe(value, &session.attributes);
                 }
             })
             .build();
@@ -87,28 +104,32 @@ pub fn register(sessions: impl Fn() -> Vec<Arc<Session>> + Send + Sync + 'static
         .u64_observable_gauge(format!("{PREFIX}.sessions_open"))
         .with_description("Sessions with an open connection")
         .with_callback(move |observer| {
-            observer.observe(Session::count_open(&sessions()) as u64, &[]);
+            let open = sessions().iter().filter(|s| s.open).count();
+            observer.observe(open as u64, &[]);
         })
         .build();
 }
 
-/// Registers the listeners' instruments: one counter per [`crate::server::ListenerCounters`]
-/// counter (`messaging_websocket.<counter>`, for all listeners together: one series per client
-/// would be unbounded), and the gauge `messaging_websocket.clients` per listener (attributes
-/// `component`, `link_name`, `listen`).
+/// Registers the listeners' instruments: one counter per name of `names` (the listeners'
+/// counters, `messaging_websocket.<counter>`, for all listeners together: one series per client
+/// would be unbounded; `counters` gives their values in that order), and the gauge
+/// `messaging_websocket.clients` per listener (attributes `component`, `link_name`, `listen`).
 pub fn register_listeners(
-    counters: Arc<crate::server::ListenerCounters>,
-    listeners: impl Fn() -> Vec<Arc<crate::server::Listener>> + Send + Sync + 'static,
+    names: &'static [&'static str],
+    counters: impl Fn() -> Vec<(&'static str, u64)> + Send + Sync + 'static,
+    listeners: impl Fn() -> Vec<ListenerView> + Send + Sync + 'static,
 ) {
     let meter = meter();
-    for (index, name) in crate::server::ListenerCounters::NAMES.iter().enumerate() {
+    let counters = Arc::new(counters);
+    for (index, name) in names.iter().enumerate() {
         let counters = Arc::clone(&counters);
         meter
             .u64_observable_counter(format!("{PREFIX}.{name}"))
             .with_unit("1")
             .with_callback(move |observer| {
-                let (_, value) = counters.snapshot()[index];
-                observer.observe(value, &[]);
+                if let Some(&(_, value)) = counters().get(index) {
+                    observer.observe(value, &[]);
+                }
             })
             .build();
     }
@@ -117,13 +138,12 @@ pub fn register_listeners(
         .with_description("Clients connected to a listener (server mode)")
         .with_callback(move |observer| {
             for listener in listeners() {
-                let key = listener.key();
                 observer.observe(
-                    listener.client_count() as u64,
+                    listener.clients as u64,
                     &[
-                        KeyValue::new("component", key.component.clone()),
-                        KeyValue::new("link_name", key.link_name.clone()),
-                        KeyValue::new("listen", listener.local_addr().to_string()),
+                        KeyValue::new("component", listener.key.component.clone()),
+                        KeyValue::new("link_name", listener.key.link_name.clone()),
+                        KeyValue::new("listen", listener.listen),
                     ],
                 );
             }

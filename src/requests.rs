@@ -67,7 +67,7 @@ impl Pending {
 
     /// Registers a request under a fresh inbox, before its frame is sent (the reply may come fast).
     pub fn register(&self) -> Ticket {
-        let inbox = format!("{}{}", self.inbox_base, crate::client::session::token(22));
+        let inbox = format!("{}{}", self.inbox_base, crate::identity::token(22));
         let (tx, reply) = oneshot::channel();
         self.lock().insert(
             inbox.clone(),

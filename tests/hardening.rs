@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::component::Behaviour;
 use common::ws::{Event, Message, WsServer};
 use common::{envelope, Rig};
-use wasmcloud_provider_messaging_websocket::connection::{BOUNDS, LISTENER_KEYS};
+use wasmcloud_provider_messaging_websocket::config::{BOUNDS, LISTENER_KEYS};
 use wasmcloud_provider_sdk::core::logging::Level;
 
 const WAIT: Duration = Duration::from_secs(10);

@@ -506,7 +506,7 @@ async fn admission_refuses_before_the_upgrade_and_nothing_reaches_the_component(
 /// listener; the process never panics (the dialling keys: tests/hardening.rs).
 #[tokio::test]
 async fn any_number_for_a_listener_key_refuses_the_link_or_listens() {
-    use wasmcloud_provider_messaging_websocket::connection::{BOUNDS, LISTENER_KEYS};
+    use wasmcloud_provider_messaging_websocket::config::{BOUNDS, LISTENER_KEYS};
     let rig = Rig::start().await;
     let mut cases = Vec::new();
     for bound in BOUNDS.iter().filter(|b| LISTENER_KEYS.contains(&b.key)) {

@@ -47,7 +47,7 @@ impl Acks {
 
     /// A fresh id: the session id keeps it unique across sessions, the token across restarts.
     pub fn new_id(session_id: &str) -> String {
-        format!("{session_id}.{}", crate::client::session::token(16))
+        format!("{session_id}.{}", crate::identity::token(16))
     }
 
     pub fn register(&self, id: String, frame: Frame) -> AckTicket {

@@ -38,15 +38,17 @@ use yawc::close::CloseCode;
 use yawc::{Frame as WsFrame, OpCode, WebSocketError};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::budget::{Budget, Held, Slot};
 use crate::client::acks::Acks;
-use crate::client::socket::{self, describe, Socket};
-use crate::connection::{Compression, ConnectionConfig, Format};
+use crate::client::socket::{self, Socket};
+use crate::config::{Compression, ConnectionConfig, Format};
+use crate::delivery::budget::{Budget, Held, Slot};
 use crate::delivery::{self, Inbound};
 use crate::envelope::{Codec, Frame, Incoming};
+use crate::identity::{token, SessionKey};
 use crate::lattice::lease::Fence;
 use crate::requests::{Pending, Routed};
 use crate::stats::{self, SessionStats, Totals};
+use crate::websocket::describe;
 
 /// Most frames written before one flush.
 const WRITE_BATCH: usize = 64;
@@ -58,19 +60,6 @@ const GOODBYE: &str = "link deleted or provider stopped";
 const HANDOVER: &str = "another replica of the provider takes this session over";
 /// A connection that stayed open this long resets the backoff.
 const HEALTHY_AFTER: Duration = Duration::from_secs(5);
-
-/// What identifies a session: the component and the link name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionKey {
-    pub component: String,
-    pub link_name: String,
-}
-
-impl fmt::Display for SessionKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.component, self.link_name)
-    }
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionState {
@@ -118,7 +107,7 @@ enum Tracked {
 
 /// Sends `{"ack": "<id>"}` for incoming envelopes the handler accepted (`ack = true`).
 #[derive(Clone)]
-pub struct Acker {
+struct Acker {
     session_id: String,
     codec: Codec,
     queue: mpsc::Sender<Outgoing>,
@@ -128,7 +117,7 @@ pub struct Acker {
 impl Acker {
     /// Queues the acknowledgement without waiting; when it cannot be sent the server resends the
     /// envelope, which at-least-once delivery allows.
-    pub fn ack(&self, id: &str) {
+    fn ack(&self, id: &str) {
         let outgoing = Outgoing {
             frame: self.codec.encode_ack(id),
             deadline: Instant::now() + self.send_timeout,
@@ -223,11 +212,14 @@ impl Session {
         let pending = Pending::new(&config.inbox_prefix, &id);
         let gave_up = Arc::new(AtomicU32::new(0));
         let acks = Acks::default();
-        let acker = config.ack.then(|| Acker {
-            session_id: id.clone(),
-            codec: codec.clone(),
-            queue: queue.clone(),
-            send_timeout: config.send_timeout,
+        let acker = config.ack.then(|| {
+            let acker = Acker {
+                session_id: id.clone(),
+                codec: codec.clone(),
+                queue: queue.clone(),
+                send_timeout: config.send_timeout,
+            };
+            Arc::new(move |id: &str| acker.ack(id)) as delivery::Ack
         });
 
         let delivery = tokio::spawn(delivery::run(
@@ -558,16 +550,6 @@ impl Drop for Session {
 /// A session id: unique, `[A-Za-z0-9_-]` only (so it never contains a `.`).
 fn new_session_id() -> String {
     format!("ws_{}", token(16))
-}
-
-/// `len` random characters of `[A-Za-z0-9]`: the unguessable part of session ids, request
-/// inboxes and ack ids.
-pub(crate) fn token(len: usize) -> String {
-    rand::rng()
-        .sample_iter(rand::distr::Alphanumeric)
-        .take(len)
-        .map(char::from)
-        .collect()
 }
 
 /// The backoff before reconnect attempt `attempt` (1-based): d = min(initial x 2^(n-1), max),

@@ -17,7 +17,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 use yawc::{Frame, HttpRequest, Options, WebSocket, WebSocketError};
 
-use crate::connection::{Compression, ConnectionConfig};
+use crate::config::{Compression, ConnectionConfig};
 
 /// The largest handshake response head accepted.
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -113,7 +113,7 @@ fn accepts_deflate(head: &[u8]) -> bool {
     })
 }
 
-/// A failure of a connection attempt, with TLS failures in the words of [`crate::tls`].
+/// A failure of a connection attempt, with TLS failures in the words of [`crate::config::tls`].
 fn explain(
     error: &(dyn std::error::Error + 'static),
     host: &str,
@@ -122,12 +122,12 @@ fn explain(
     let mut cause = Some(error);
     while let Some(e) = cause {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return crate::tls::explain(tls, host, config.tls.has_client_cert());
+            return crate::config::tls::explain(tls, host, config.tls.has_client_cert());
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if let Some(inner) = io.get_ref() {
                 if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return crate::tls::explain(tls, host, config.tls.has_client_cert());
+                    return crate::config::tls::explain(tls, host, config.tls.has_client_cert());
                 }
                 if let Some(refused) = inner.downcast_ref::<HeadRefused>() {
                     return refused.0.clone();
@@ -137,30 +137,8 @@ fn explain(
         cause = e.source();
     }
     match error.downcast_ref::<WebSocketError>() {
-        Some(e) => describe(e),
+        Some(e) => crate::websocket::describe(e),
         None => error.to_string(),
-    }
-}
-
-/// A WebSocket error in words a user can act on.
-pub fn describe(e: &WebSocketError) -> String {
-    match e {
-        WebSocketError::InvalidStatusCode(status) => {
-            format!("the server refused the WebSocket handshake with HTTP {status}")
-        }
-        WebSocketError::Redirected {
-            status_code,
-            location,
-        } => format!(
-            "the server refused the WebSocket handshake with HTTP {status_code}, a redirect to {location} (redirects are not followed; put the final uri in the link)"
-        ),
-        WebSocketError::IoError(io) => format!("I/O error: {io}"),
-        WebSocketError::ConnectionClosed => "the connection was closed".into(),
-        WebSocketError::FrameTooLarge => {
-            "a message larger than max_message_bytes (after decompression)".into()
-        }
-        WebSocketError::HTTPError(e) => format!("HTTP error in the handshake: {e}"),
-        other => other.to_string(),
     }
 }
 

@@ -17,7 +17,7 @@ use tracing::{debug, warn};
 
 use super::{Lattice, Replica};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::client::session::SessionKey;
+use crate::identity::SessionKey;
 
 /// A call forwarded to the owner of session `key`.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Lattice, Lease};
-use crate::client::session::SessionKey;
+use crate::identity::SessionKey;
 
 /// Whether this replica may use a session's connection now: it holds the lease and its last
 /// renewal is recent enough. Checked by the socket task (connect, keep open) and right before

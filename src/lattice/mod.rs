@@ -58,7 +58,7 @@ macro_rules! connect_with {
             }
         };
         options
-            .name(format!("{}-{purpose}", crate::PROVIDER_NAME))
+            .name(format!("{}-{purpose}", crate::identity::PROVIDER_NAME))
             .event_callback(move |event| async move {
                 match event {
                     $nats::Event::Connected => {
@@ -220,7 +220,7 @@ impl Lattice {
                     nats_url(host_data)
                 )
             })?;
-        let tag = crate::client::session::token(listeners::TAG_LEN);
+        let tag = crate::identity::token(listeners::TAG_LEN);
         let me = Replica {
             host: host_data.host_id.clone(),
             instance: format!("{}-{tag}", token(&host_data.instance_id)),

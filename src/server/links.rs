@@ -9,13 +9,13 @@ use bytes::Bytes;
 use tracing::{debug, info};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::client::session::SessionKey;
-use crate::connection::ConnectionConfig;
+use crate::config::ConnectionConfig;
+use crate::identity::SessionKey;
 use crate::lattice::forward::{Answer, Call, Unanswered};
 use crate::lattice::Lattice;
 use crate::server::client::Client;
 use crate::server::Listener;
-use crate::{read, subjects, write, Replication, Role, Roles, WebSocketMessagingProvider};
+use crate::{control, read, subjects, write, Replication, Role, Roles, WebSocketMessagingProvider};
 
 /// A listener and the links that hold it: a consumer link and a handler link with the same
 /// (component, link name) share one listener, which closes when the last of them goes.
@@ -90,7 +90,7 @@ impl WebSocketMessagingProvider {
             _ => None,
         };
         let id_tag = lattice.as_ref().map_or_else(
-            || crate::client::session::token(crate::lattice::listeners::TAG_LEN),
+            || crate::identity::token(crate::lattice::listeners::TAG_LEN),
             |l| l.tag.clone(),
         );
         let listener = Listener::bind(
@@ -208,7 +208,10 @@ impl WebSocketMessagingProvider {
         listener: &Listener,
         msg: BrokerMessage,
     ) -> Result<(), String> {
-        if !msg.subject.starts_with(crate::RESERVED_SUBJECT_PREFIX) {
+        if !msg
+            .subject
+            .starts_with(crate::subjects::RESERVED_SUBJECT_PREFIX)
+        {
             listener.publish(&msg);
             if let Replication::Lattice(lattice) = &self.replication {
                 let key = listener.key();
@@ -368,9 +371,9 @@ impl WebSocketMessagingProvider {
             .clients()
             .iter()
             .map(|client| {
-                let mut info = subjects::client_info(listener, client);
+                let mut info = control::client_info(listener, client);
                 info["owner"] = serde_json::json!(host);
-                (info, subjects::client_stats(listener, client))
+                (info, control::client_stats(listener, client))
             })
             .collect()
     }

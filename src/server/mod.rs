@@ -33,10 +33,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::client::session::SessionKey;
-use crate::connection::{ConnectionConfig, ListenConfig};
+use crate::config::{ConnectionConfig, ListenConfig};
 use crate::delivery::HandlerClients;
 use crate::envelope::Codec;
+use crate::identity::SessionKey;
 use crate::server::auth::Refused;
 use crate::server::client::Client;
 use crate::server::subscriptions::{Pattern, Subscriptions};

@@ -14,7 +14,7 @@ use yawc::close::CloseCode;
 use yawc::frame::OpCode;
 use yawc::{Frame as WsFrame, HttpStream, Options, WebSocket, WebSocketError};
 
-use crate::connection::{Compression, ConnectionConfig};
+use crate::config::{Compression, ConnectionConfig};
 use crate::envelope::Frame;
 
 /// The read buffer starts this small, and the write buffer smaller: most clients are idle most
@@ -125,7 +125,7 @@ impl Stream for ClientSocket {
                     In::Failed("the connection was closed".into())
                 }
                 Err(e @ WebSocketError::InvalidUTF8) => {
-                    In::Broken(1007, crate::client::socket::describe(&e))
+                    In::Broken(1007, crate::websocket::describe(&e))
                 }
                 Err(
                     e @ (WebSocketError::ReservedBitsNotZero
@@ -137,8 +137,8 @@ impl Stream for ClientSocket {
                     | WebSocketError::InvalidOpCode(_)
                     | WebSocketError::InvalidContinuationFrame
                     | WebSocketError::CompressionNotSupported),
-                ) => In::Broken(1002, crate::client::socket::describe(&e)),
-                Err(e) => In::Failed(crate::client::socket::describe(&e)),
+                ) => In::Broken(1002, crate::websocket::describe(&e)),
+                Err(e) => In::Failed(crate::websocket::describe(&e)),
             })
         })
     }
@@ -150,24 +150,24 @@ impl Sink<Out> for ClientSocket {
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         Pin::new(&mut self.get_mut().0)
             .poll_ready(cx)
-            .map_err(|e| crate::client::socket::describe(&e))
+            .map_err(|e| crate::websocket::describe(&e))
     }
 
     fn start_send(self: Pin<&mut Self>, frame: Out) -> Result<(), String> {
         Pin::new(&mut self.get_mut().0)
             .start_send(frame.0)
-            .map_err(|e| crate::client::socket::describe(&e))
+            .map_err(|e| crate::websocket::describe(&e))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         Pin::new(&mut self.get_mut().0)
             .poll_flush(cx)
-            .map_err(|e| crate::client::socket::describe(&e))
+            .map_err(|e| crate::websocket::describe(&e))
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
         Pin::new(&mut self.get_mut().0)
             .poll_close(cx)
-            .map_err(|e| crate::client::socket::describe(&e))
+            .map_err(|e| crate::websocket::describe(&e))
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt as _;
 use tokio::sync::Notify;
-use wasmcloud_provider_messaging_websocket::invoke::{Callee, Caller};
+use wasmcloud_provider_messaging_websocket::delivery::invoke::{Callee, Caller};
 
 use super::played;
 use super::played::wasmcloud::messaging::types::BrokerMessage;

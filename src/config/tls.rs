@@ -18,7 +18,7 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
-use crate::connection::ConfigError;
+use crate::config::ConfigError;
 
 /// The TLS settings of a session and the rustls config made of them. Two are equal when their
 /// settings are (the config is derived from them).

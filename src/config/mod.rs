@@ -10,6 +10,9 @@
 //! Errors name the key and the bad value, except for sensitive keys, whose values never appear in
 //! an error, a log line or `Debug` output.
 
+pub mod jwt;
+pub mod tls;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::time::Duration;
@@ -17,8 +20,8 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
-use crate::server::auth::JwtKey;
-use crate::tls::{ServerTls, Tls, TlsKeys};
+use crate::config::jwt::JwtKey;
+use crate::config::tls::{ServerTls, Tls, TlsKeys};
 
 /// The handshake header carrying `auth_token`.
 pub const AUTHORIZATION: &str = "authorization";
@@ -850,7 +853,7 @@ impl Layers<'_> {
             || prefix.starts_with('.')
             || prefix.ends_with('.')
             || prefix.contains("..")
-            || prefix.starts_with(crate::RESERVED_SUBJECT_PREFIX)
+            || prefix.starts_with(crate::subjects::RESERVED_SUBJECT_PREFIX)
             || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
         {
             return Err(invalid(
@@ -1673,7 +1676,7 @@ mod tests {
     /// example the code accepts.
     #[test]
     fn docs_configuration_tables_match_the_code() {
-        let doc = include_str!("../docs/configuration.md");
+        let doc = include_str!("../../docs/configuration.md");
         let replica_keys = ["replicas", "failover_sec"];
         let client: BTreeSet<&str> = KNOWN_KEYS
             .iter()

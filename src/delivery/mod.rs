@@ -11,6 +11,9 @@
 //! back (lost on the lattice, or a handler that never returns) would otherwise hold its slot
 //! forever, and with `max_in_flight = 1` stall the session with nothing logged.
 
+pub mod budget;
+pub mod invoke;
+
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,10 +24,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use crate::budget::Slot;
-use crate::client::session::{Acker, SessionKey};
-pub use crate::invoke::HandlerClients;
-pub(crate) use crate::invoke::{HandlerClient, Message, Stage};
+use crate::delivery::budget::Slot;
+pub use crate::delivery::invoke::HandlerClients;
+pub(crate) use crate::delivery::invoke::{HandlerClient, Message, Stage};
+use crate::identity::SessionKey;
 use crate::lattice::lease::Fence;
 use crate::stats::{self, SessionStats};
 
@@ -36,13 +39,17 @@ pub struct Inbound {
     pub slot: Option<Slot>,
 }
 
+/// Queues the acknowledgement of an envelope id (client mode, `ack = true`).
+pub type Ack = Arc<dyn Fn(&str) + Send + Sync>;
+
 /// Where a session's messages go.
 pub struct Target {
     pub session_id: String,
     pub key: SessionKey,
     pub handler_linked: Arc<AtomicBool>,
-    /// Sends acknowledgements, with `ack = true`.
-    pub acker: Option<Acker>,
+    /// Sends acknowledgements, with `ack = true`: called with an envelope's id once the handler
+    /// accepted it.
+    pub acker: Option<Ack>,
     pub stats: Arc<SessionStats>,
     pub clients: HandlerClients,
     /// The deadline of one `handle-message` call.
@@ -144,7 +151,7 @@ pub(crate) async fn deliver(
             // Only now: a handler error, a timeout or a crash leaves the message
             // unacknowledged, and the server may send it again.
             if let (Some(acker), Some(id)) = (&target.acker, ack_id) {
-                acker.ack(&id);
+                acker(&id);
             }
         }
         Ok(Ok(Err(error))) => {
