@@ -12,7 +12,6 @@
 
 pub mod auth;
 pub mod client;
-pub mod links;
 pub mod socket;
 pub mod subscriptions;
 

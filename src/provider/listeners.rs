@@ -8,6 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tracing::{debug, info};
 
+use super::{read, write, Replication, Role, Roles, WebSocketMessagingProvider};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::config::ConnectionConfig;
 use crate::identity::SessionKey;
@@ -15,7 +16,7 @@ use crate::lattice::forward::{Answer, Call, Unanswered};
 use crate::lattice::Lattice;
 use crate::server::client::Client;
 use crate::server::Listener;
-use crate::{control, read, subjects, write, Replication, Role, Roles, WebSocketMessagingProvider};
+use crate::{control, subjects};
 
 /// A listener and the links that hold it: a consumer link and a handler link with the same
 /// (component, link name) share one listener, which closes when the last of them goes.
@@ -436,7 +437,7 @@ impl WebSocketMessagingProvider {
             timeout_ms: timeout.as_millis() as u64,
         };
         match self
-            .call_client_elsewhere(id, call, timeout + crate::FORWARD_SLACK)
+            .call_client_elsewhere(id, call, timeout + super::FORWARD_SLACK)
             .await
         {
             Some(Ok(Answer::Reply(reply))) => Ok(reply),

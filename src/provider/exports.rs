@@ -22,8 +22,8 @@ use bytes::Bytes;
 use tracing::warn;
 use wasmcloud_provider_sdk::{Context, HostData};
 
+use super::WebSocketMessagingProvider;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
-use crate::WebSocketMessagingProvider;
 
 mod bindings {
     delivery_bindgen::generate!({
