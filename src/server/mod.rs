@@ -14,6 +14,7 @@ pub mod auth;
 pub mod client;
 pub mod socket;
 pub mod subscriptions;
+mod task;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -525,7 +526,7 @@ fn upgrade(
     let tasks = shared.tasks.clone();
     tasks.spawn(async move {
         match upgrading.socket().await {
-            Ok(socket) => client::run(shared, client, socket).await,
+            Ok(socket) => task::run(shared, client, socket).await,
             Err(reason) => {
                 debug!(client = %client.id, %remote, %reason, "client upgrade failed");
                 shared.forget(&client);
