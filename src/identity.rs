@@ -1,5 +1,6 @@
-//! What names a session and its parts in both modes: the session key (component and link name)
-//! and the random tokens of session ids, client ids, request inboxes and ack ids.
+//! What names a session and its parts in both modes: the session key (component and link name),
+//! session ids (random, or stable across replicas), listener client ids, and the random tokens
+//! of request inboxes and ack ids.
 
 use std::fmt;
 
@@ -30,4 +31,45 @@ pub fn token(len: usize) -> String {
         .take(len)
         .map(char::from)
         .collect()
+}
+
+/// A session id of one replica: unique, `[A-Za-z0-9_-]` only (so it never contains a `.`).
+pub fn random_session_id() -> String {
+    format!("ws_{}", token(16))
+}
+
+/// The session id of `replicas = one` (and its lease key): the same on every replica, so that
+/// any of them can name and address it, and stable across failovers.
+pub fn stable_session_id(component: &str, link_name: &str) -> String {
+    // FNV-1a, 64 bits: stable across builds and platforms (std's hasher promises neither).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in component
+        .bytes()
+        .chain(std::iter::once(0))
+        .chain(link_name.bytes())
+    {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("ws_{hash:016x}")
+}
+
+/// A listener client's id: `c`, the listener's replica tag, and a random part.
+pub fn client_id(replica_tag: &str) -> String {
+    format!("c{replica_tag}{}", token(12))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_unique_and_dot_free() {
+        let a = random_session_id();
+        let b = random_session_id();
+        assert_ne!(a, b);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
+    }
 }

@@ -44,7 +44,7 @@ use crate::config::{ConnectionConfig, Format};
 use crate::delivery::budget::Budget;
 use crate::delivery::{self};
 use crate::envelope::{Codec, Frame};
-use crate::identity::{token, SessionKey};
+use crate::identity::{random_session_id, SessionKey};
 use crate::lattice::lease::Fence;
 use crate::requests::Pending;
 use crate::stats::{self, SessionStats, Totals};
@@ -138,7 +138,7 @@ impl Session {
     ) -> Arc<Self> {
         let (id, fence) = match replicated {
             Some((id, fence)) => (id, Some(fence)),
-            None => (new_session_id(), None),
+            None => (random_session_id(), None),
         };
         let stats = Arc::new(SessionStats::for_session(totals));
         let codec = Codec::new(config.format, config.raw_subject.clone());
@@ -488,25 +488,5 @@ impl Drop for Session {
     fn drop(&mut self) {
         // A forgotten session never keeps its socket open.
         self.cancel.cancel();
-    }
-}
-
-/// A session id: unique, `[A-Za-z0-9_-]` only (so it never contains a `.`).
-fn new_session_id() -> String {
-    format!("ws_{}", token(16))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn session_ids_are_unique_and_dot_free() {
-        let a = new_session_id();
-        let b = new_session_id();
-        assert_ne!(a, b);
-        assert!(a
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'));
     }
 }

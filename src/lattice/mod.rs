@@ -400,17 +400,7 @@ async fn watch_bucket(lattice: std::sync::Weak<Lattice>, mut watch: kv::Watch) {
 /// The lease key (and, in `replicas = one`, the session id) of a session: the same on every
 /// replica, so that any of them can name and address it, and stable across failovers.
 pub fn lease_key(component: &str, link_name: &str) -> String {
-    // FNV-1a, 64 bits: stable across builds and platforms (std's hasher promises neither).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in component
-        .bytes()
-        .chain(std::iter::once(0))
-        .chain(link_name.bytes())
-    {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("ws_{hash:016x}")
+    crate::identity::stable_session_id(component, link_name)
 }
 
 #[cfg(test)]

@@ -174,7 +174,7 @@ pub fn new(
     user: Option<String>,
     allowed: Option<Vec<Pattern>>,
 ) -> Arc<Client> {
-    let id: Arc<str> = format!("c{}{}", shared.id_tag, crate::identity::token(12)).into();
+    let id: Arc<str> = crate::identity::client_id(&shared.id_tag).into();
     Arc::new(Client {
         pending: Pending::new(&shared.config.inbox_prefix, &id),
         id,
