@@ -95,7 +95,7 @@ pub async fn run() -> anyhow::Result<()> {
             .iter()
             .map(|s| metrics::SessionView {
                 stats: Arc::clone(&s.stats),
-                attributes: s.metric_attributes.clone(),
+                attributes: Arc::clone(&s.metric_attributes),
                 open: s.state() == SessionState::Open,
             })
             .collect()

@@ -20,8 +20,8 @@ use crate::stats::{SessionStats, LATENCY_BOUNDS_MS};
 /// What the metrics read of a session at each export.
 pub struct SessionView {
     pub stats: Arc<SessionStats>,
-    /// [`attributes`] of the session.
-    pub attributes: Vec<KeyValue>,
+    /// [`attributes`] of the session, shared with it (nothing is copied at an export).
+    pub attributes: Arc<[KeyValue]>,
     /// Whether its connection is open.
     pub open: bool,
 }
@@ -42,12 +42,12 @@ fn meter() -> Meter {
 }
 
 /// The attributes of one session's measurements: `component`, `link_name`, `session`.
-pub fn attributes(session_id: &str, key: &SessionKey) -> Vec<KeyValue> {
-    vec![
+pub fn attributes(session_id: &str, key: &SessionKey) -> Arc<[KeyValue]> {
+    Arc::new([
         KeyValue::new("component", key.component.clone()),
         KeyValue::new("link_name", key.link_name.clone()),
         KeyValue::new("session", session_id.to_string()),
-    ]
+    ])
 }
 
 /// Records one answered request's latency in `messaging_websocket.request_latency` (ms).

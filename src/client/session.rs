@@ -89,7 +89,7 @@ pub struct Session {
     /// `None` while connected.
     down_since: Arc<Mutex<Option<Instant>>>,
     /// The attributes of the session's OpenTelemetry measurements.
-    pub metric_attributes: Vec<KeyValue>,
+    pub metric_attributes: Arc<[KeyValue]>,
     handler_linked: Arc<AtomicBool>,
     pending: Pending,
     acks: Acks,
