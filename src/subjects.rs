@@ -8,8 +8,6 @@
 //! [`check`] holds the rules for every subject a component gives (and for `reply_to`). The
 //! answers to `$ws.sessions` and `$ws.stats` are built in [`crate::control`].
 
-use crate::config::ConnectionConfig;
-
 /// Subjects starting with this prefix belong to the provider and never leave as frames.
 pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
 
@@ -130,9 +128,10 @@ pub fn unknown(subject: &str, call: &str) -> String {
     )
 }
 
-/// Refuses the subjects when the calling link turned session tracking off.
-pub fn check_enabled(config: &ConnectionConfig, link_name: &str) -> Result<(), String> {
-    if config.enable_session_tracking {
+/// Refuses the subjects when the calling link turned session tracking off
+/// (`enable_session_tracking`).
+pub fn check_enabled(tracking: bool, link_name: &str) -> Result<(), String> {
+    if tracking {
         Ok(())
     } else {
         Err(format!(

@@ -30,7 +30,10 @@ impl WebSocketMessagingProvider {
     ) -> Result<(), String> {
         let component = key.component.as_str();
         if let Some((listener, client)) = self.find_client(component, id) {
-            subjects::check_enabled(listener.config(), &listener.key().link_name)?;
+            subjects::check_enabled(
+                listener.config().enable_session_tracking,
+                &listener.key().link_name,
+            )?;
             subjects::check_incoming(&msg.subject, msg.reply_to.as_deref())
                 .map_err(|e| format!("`$ws.session.{id}.<subject>`: {e}; nothing was sent"))?;
             return listener.send_to(&client, msg);
@@ -203,7 +206,10 @@ impl WebSocketMessagingProvider {
         if !msg.subject.starts_with(RESERVED_SUBJECT_PREFIX) {
             return self.send_on(&session, &msg).await;
         }
-        subjects::check_enabled(&session.config, &session.key.link_name)?;
+        subjects::check_enabled(
+            session.config.enable_session_tracking,
+            &session.key.link_name,
+        )?;
         match subjects::parse(&msg.subject) {
             subjects::Subject::Session { id, subject } => {
                 let forwarded = BrokerMessage {
@@ -250,7 +256,7 @@ impl WebSocketMessagingProvider {
             ms => Duration::from_millis(u64::from(ms)),
         };
         if subject.starts_with(RESERVED_SUBJECT_PREFIX) {
-            subjects::check_enabled(config, link_name)?;
+            subjects::check_enabled(config.enable_session_tracking, link_name)?;
             let answer = match subjects::parse(&subject) {
                 subjects::Subject::Sessions => {
                     let entries = self.describe(component).await;

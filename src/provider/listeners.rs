@@ -226,7 +226,10 @@ impl WebSocketMessagingProvider {
             }
             return Ok(());
         }
-        subjects::check_enabled(listener.config(), &listener.key().link_name)?;
+        subjects::check_enabled(
+            listener.config().enable_session_tracking,
+            &listener.key().link_name,
+        )?;
         match subjects::parse(&msg.subject) {
             subjects::Subject::Session { id, subject } => {
                 let forwarded = BrokerMessage {
