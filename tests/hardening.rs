@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::component::Behaviour;
 use common::ws::{Event, Message, WsServer};
 use common::{envelope, Rig};
-use wasmcloud_provider_messaging_websocket::config::{BOUNDS, LISTENER_KEYS};
+use wasmcloud_provider_messaging_websocket::config::{numbers, Mode};
 use wasmcloud_provider_sdk::core::logging::Level;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -28,8 +28,8 @@ async fn any_number_for_any_numeric_key_refuses_the_link_or_works() {
     let mut cases = Vec::new();
     // A listener's numbers (`max_clients`, ...) need `listen`, and a listener without clients
     // has no entry in `$ws.sessions`: tests/server.rs puts them through the same values.
-    let dialling = BOUNDS.iter().filter(|b| !LISTENER_KEYS.contains(&b.key));
-    for (k, bound) in dialling.clone().enumerate() {
+    let dialling = numbers().filter(|(k, _)| k.mode != Mode::Listener);
+    for (k, (key, bound)) in dialling.clone().enumerate() {
         let mut values = vec![
             0,
             1,
@@ -50,7 +50,7 @@ async fn any_number_for_any_numeric_key_refuses_the_link_or_works() {
             values.push(x % bound.max.max(1) + 1);
         }
         for (i, value) in values.into_iter().enumerate() {
-            cases.push((bound.key, format!("{}-{i}", bound.key), value.to_string()));
+            cases.push((key.name, format!("{}-{i}", key.name), value.to_string()));
         }
     }
     cases.push((
@@ -106,7 +106,7 @@ async fn any_number_for_any_numeric_key_refuses_the_link_or_works() {
         );
         sessions.push(link_name.clone());
         let parsed: u64 = value.parse().unwrap_or(u64::MAX);
-        let bound = BOUNDS.iter().find(|b| b.key == *key).unwrap();
+        let (_, bound) = numbers().find(|(k, _)| k.name == *key).unwrap();
         assert!(
             parsed <= bound.max,
             "`{key}` = {value} is above its bound but was accepted"

@@ -506,32 +506,29 @@ async fn admission_refuses_before_the_upgrade_and_nothing_reaches_the_component(
 /// listener; the process never panics (the dialling keys: tests/hardening.rs).
 #[tokio::test]
 async fn any_number_for_a_listener_key_refuses_the_link_or_listens() {
-    use wasmcloud_provider_messaging_websocket::config::{BOUNDS, LISTENER_KEYS};
+    use wasmcloud_provider_messaging_websocket::config::{numbers, Mode};
     let rig = Rig::start().await;
     let mut cases = Vec::new();
-    for bound in BOUNDS.iter().filter(|b| LISTENER_KEYS.contains(&b.key)) {
+    for (key, bound) in numbers().filter(|(k, _)| k.mode == Mode::Listener) {
         for (i, value) in [0, 1, bound.max, bound.max + 1, 1 << 32, 1 << 63, u64::MAX]
             .into_iter()
             .enumerate()
         {
-            cases.push((bound, format!("{}-{i}", bound.key), value));
+            cases.push((key.name, bound, format!("{}-{i}", key.name), value));
         }
     }
-    for (bound, link_name, value) in &cases {
+    for (key, _, link_name, value) in &cases {
         let value = value.to_string();
         rig.provider
             .put_link(&rig.provider.handler_link(
                 "numbers",
                 link_name,
-                &[("listen", "127.0.0.1:0"), (bound.key, &value)],
+                &[("listen", "127.0.0.1:0"), (*key, &value)],
             ))
             .await;
     }
-    for (bound, link_name, value) in &cases {
-        let refused = format!(
-            "handler link numbers/{link_name} refused: invalid `{}`",
-            bound.key
-        );
+    for (key, bound, link_name, value) in &cases {
+        let refused = format!("handler link numbers/{link_name} refused: invalid `{key}`");
         let listening = format!("link_name={link_name} url=");
         let line = rig
             .provider
@@ -556,9 +553,8 @@ async fn any_number_for_a_listener_key_refuses_the_link_or_listens() {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        let zero_ok = bound.key == "client_rate_limit";
-        let within = *value <= bound.max && (*value > 0 || zero_ok);
-        assert_eq!(accepted, within, "`{}` = {value}", bound.key);
+        let within = *value <= bound.max && (*value > 0 || bound.zero);
+        assert_eq!(accepted, within, "`{key}` = {value}");
     }
     assert!(
         rig.provider.health().await.is_some(),

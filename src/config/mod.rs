@@ -10,11 +10,14 @@
 //! Errors name the key and the bad value, except for sensitive keys, whose values never appear in
 //! an error, a log line or `Debug` output.
 
+mod client;
+mod common;
 pub mod jwt;
 pub mod keys;
 mod layers;
+mod replicas;
+mod server;
 pub mod tls;
-mod uri;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
@@ -23,58 +26,55 @@ use std::time::Duration;
 use tracing::{debug, warn};
 use wasmcloud_provider_sdk::core::secrets::SecretValue;
 
-use crate::config::jwt::JwtKey;
-use crate::config::tls::{ServerTls, Tls};
+use self::keys::{Bound, Key, Secret};
+use self::layers::Layers;
+use self::tls::Tls;
 
-pub use self::keys::*;
-use self::layers::*;
-pub use self::uri::*;
+pub(crate) use self::client::HEADER_PREFIX;
+pub use self::client::{redact_uri, Uri, AUTHORIZATION};
+pub use self::common::{Compression, Format, MAX_REQUEST_TIMEOUT_MS};
+pub use self::keys::Mode;
+pub use self::replicas::Replicas;
+pub use self::server::ListenConfig;
 
-/// How messages are framed on the socket.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
-    /// One JSON envelope `{subject, body (base64), reply_to}` per frame.
-    Json,
-    /// The same envelope as a MessagePack map in a binary frame (`body` as bin, no base64).
-    Msgpack,
-    /// The body alone; incoming frames get the subject `raw_subject`.
-    Raw,
+/// The key table: every key this version understands, one row each, gathered from the files of
+/// their concerns in the order of the contract's table. The parser reads each key as its row
+/// says, the unknown-key warning lists their names, and `docs_configuration_tables_match_the_code`
+/// holds docs/configuration.md to them.
+pub fn keys() -> impl Iterator<Item = &'static Key> + Clone {
+    [
+        common::KEYS,
+        client::KEYS,
+        tls::KEYS,
+        replicas::KEYS,
+        server::KEYS,
+    ]
+    .into_iter()
+    .flatten()
 }
 
-impl Format {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Format::Json => "json",
-            Format::Msgpack => "msgpack",
-            Format::Raw => "raw",
-        }
+/// The row of `name` (every `header.<Name>` shares one), none for a key this version does not
+/// understand.
+pub fn key(name: &str) -> Option<&'static Key> {
+    if name.starts_with(HEADER_PREFIX) {
+        return Some(&client::HEADER);
     }
+    keys().find(|k| k.name == name)
 }
 
-/// How several replicas of the provider share a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Replicas {
-    /// One replica in the lattice holds the connection; the others stand by and forward.
-    One,
-    /// Every replica holds a connection of its own.
-    All,
+/// Every numeric key with its bound.
+pub fn numbers() -> impl Iterator<Item = (&'static Key, &'static Bound)> + Clone {
+    keys().filter_map(|k| k.bound().map(|b| (k, b)))
 }
 
-impl Replicas {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Replicas::One => "one",
-            Replicas::All => "all",
-        }
-    }
+/// Whether `key` may come from a secret.
+pub fn may_be_secret(key: &str) -> bool {
+    self::key(key).is_some_and(|k| k.secret != Secret::No)
 }
 
-/// Per-message compression of a session's messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    /// permessage-deflate (RFC 7692), when the server accepts it.
-    Deflate,
+/// Keys whose values are credentials: read from secrets first, never logged.
+pub fn is_sensitive(key: &str) -> bool {
+    self::key(key).is_some_and(|k| k.secret == Secret::Preferred)
 }
 
 /// A config key with a value that cannot be used.
@@ -160,27 +160,6 @@ pub struct ConnectionConfig {
     pub listen: Option<ListenConfig>,
 }
 
-/// The settings of a listener (server mode): where it listens and whom it admits.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ListenConfig {
-    pub addr: std::net::SocketAddr,
-    /// The HTTP path of the upgrade.
-    pub path: String,
-    pub max_clients: usize,
-    /// Allowed `Origin` values (lowercase, no trailing `/`); empty = any.
-    pub allowed_origins: Vec<String>,
-    /// Verifies client JWTs (`jwt_secret` or `jwt_public_key`).
-    pub jwt: Option<JwtKey>,
-    /// Bound of one client's outgoing queue, in bytes.
-    pub client_queue_bytes: usize,
-    /// Incoming messages per second per client, 0 = no limit.
-    pub client_rate_limit: u32,
-    /// Deliver `$ws.connected` and `$ws.disconnected` to the component.
-    pub client_events: bool,
-    /// `wss`: the certificate chain and key.
-    pub tls: Option<ServerTls>,
-}
-
 impl PartialEq for ConnectionConfig {
     fn eq(&self, other: &Self) -> bool {
         self.differing_keys(other).is_empty()
@@ -255,7 +234,7 @@ impl ProviderDefaults {
             config: config.clone(),
             secrets: secrets.clone(),
         };
-        for key in config.keys().filter(|k| !is_known(k)) {
+        for key in config.keys().filter(|k| key(k).is_none()) {
             debug!(
                 key,
                 "provider config key is not a WebSocket setting; ignored"
@@ -292,12 +271,12 @@ impl ConnectionConfig {
         link_config: &HashMap<String, String>,
         link_secrets: &HashMap<String, SecretValue>,
     ) -> Result<Self, ConfigError> {
-        for key in link_config.keys().filter(|k| !is_known(k)) {
+        for key in link_config.keys().filter(|k| key(k).is_none()) {
             warn!(
                 key,
                 component,
                 link_name,
-                known = KNOWN_KEYS.join(", "),
+                known = layers::known_names(),
                 "unknown key in link config is ignored"
             );
         }
@@ -428,9 +407,96 @@ impl ConnectionConfig {
     }
 }
 
+impl Layers<'_> {
+    /// Every key of a link, each by its concern's parser.
+    pub(crate) fn parse(
+        &self,
+        link_name: &str,
+        require_uri: bool,
+    ) -> Result<ConnectionConfig, ConfigError> {
+        let listen = self.listener()?;
+        let uri = self.uri(listen.is_some(), require_uri)?;
+        let auth_token = self.auth_token()?;
+        let headers = self.headers(auth_token.as_deref())?;
+        let raw_subject = self.raw_subject(link_name)?;
+        let (reconnect_initial_delay, reconnect_max_delay) = self.reconnect_delays()?;
+        let format = self.format()?;
+        let tls = self.client_tls()?;
+        let tls_keys = tls.set_keys();
+        if !tls_keys.is_empty() && !uri.is_tls() && !uri.full.is_empty() {
+            // A client key or a CA meant for TLS while the token and headers would go out in
+            // clear: most likely a uri typed wrong, never what the user wants.
+            let named: Vec<String> = tls_keys.iter().map(|k| format!("`{k}`")).collect();
+            let verb = if named.len() == 1 { "is" } else { "are" };
+            return Err(invalid(
+                "uri",
+                &uri.shown,
+                format!(
+                    "is ws:// (no TLS), but {} {verb} set: use wss:// (the `tls_*` settings and any credentials would otherwise go out in clear, or not be used)",
+                    named.join(", ")
+                ),
+            ));
+        }
+        let compression = self.compression()?;
+        let ack = self.ack(format)?;
+        let (replicas, failover) = self.replicas()?;
+        Ok(ConnectionConfig {
+            uri,
+            auth_token,
+            headers,
+            connect_timeout: self.seconds("connect_timeout_sec")?,
+            enable_session_tracking: self.flag("enable_session_tracking")?,
+            format,
+            raw_subject,
+            send_timeout: self.millis("send_timeout_ms")?,
+            request_timeout: self.millis("request_timeout_ms")?,
+            inbox_prefix: self.inbox_prefix()?,
+            max_pending: self.count("max_pending")?,
+            max_in_flight: self.count("max_in_flight")?,
+            max_in_flight_bytes: self.count("max_in_flight_bytes")?,
+            delivery_timeout: self.millis("delivery_timeout_ms")?,
+            max_publish_rate: self.small("max_publish_rate")?,
+            max_message_bytes: self.count("max_message_bytes")?,
+            reconnect_initial_delay,
+            reconnect_max_delay,
+            reconnect_max_attempts: self.small("reconnect_max_attempts")?,
+            ping_interval: self.seconds("ping_interval_sec")?,
+            pong_timeout: self.seconds("pong_timeout_sec")?,
+            tls,
+            compression,
+            ack,
+            replicas,
+            failover,
+            listen,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::keys::Value;
     use super::*;
+
+    #[test]
+    fn the_key_table_has_one_row_per_name_and_modes_that_fit() {
+        let mut seen = BTreeSet::new();
+        for k in keys() {
+            assert!(seen.insert(k.name), "`{}` has two rows", k.name);
+        }
+        assert!(seen.len() >= 42, "{} rows", seen.len());
+        for k in server::KEYS {
+            assert_eq!(k.mode, Mode::Listener, "`{}`", k.name);
+        }
+        for k in client::KEYS.iter().chain(replicas::KEYS) {
+            assert_eq!(k.mode, Mode::Dialling, "`{}`", k.name);
+        }
+        for k in common::KEYS {
+            assert_eq!(k.mode, Mode::Both, "`{}`", k.name);
+        }
+        assert_eq!(key("header.X-Tenant").unwrap().name, "header.<Name>");
+        assert!(key("urı").is_none() && key("header").is_none());
+        assert!(is_sensitive("tls_key") && !is_sensitive("tls_cert") && may_be_secret("tls_cert"));
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs
@@ -810,7 +876,7 @@ mod tests {
 
     /// The key that picks the mode a key belongs to: `listen` for a listener's keys.
     fn mode(key: &str) -> (&'static str, &'static str) {
-        if LISTENER_KEYS.contains(&key) {
+        if super::key(key).is_some_and(|k| k.mode == Mode::Listener) {
             ("listen", "127.0.0.1:9")
         } else {
             ("uri", "ws://h")
@@ -820,14 +886,14 @@ mod tests {
     #[test]
     fn numbers_past_their_bound_or_a_u64_are_refused_with_the_bound() {
         let d = ProviderDefaults::default();
-        for bound in BOUNDS {
+        for (key, bound) in numbers() {
             for value in [
                 "18446744073709551615",
                 "99999999999999999999999",
                 "2305843009213693952",
             ] {
-                let err = link(&d, &[mode(bound.key), (bound.key, value)]).unwrap_err();
-                assert_eq!(err.key, bound.key);
+                let err = link(&d, &[mode(key.name), (key.name, value)]).unwrap_err();
+                assert_eq!(err.key, key.name);
                 assert!(
                     err.to_string().contains(&format!("at most {}", bound.max)),
                     "{err}"
@@ -866,19 +932,12 @@ mod tests {
     #[test]
     fn docs_configuration_tables_match_the_code() {
         let doc = include_str!("../../docs/configuration.md");
-        let replica_keys = ["replicas", "failover_sec"];
-        let client: BTreeSet<&str> = KNOWN_KEYS
-            .iter()
-            .copied()
-            .filter(|k| !LISTENER_KEYS.contains(k) && !replica_keys.contains(k))
-            .chain(["header.<Name>"])
-            .collect();
-        let server: BTreeSet<&str> = KNOWN_KEYS
-            .iter()
-            .copied()
-            .filter(|k| !DIALLING_KEYS.contains(k))
-            .collect();
-        let replicas: BTreeSet<&str> = replica_keys.into_iter().collect();
+        let names = |keep: &dyn Fn(&Key) -> bool| -> BTreeSet<&str> {
+            keys().filter(|k| keep(k)).map(|k| k.name).collect()
+        };
+        let replicas = names(&|k| replicas::KEYS.iter().any(|r| r.name == k.name));
+        let client = names(&|k| k.mode != Mode::Listener && !replicas.contains(k.name));
+        let server = names(&|k| k.mode != Mode::Dialling);
         let d = ProviderDefaults::default();
         let mut checked = 0;
         for (heading, expected, mode) in [
@@ -898,13 +957,13 @@ mod tests {
                 } else {
                     name
                 };
-                let (default, max, secret, example) = (&row[2], &row[3], &row[4], &row[5]);
-                let secret_mark = if is_sensitive(key) {
-                    "preferred"
-                } else if may_be_secret(key) {
-                    "yes"
-                } else {
-                    "no"
+                let entry = super::key(key).unwrap();
+                let (ty, default, max, secret, example) =
+                    (&row[1], &row[2], &row[3], &row[4], &row[5]);
+                let secret_mark = match entry.secret {
+                    Secret::Preferred => "preferred",
+                    Secret::Allowed => "yes",
+                    Secret::No => "no",
                 };
                 assert_eq!(secret, secret_mark, "the secret column of `{name}`");
                 // A key that needs another to be accepted.
@@ -934,8 +993,18 @@ mod tests {
                     }
                     checked += 1;
                 }
-                match BOUNDS.iter().find(|b| b.key == key) {
-                    Some(bound) => {
+                match entry.value {
+                    Value::Flag(flag) => {
+                        assert_eq!(ty, "bool", "the type of `{name}`");
+                        assert_eq!(*default, format!("`{flag}`"), "default of `{name}`");
+                    }
+                    Value::Choice(words) => {
+                        let listed: Vec<String> = words.iter().map(|w| format!("`{w}`")).collect();
+                        assert_eq!(*ty, listed.join(", "), "the type of `{name}`");
+                        assert_eq!(*default, listed[0], "default of `{name}`");
+                    }
+                    Value::Text => {}
+                    Value::Number(bound) => {
                         assert_eq!(*max, bound.max.to_string(), "the bound of `{name}`");
                         assert_eq!(
                             *default,
@@ -955,13 +1024,12 @@ mod tests {
                             "{err}"
                         );
                     }
-                    None => assert_eq!(max, "-", "`{name}` is not a number"),
+                }
+                if entry.bound().is_none() {
+                    assert_eq!(max, "-", "`{name}` is not a number");
                 }
             }
         }
         assert!(checked >= 80, "defaults and examples checked: {checked}");
-        for key in SECRET_KEYS {
-            assert!(KNOWN_KEYS.contains(key), "{key}");
-        }
     }
 }

@@ -18,7 +18,20 @@ use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{AlertDescription, CertificateError, ClientConfig, RootCertStore};
 
-use crate::config::ConfigError;
+use super::keys::{Key, Mode, Secret, Value};
+use super::layers::Layers;
+use super::{invalid, ConfigError};
+
+/// The TLS keys: a dialling link's trust and client certificate, a `wss` listener's certificate.
+#[rustfmt::skip]
+pub(crate) const KEYS: &[Key] = &[
+    Key::new("tls_ca", Mode::Dialling, Secret::Allowed, Value::Text),
+    Key::new("tls_ca_file", Mode::Dialling, Secret::No, Value::Text),
+    Key::new("tls_client_cert", Mode::Dialling, Secret::Allowed, Value::Text),
+    Key::new("tls_client_key", Mode::Dialling, Secret::Preferred, Value::Text),
+    Key::new("tls_cert", Mode::Listener, Secret::Allowed, Value::Text),
+    Key::new("tls_key", Mode::Listener, Secret::Preferred, Value::Text),
+];
 
 /// The TLS settings of a session and the rustls config made of them. Two are equal when their
 /// settings are (the config is derived from them).
@@ -403,6 +416,40 @@ pub fn explain(error: &rustls::Error, host: &str, client_cert: bool) -> String {
         other => format!("handshake with {host} failed ({other})"),
     };
     format!("TLS: {detail}")
+}
+
+impl Layers<'_> {
+    /// A dialling link's trust roots and client certificate.
+    pub(crate) fn client_tls(&self) -> Result<Tls, ConfigError> {
+        Tls::new(TlsKeys {
+            ca: self.value("tls_ca")?,
+            ca_file: self.plain("tls_ca_file").map(str::to_string),
+            client_cert: self.value("tls_client_cert")?,
+            client_key: self.value("tls_client_key")?,
+        })
+    }
+
+    /// A `wss` listener's certificate chain and key: both or neither.
+    pub(crate) fn server_tls(&self) -> Result<Option<ServerTls>, ConfigError> {
+        Ok(match (self.value("tls_cert")?, self.value("tls_key")?) {
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(invalid(
+                    "tls_key",
+                    "",
+                    "not set, but `tls_cert` is: a wss listener needs both",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "tls_cert",
+                    "",
+                    "not set, but `tls_key` is: a wss listener needs both",
+                ))
+            }
+            (Some(cert), Some(key)) => Some(ServerTls::new(cert, key)?),
+        })
+    }
 }
 
 #[cfg(test)]
