@@ -4,30 +4,30 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::client::session::Session;
+use crate::identity::{rfc3339, SessionInfo, CLIENT_KIND};
 use crate::stats::Totals;
 
+/// What a dialling session adds to its [`SessionInfo`].
 #[derive(Serialize)]
-struct SessionInfo<'a> {
-    id: &'a str,
-    link_name: &'a str,
+struct Dialling<'a> {
     uri: &'a str,
-    state: &'static str,
-    connected_at: Option<String>,
-    frames_in: u64,
-    frames_out: u64,
     /// The replica (host id) that holds the connection.
     owner: Option<&'a str>,
 }
 
-fn rfc3339(at: SystemTime) -> String {
-    humantime::format_rfc3339_millis(at).to_string()
+/// What a listener's client adds to its [`SessionInfo`].
+#[derive(Serialize)]
+struct Listening<'a> {
+    listen: String,
+    remote_addr: String,
+    user: &'a Option<String>,
+    subscriptions: Vec<String>,
 }
 
 /// A session's entry of `$ws.sessions`, as this replica sees it; `owner` is the host holding the
@@ -35,13 +35,16 @@ fn rfc3339(at: SystemTime) -> String {
 pub fn session_info(s: &Session, owner: Option<&str>) -> Value {
     serde_json::to_value(SessionInfo {
         id: &s.id,
+        kind: None,
         link_name: &s.key.link_name,
-        uri: s.config.uri.shown(),
         state: s.state().as_str(),
         connected_at: s.connected_at().map(rfc3339),
         frames_in: s.stats.frames_in.load(Ordering::Relaxed),
         frames_out: s.stats.frames_out.load(Ordering::Relaxed),
-        owner,
+        mode: Dialling {
+            uri: s.config.uri.shown(),
+            owner,
+        },
     })
     .expect("session info serializes")
 }
@@ -51,19 +54,22 @@ pub fn client_info(
     listener: &crate::server::Listener,
     client: &crate::server::client::Client,
 ) -> Value {
-    json!({
-        "id": &*client.id,
-        "kind": "client",
-        "link_name": listener.key().link_name,
-        "listen": listener.local_addr().to_string(),
-        "remote_addr": client.remote_addr.to_string(),
-        "user": client.user,
-        "state": "open",
-        "connected_at": rfc3339(client.connected_at),
-        "subscriptions": client.subscriptions(),
-        "frames_in": client.stats.frames_in.load(Ordering::Relaxed),
-        "frames_out": client.stats.frames_out.load(Ordering::Relaxed),
+    serde_json::to_value(SessionInfo {
+        id: &client.id,
+        kind: Some(CLIENT_KIND),
+        link_name: &listener.key().link_name,
+        state: "open",
+        connected_at: Some(rfc3339(client.connected_at)),
+        frames_in: client.stats.frames_in.load(Ordering::Relaxed),
+        frames_out: client.stats.frames_out.load(Ordering::Relaxed),
+        mode: Listening {
+            listen: listener.local_addr().to_string(),
+            remote_addr: client.remote_addr.to_string(),
+            user: &client.user,
+            subscriptions: client.subscriptions(),
+        },
     })
+    .expect("client info serializes")
 }
 
 /// A listener client's entry of `$ws.stats`.
@@ -73,7 +79,7 @@ pub fn client_stats(
 ) -> Value {
     let mut object = Map::new();
     object.insert("id".into(), json!(&*client.id));
-    object.insert("kind".into(), json!("client"));
+    object.insert("kind".into(), json!(CLIENT_KIND));
     object.insert("link_name".into(), json!(listener.key().link_name));
     object.insert("state".into(), json!("open"));
     object.insert("pending_requests".into(), json!(client.pending.len()));

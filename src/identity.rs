@@ -1,10 +1,11 @@
 //! What names a session and its parts in both modes: the session key (component and link name),
-//! session ids (random, or stable across replicas), listener client ids, and the random tokens
-//! of request inboxes and ack ids.
+//! session ids (random, or stable across replicas), listener client ids, the random tokens of
+//! request inboxes and ack ids, and what `$ws.sessions` shows of either kind of session.
 
 use std::fmt;
 
 use rand::Rng as _;
+use serde::Serialize;
 
 /// The provider's name: its OpenTelemetry meter, its NATS connections' names, the SDK's
 /// `run_provider`.
@@ -57,6 +58,32 @@ pub fn stable_session_id(component: &str, link_name: &str) -> String {
 /// A listener client's id: `c`, the listener's replica tag, and a random part.
 pub fn client_id(replica_tag: &str) -> String {
     format!("c{replica_tag}{}", token(12))
+}
+
+/// The `kind` of a listener's client in `$ws.sessions` (a dialling session has none).
+pub const CLIENT_KIND: &str = "client";
+
+/// What `$ws.sessions` shows of a session that dials a server or of a listener's client: the
+/// fields both have, and the mode's own (`M`, flattened in beside them).
+#[derive(Serialize)]
+pub struct SessionInfo<'a, M: Serialize> {
+    pub id: &'a str,
+    /// [`CLIENT_KIND`] for a listener's client, none for a dialling session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<&'static str>,
+    pub link_name: &'a str,
+    pub state: &'static str,
+    /// RFC 3339, milliseconds; none while not connected.
+    pub connected_at: Option<String>,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    #[serde(flatten)]
+    pub mode: M,
+}
+
+/// `at` as `$ws.sessions` shows it: RFC 3339 with milliseconds.
+pub fn rfc3339(at: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[cfg(test)]
