@@ -23,12 +23,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
     rustup target add wasm32-wasip2
 fi
 
-# The compression tests talk to a server of another implementation: Python websockets, in a
-# virtualenv of its own under target/.
-if ! target/pyws-venv/bin/python -c 'import websockets' >/dev/null 2>&1; then
-    say "installing Python websockets 17.4 into target/pyws-venv (the compression tests' server)"
-    python3 -m venv target/pyws-venv
-    target/pyws-venv/bin/pip install -q websockets==17.4
+# The compression tests talk to a server of another implementation: Python websockets; the
+# protobuf tests read and write the envelope with Google's protobuf runtime and code that
+# grpcio-tools' protoc generates from proto/envelope.proto. Both in a virtualenv of its own under
+# target/.
+if ! target/pyws-venv/bin/python -c 'import websockets, grpc_tools, google.protobuf' >/dev/null 2>&1; then
+    say "installing Python websockets 17.4 and grpcio-tools 1.76.0 into target/pyws-venv (the compression and protobuf tests)"
+    [ -x target/pyws-venv/bin/pip ] || python3 -m venv target/pyws-venv
+    target/pyws-venv/bin/pip install -q websockets==17.4 grpcio-tools==1.76.0 protobuf==6.33.6
 fi
 
 # The browser test (tests/browser/chat.py, run by the end-to-end test of the listener) drives

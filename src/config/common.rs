@@ -20,7 +20,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("auth_token", Mode::Both, Secret::Preferred, Value::Text),
     Key::new("connect_timeout_sec", Mode::Both, Secret::No, number(10, 86_400, SECONDS)),
     Key::new("enable_session_tracking", Mode::Both, Secret::No, Value::Flag(true)),
-    Key::new("format", Mode::Both, Secret::No, Value::Choice(&["json", "msgpack", "raw"])),
+    Key::new("format", Mode::Both, Secret::No, Value::Choice(&["json", "msgpack", "protobuf", "raw"])),
     Key::new("raw_subject", Mode::Both, Secret::No, Value::Text),
     Key::new("send_timeout_ms", Mode::Both, Secret::No, number_why(5_000, MAX_REQUEST_TIMEOUT_MS, MILLISECONDS, HOST_CUT)),
     Key::new("request_timeout_ms", Mode::Both, Secret::No, number_why(5_000, MAX_REQUEST_TIMEOUT_MS, MILLISECONDS, HOST_CUT)),
@@ -42,6 +42,8 @@ pub enum Format {
     Json,
     /// The same envelope as a MessagePack map in a binary frame (`body` as bin, no base64).
     Msgpack,
+    /// The same envelope as the Protocol Buffers message of proto/envelope.proto, binary frames.
+    Protobuf,
     /// The body alone; incoming frames get the subject `raw_subject`.
     Raw,
 }
@@ -51,6 +53,7 @@ impl Format {
         match self {
             Format::Json => "json",
             Format::Msgpack => "msgpack",
+            Format::Protobuf => "protobuf",
             Format::Raw => "raw",
         }
     }
@@ -68,6 +71,7 @@ impl Layers<'_> {
     pub(crate) fn format(&self) -> Result<Format, ConfigError> {
         Ok(match self.choice("format")? {
             "msgpack" => Format::Msgpack,
+            "protobuf" => Format::Protobuf,
             "raw" => Format::Raw,
             _ => Format::Json,
         })

@@ -732,7 +732,7 @@ mod tests {
             ),
             (
                 &[("uri", "ws://h"), ("format", "xml")],
-                "invalid `format` 'xml': expected `json`, `msgpack` or `raw`",
+                "invalid `format` 'xml': expected `json`, `msgpack`, `protobuf` or `raw`",
             ),
             (
                 &[("uri", "ws://h"), ("enable_session_tracking", "yes")],

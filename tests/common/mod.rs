@@ -13,6 +13,7 @@ pub mod docs;
 pub mod loss;
 pub mod nats;
 pub mod otlp;
+pub mod proto;
 pub mod provider;
 pub mod pyws;
 pub mod replicas;

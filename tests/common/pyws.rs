@@ -19,7 +19,7 @@ pub struct PyWsServer {
     _child: Child,
 }
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("PYWS_PYTHON") {
         return python.into();
     }

@@ -3,10 +3,13 @@
 //! Format `json` (the default) puts one JSON object per frame:
 //! `{"subject": "...", "body": "<standard base64>", "reply_to": "..."}` with `reply_to` omitted
 //! when absent. Format `msgpack` carries the same envelope as a MessagePack map in a binary frame,
-//! `body` as bin (no base64). Format `raw` carries the body alone, for third-party feeds.
+//! `body` as bin (no base64). Format `protobuf` carries it as the Protocol Buffers message of
+//! proto/envelope.proto ([`protobuf`]). Format `raw` carries the body alone, for third-party feeds.
 //!
 //! This module knows nothing of sockets: it maps [`BrokerMessage`]s to [`Frame`]s, which the
 //! session module turns into the WebSocket library's own message type.
+
+pub mod protobuf;
 
 use std::borrow::Cow;
 use std::fmt;
@@ -49,6 +52,8 @@ pub enum DecodeError {
     NotJson(String),
     /// The frame is not MessagePack at all.
     NotMsgpack(String),
+    /// The frame is not a protobuf `Envelope`.
+    NotProtobuf(String),
     /// JSON, but not an envelope (no `subject`, wrong types, ...).
     NotEnvelope(String),
     /// `body` is not standard base64.
@@ -60,6 +65,7 @@ impl fmt::Display for DecodeError {
         match self {
             DecodeError::NotJson(e) => write!(f, "frame is not JSON: {e}"),
             DecodeError::NotMsgpack(e) => write!(f, "frame is not MessagePack: {e}"),
+            DecodeError::NotProtobuf(e) => write!(f, "frame is not a protobuf Envelope: {e}"),
             DecodeError::NotEnvelope(e) => write!(f, "frame is not a message envelope: {e}"),
             DecodeError::BadBase64(e) => write!(f, "`body` is not standard base64: {e}"),
         }
@@ -434,6 +440,7 @@ impl Codec {
         match self.format {
             Format::Json => Frame::Text(encode_json(msg, id)),
             Format::Msgpack => Frame::Binary(encode_msgpack(msg, id)),
+            Format::Protobuf => Frame::Binary(protobuf::encode(msg, id)),
             Format::Raw if std::str::from_utf8(&msg.body).is_ok() => Frame::Text(msg.body.clone()),
             Format::Raw => Frame::Binary(msg.body.clone()),
         }
@@ -443,12 +450,14 @@ impl Codec {
     pub fn encode_ack(&self, id: &str) -> Frame {
         match self.format {
             Format::Msgpack => encode_msgpack_ack(id),
+            Format::Protobuf => protobuf::encode_control("ack", id),
             Format::Json | Format::Raw => encode_ack(id),
         }
     }
 
     /// A listener's answer to a client's subscribe or unsubscribe, `{<key>: <value>}` (`ok` or
-    /// `error`), in the session's format: a MessagePack map for `msgpack`, JSON text otherwise.
+    /// `error`), in the session's format: a MessagePack map for `msgpack`, an `Envelope` with that
+    /// field for `protobuf`, JSON text otherwise.
     pub fn encode_answer(&self, key: &str, value: &str) -> Frame {
         match self.format {
             Format::Msgpack => {
@@ -457,6 +466,7 @@ impl Codec {
                 msgpack_field(&mut out, key, value);
                 Frame::Binary(Bytes::from(out))
             }
+            Format::Protobuf => protobuf::encode_control(key, value),
             Format::Json | Format::Raw => {
                 Frame::Text(Bytes::from(serde_json::json!({ key: value }).to_string()))
             }
@@ -468,6 +478,7 @@ impl Codec {
         match self.format {
             Format::Json => decode_json(&payload),
             Format::Msgpack => decode_msgpack(&payload),
+            Format::Protobuf => protobuf::decode(payload),
             Format::Raw => Ok(Incoming::Message {
                 msg: BrokerMessage {
                     subject: self.raw_subject.clone(),
@@ -776,6 +787,56 @@ mod tests {
         }
     }
 
+    proptest! {
+        #[test]
+        fn protobuf_round_trip_is_byte_exact(
+            subject in "\\PC{1,40}",
+            body in proptest::collection::vec(any::<u8>(), 0..600),
+            reply_to in proptest::option::of("\\PC{0,40}"),
+            id in proptest::option::of("[a-z0-9-]{1,20}"),
+        ) {
+            let original = msg(&subject, &body, reply_to.as_deref());
+            let codec = Codec::new(Format::Protobuf, "unused");
+            let frame = codec.encode(&original, id.as_deref());
+            prop_assert!(matches!(frame, Frame::Binary(_)));
+            match codec.decode(frame.payload().clone()).unwrap() {
+                Incoming::Message { msg: back, id: back_id } => {
+                    prop_assert!(same(&original, &back));
+                    prop_assert_eq!(back_id, id);
+                }
+                other => prop_assert!(false, "{:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn protobuf_control_frames_and_refusals() {
+        let codec = Codec::new(Format::Protobuf, "unused");
+        let ack = codec.encode_ack("srv-1");
+        match codec.decode(ack.payload().clone()).unwrap() {
+            Incoming::Ack(id) => assert_eq!(id, "srv-1"),
+            other => panic!("{other:?}"),
+        }
+        let subscribe = protobuf::Envelope {
+            subscribe: Some("feed.*".into()),
+            ..Default::default()
+        };
+        let bytes = Bytes::from(prost::Message::encode_to_vec(&subscribe));
+        assert!(matches!(codec.decode(bytes), Ok(Incoming::Subscribe(p)) if p == "feed.*"));
+        let empty = codec.decode(Bytes::new()).unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "frame is not a message envelope: missing field `subject`"
+        );
+        let garbage = codec.decode(Bytes::from_static(&[0x0a, 0xff])).unwrap_err();
+        assert!(
+            garbage
+                .to_string()
+                .starts_with("frame is not a protobuf Envelope: "),
+            "{garbage}"
+        );
+    }
+
     /// Random bytes, and a valid frame truncated or with bytes overwritten.
     fn mangled(valid: Vec<u8>) -> impl Strategy<Value = Vec<u8>> {
         let valid_len = valid.len();
@@ -834,6 +895,25 @@ mod tests {
 
     /// Hostile MessagePack: random bytes, a valid envelope cut or overwritten, deep nesting, and
     /// lengths that claim far more than the frame holds.
+    fn hostile_protobuf() -> impl Strategy<Value = Vec<u8>> {
+        let valid = protobuf::encode(
+            &msg("orders.created", b"some body bytes", Some("_INBOX.x")),
+            Some("id-1"),
+        )
+        .to_vec();
+        prop_oneof![
+            mangled(valid),
+            // Unknown groups (field 15, start group) nested deeper than any stack allows.
+            (1usize..100_000).prop_map(|depth| vec![(15 << 3) | 3; depth]),
+            // A body claiming up to 2^63 bytes.
+            any::<u64>().prop_map(|len| {
+                let mut v = vec![0x12];
+                prost::encoding::encode_varint(len, &mut v);
+                v
+            }),
+        ]
+    }
+
     fn hostile_msgpack() -> impl Strategy<Value = Vec<u8>> {
         let valid = encode_msgpack(
             &msg("orders.created", b"some body bytes", Some("_INBOX.x")),
@@ -875,6 +955,12 @@ mod tests {
         #[test]
         fn hostile_frames_never_panic_the_msgpack_decoder(input in hostile_msgpack()) {
             let codec = Codec::new(Format::Msgpack, "unused");
+            let _ = codec.decode(Bytes::from(input));
+        }
+
+        #[test]
+        fn hostile_frames_never_panic_the_protobuf_decoder(input in hostile_protobuf()) {
+            let codec = Codec::new(Format::Protobuf, "unused");
             let _ = codec.decode(Bytes::from(input));
         }
     }
