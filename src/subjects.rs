@@ -6,7 +6,10 @@
 //! - `publish("$ws.session.<id>.<subject>")`: sends `<subject>` on session `<id>` of the caller.
 //!
 //! [`check`] holds the rules for every subject a component gives (and for `reply_to`). The
-//! answers to `$ws.sessions` and `$ws.stats` are built in [`crate::control`].
+//! answers to `$ws.sessions` and `$ws.stats` are built in [`crate::control`]. [`Pattern`] is a
+//! subject pattern with NATS wildcards.
+
+use std::sync::Arc;
 
 /// Subjects starting with this prefix belong to the provider and never leave as frames.
 pub const RESERVED_SUBJECT_PREFIX: &str = "$ws.";
@@ -137,6 +140,82 @@ pub fn check_enabled(tracking: bool, link_name: &str) -> Result<(), String> {
         Err(format!(
             "the provider's `$ws.` subjects are turned off on link {link_name} (enable_session_tracking = false)"
         ))
+    }
+}
+
+/// A subject pattern with NATS wildcards (`*` one token, `>` one or more tokens at the end),
+/// checked: a listener's client subscriptions, a JWT's `subjects`, a handler link's
+/// `subscriptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pattern {
+    text: Arc<str>,
+    wild: bool,
+}
+
+impl Pattern {
+    /// A pattern obeys the subject rules (length, no whitespace or control characters, not
+    /// `$ws.`), has no empty token, and uses `*` and `>` only as whole tokens, `>` last.
+    pub fn parse(text: &str) -> Result<Pattern, String> {
+        check_incoming(text, None).map_err(|e| e.replacen("subject", "pattern", 1))?;
+        let tokens: Vec<&str> = text.split('.').collect();
+        for (i, token) in tokens.iter().enumerate() {
+            if token.is_empty() {
+                return Err(format!("pattern {}: empty token", quoted(text)));
+            }
+            if token.len() > 1 && (token.contains('*') || token.contains('>')) {
+                return Err(format!(
+                    "pattern {}: `*` and `>` must be whole tokens",
+                    quoted(text)
+                ));
+            }
+            if *token == ">" && i + 1 != tokens.len() {
+                return Err(format!(
+                    "pattern {}: `>` must be the last token",
+                    quoted(text)
+                ));
+            }
+        }
+        Ok(Pattern {
+            wild: tokens.iter().any(|t| *t == "*" || *t == ">"),
+            text: text.into(),
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Whether it has a wildcard (else it matches one subject, itself).
+    pub fn is_wild(&self) -> bool {
+        self.wild
+    }
+
+    /// The text, shared.
+    pub fn shared_text(&self) -> Arc<str> {
+        Arc::clone(&self.text)
+    }
+
+    /// A comma list of patterns (`subscriptions`): each checked, blanks around commas ignored.
+    pub fn parse_list(text: &str) -> Result<Vec<Pattern>, String> {
+        text.split(',').map(|p| Pattern::parse(p.trim())).collect()
+    }
+
+    /// Whether `subject` matches.
+    pub fn matches(&self, subject: &str) -> bool {
+        if !self.wild {
+            return *self.text == *subject;
+        }
+        let mut subject_tokens = subject.split('.');
+        for token in self.text.split('.') {
+            match (token, subject_tokens.next()) {
+                (">", Some(_)) => return true,
+                (_, None) => return false,
+                ("*", Some(_)) => {}
+                (literal, Some(s)) if literal == s => {}
+                _ => return false,
+            }
+        }
+        subject_tokens.next().is_none()
     }
 }
 

@@ -1,5 +1,5 @@
-//! Subject patterns with NATS wildcards (`*` one token, `>` one or more tokens at the end) and
-//! the listener's index of who subscribed to what.
+//! A listener's index of who subscribed to which subject pattern ([`Pattern`], NATS wildcards),
+//! and what a client's JWT allows it.
 //!
 //! The index is by pattern, not by client: a publish looks its subject up among the literal
 //! patterns (one hash lookup) and matches it against each distinct wildcard pattern once, so
@@ -8,69 +8,10 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use crate::subjects;
+pub use crate::subjects::Pattern;
 
 /// The most subscriptions one client may hold.
 pub const MAX_PER_CLIENT: usize = 256;
-
-/// A subscription pattern, checked.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Pattern {
-    text: Arc<str>,
-    wild: bool,
-}
-
-impl Pattern {
-    /// A pattern obeys the subject rules (length, no whitespace or control characters, not
-    /// `$ws.`), has no empty token, and uses `*` and `>` only as whole tokens, `>` last.
-    pub fn parse(text: &str) -> Result<Pattern, String> {
-        subjects::check_incoming(text, None).map_err(|e| e.replacen("subject", "pattern", 1))?;
-        let tokens: Vec<&str> = text.split('.').collect();
-        for (i, token) in tokens.iter().enumerate() {
-            if token.is_empty() {
-                return Err(format!("pattern {}: empty token", subjects::quoted(text)));
-            }
-            if token.len() > 1 && (token.contains('*') || token.contains('>')) {
-                return Err(format!(
-                    "pattern {}: `*` and `>` must be whole tokens",
-                    subjects::quoted(text)
-                ));
-            }
-            if *token == ">" && i + 1 != tokens.len() {
-                return Err(format!(
-                    "pattern {}: `>` must be the last token",
-                    subjects::quoted(text)
-                ));
-            }
-        }
-        Ok(Pattern {
-            wild: tokens.iter().any(|t| *t == "*" || *t == ">"),
-            text: text.into(),
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
-    /// Whether `subject` matches.
-    pub fn matches(&self, subject: &str) -> bool {
-        if !self.wild {
-            return *self.text == *subject;
-        }
-        let mut subject_tokens = subject.split('.');
-        for token in self.text.split('.') {
-            match (token, subject_tokens.next()) {
-                (">", Some(_)) => return true,
-                (_, None) => return false,
-                ("*", Some(_)) => {}
-                (literal, Some(s)) if literal == s => {}
-                _ => return false,
-            }
-        }
-        subject_tokens.next().is_none()
-    }
-}
 
 /// Whether `subject` matches one of `allowed` (a JWT's `subjects` claim); no claim = anything.
 pub fn allows(allowed: Option<&[Pattern]>, subject: &str) -> bool {
@@ -86,8 +27,8 @@ pub fn allows_pattern(allowed: Option<&[Pattern]>, pattern: &Pattern) -> bool {
 
 /// Whether every subject `inner` matches is matched by `outer`.
 fn covers(outer: &Pattern, inner: &Pattern) -> bool {
-    let mut inner_tokens = inner.text.split('.');
-    for token in outer.text.split('.') {
+    let mut inner_tokens = inner.as_str().split('.');
+    for token in outer.as_str().split('.') {
         match (token, inner_tokens.next()) {
             (">", Some(_)) => return true,
             (_, None) => return false,
@@ -117,26 +58,26 @@ impl<C> Default for Subscriptions<C> {
 
 impl<C> Subscriptions<C> {
     pub fn add(&mut self, pattern: &Pattern, id: &Arc<str>, subscriber: C) {
-        let set = if pattern.wild {
+        let set = if pattern.is_wild() {
             self.wild.entry(pattern.clone()).or_default()
         } else {
-            self.literal.entry(Arc::clone(&pattern.text)).or_default()
+            self.literal.entry(pattern.shared_text()).or_default()
         };
         set.insert(Arc::clone(id), subscriber);
     }
 
     pub fn remove(&mut self, pattern: &Pattern, id: &str) {
-        if pattern.wild {
+        if pattern.is_wild() {
             if let Some(set) = self.wild.get_mut(pattern) {
                 set.remove(id);
                 if set.is_empty() {
                     self.wild.remove(pattern);
                 }
             }
-        } else if let Some(set) = self.literal.get_mut(&*pattern.text) {
+        } else if let Some(set) = self.literal.get_mut(pattern.as_str()) {
             set.remove(id);
             if set.is_empty() {
-                self.literal.remove(&*pattern.text);
+                self.literal.remove(pattern.as_str());
             }
         }
     }
