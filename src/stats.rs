@@ -120,6 +120,9 @@ counters! {
     dropped_unmatched,
     /// Frames that arrived while the session had no handler link.
     dropped_no_handler,
+    /// Messages no pattern of the handler link's `subscriptions` matches: not delivered (and
+    /// acknowledged, with `ack`), by the link's choice.
+    unrouted,
     /// Messages read from the socket but not yet delivered when the link went (or the provider
     /// stopped); a lost connection does not drop them.
     dropped_on_close,

@@ -529,3 +529,80 @@ async fn messages_read_ahead_when_the_server_closes_are_still_delivered() {
     assert_eq!(stats["sessions"][0]["dropped_on_close"], 0, "{stats}");
     assert_eq!(stats["sessions"][0]["delivery_timeouts"], 0, "{stats}");
 }
+
+/// A handler link's `subscriptions` choose the subjects it receives; the rest is counted as
+/// `unrouted` and, with `ack`, acknowledged (so the server does not send it again). The patterns
+/// come with the handler link even when the consumer link made the session.
+#[tokio::test]
+async fn a_handler_links_subscriptions_choose_what_it_receives() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let component = rig.component("picky").await;
+    let uri = server.uri();
+    let common = [("uri", uri.as_str()), ("ack", "true")];
+    rig.provider
+        .put_link(&rig.provider.consumer_link("picky", "default", &common))
+        .await;
+    let mut handler = common.to_vec();
+    handler.push(("subscriptions", "orders.*, audit.>"));
+    rig.provider
+        .put_link(&rig.provider.handler_link("picky", "default", &handler))
+        .await;
+    rig.provider
+        .logs
+        .wait_for(
+            &["link joins the existing session", "key=picky/default"],
+            WAIT,
+        )
+        .await;
+    server.connected(WAIT).await;
+
+    let frames = [
+        ("orders.created", "a1"),
+        ("other.z", "u1"),
+        ("audit.x.y", "a2"),
+        ("orders.a.b", "u2"),
+        ("audit", "u3"),
+    ];
+    for (subject, id) in frames {
+        let frame = json!({"subject": subject, "body": "aGk=", "id": id}).to_string();
+        server.push(Message::text(frame));
+    }
+    let received = component.wait_received(2, WAIT).await;
+    let subjects: Vec<&str> = received.iter().map(|m| m.subject.as_str()).collect();
+    assert_eq!(subjects, ["orders.created", "audit.x.y"]);
+    // Every one is acknowledged: the two delivered, and the three left out.
+    let mut acked = std::collections::BTreeSet::new();
+    for _ in 0..frames.len() {
+        let frame: serde_json::Value =
+            serde_json::from_slice(&server.frame(WAIT).await.into_data()).unwrap();
+        acked.insert(frame["ack"].as_str().expect("an ack").to_string());
+    }
+    let ids: std::collections::BTreeSet<String> =
+        frames.iter().map(|(_, id)| id.to_string()).collect();
+    assert_eq!(acked, ids);
+    let stats = component.stats("default").await;
+    assert_eq!(stats["sessions"][0]["unrouted"], 3, "{stats}");
+    assert_eq!(stats["sessions"][0]["delivered"], 2, "{stats}");
+    assert_eq!(component.received().len(), 2);
+
+    // A pattern that breaks the rules refuses the link, naming it.
+    let _ = rig.component("typo").await;
+    rig.provider
+        .put_link(&rig.provider.handler_link(
+            "typo",
+            "default",
+            &[("uri", &uri), ("subscriptions", "orders..x")],
+        ))
+        .await;
+    rig.provider
+        .logs
+        .wait_for(
+            &[
+                "handler link typo/default refused: invalid `subscriptions` 'orders..x'",
+                "empty token",
+            ],
+            WAIT,
+        )
+        .await;
+}

@@ -133,6 +133,7 @@ async fn stats_count_a_scripted_scenario_exactly() {
         "dropped_oversized": 0,
         "dropped_unmatched": 0,
         "dropped_no_handler": 0,
+        "unrouted": 0,
         "requests": 2,
         "request_timeouts": 1,
     });
@@ -233,6 +234,7 @@ async fn metrics_reach_an_otlp_collector_when_the_host_enables_them() {
         "dropped_oversized",
         "dropped_unmatched",
         "dropped_no_handler",
+        "unrouted",
         "requests",
         "request_timeouts",
         "sessions",

@@ -48,6 +48,7 @@ use crate::identity::{random_session_id, SessionKey};
 use crate::lattice::lease::Fence;
 use crate::requests::Pending;
 use crate::stats::{self, SessionStats, Totals};
+use crate::subjects::Pattern;
 
 /// Sends `{"ack": "<id>"}` for incoming envelopes the handler accepted (`ack = true`).
 #[derive(Clone)]
@@ -91,6 +92,8 @@ pub struct Session {
     /// The attributes of the session's OpenTelemetry measurements.
     pub metric_attributes: Arc<[KeyValue]>,
     handler_linked: Arc<AtomicBool>,
+    /// The handler link's `subscriptions`.
+    routes: delivery::Routes,
     pending: Pending,
     acks: Acks,
     /// The failed attempts after which the session gave up; 0 while it has not.
@@ -166,11 +169,17 @@ impl Session {
             Arc::new(move |id: &str| acker.ack(id)) as delivery::Ack
         });
 
+        // The handler link's `subscriptions`, when the session starts with it.
+        let routes = delivery::Routes::default();
+        if handler_linked.load(Ordering::Relaxed) {
+            routes.set(config.subscriptions.clone());
+        }
         let delivery = tokio::spawn(delivery::run(
             delivery::Target {
                 session_id: id.clone(),
                 key: key.clone(),
                 handler_linked: Arc::clone(&handler_linked),
+                routes: routes.clone(),
                 acker,
                 stats: Arc::clone(&stats),
                 clients,
@@ -219,6 +228,7 @@ impl Session {
             down_since,
             metric_attributes,
             handler_linked,
+            routes,
             pending,
             acks,
             gave_up,
@@ -258,6 +268,11 @@ impl Session {
     /// Whether incoming messages go to the component's handler (a handler link exists).
     pub fn set_handler_linked(&self, linked: bool) {
         self.handler_linked.store(linked, Ordering::Relaxed);
+    }
+
+    /// The subjects the handler link receives (its `subscriptions`; `None` = all).
+    pub fn set_subscriptions(&self, patterns: Option<Vec<Pattern>>) {
+        self.routes.set(patterns);
     }
 
     /// Sends `msg` as one frame; Ok once the frame is written to the socket.

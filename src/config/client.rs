@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::keys::{number, number_or_zero, Key, Mode, Secret, Value, MILLISECONDS};
 use super::layers::Layers;
 use super::{invalid, ConfigError, Format};
+use crate::subjects::Pattern;
 
 /// The handshake header carrying `auth_token`.
 pub const AUTHORIZATION: &str = "authorization";
@@ -32,6 +33,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("reconnect_max_delay_ms", Mode::Dialling, Secret::No, number(30_000, 3_600_000, MILLISECONDS)),
     Key::new("reconnect_max_attempts", Mode::Dialling, Secret::No, number_or_zero(0, 1_000_000, "a whole number of attempts (0 = retry forever)")),
     Key::new("ack", Mode::Dialling, Secret::No, Value::Flag(false)),
+    Key::new("subscriptions", Mode::Dialling, Secret::No, Value::Text),
 ];
 
 /// Handshake headers the WebSocket client sets itself; a `header.<Name>` may not replace them.
@@ -222,6 +224,14 @@ impl Layers<'_> {
             ));
         }
         Ok((initial, max))
+    }
+
+    /// `subscriptions`: the subject patterns a handler link receives (a comma list, NATS
+    /// wildcards); `None` (every subject) when not set.
+    pub(crate) fn subscriptions(&self) -> Result<Option<Vec<Pattern>>, ConfigError> {
+        self.plain("subscriptions")
+            .map(|list| Pattern::parse_list(list).map_err(|e| invalid("subscriptions", list, e)))
+            .transpose()
     }
 
     /// `ack`, which needs an envelope with an id.

@@ -29,6 +29,7 @@ use wasmcloud_provider_sdk::core::secrets::SecretValue;
 use self::keys::{Bound, Key, Secret};
 use self::layers::Layers;
 use self::tls::Tls;
+use crate::subjects::Pattern;
 
 pub(crate) use self::client::HEADER_PREFIX;
 pub use self::client::{redact_uri, Uri, AUTHORIZATION};
@@ -155,6 +156,9 @@ pub struct ConnectionConfig {
     pub replicas: Replicas,
     /// How long an owner may be silent before a standby takes its sessions over.
     pub failover: Duration,
+    /// The subjects a handler link receives (`subscriptions`), `None` = every subject. Not part
+    /// of a session's settings: read from the handler link.
+    pub subscriptions: Option<Vec<Pattern>>,
     /// Server mode: the listener's settings (`listen` and the keys that go with it). Then `uri`
     /// is empty, and `auth_token` is what clients must present.
     pub listen: Option<ListenConfig>,
@@ -201,6 +205,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("ack", &self.ack)
             .field("replicas", &self.replicas)
             .field("failover", &self.failover)
+            .field("subscriptions", &self.subscriptions)
             .field("listen", &self.listen)
             .finish()
     }
@@ -321,6 +326,8 @@ impl ConnectionConfig {
             ack,
             replicas,
             failover,
+            // The handler link's own: two links with different ones still share a session.
+            subscriptions: _,
             listen,
         } = self;
         let mut keys = Vec::new();
@@ -440,6 +447,7 @@ impl Layers<'_> {
         let compression = self.compression()?;
         let ack = self.ack(format)?;
         let (replicas, failover) = self.replicas()?;
+        let subscriptions = self.subscriptions()?;
         Ok(ConnectionConfig {
             uri,
             auth_token,
@@ -467,6 +475,7 @@ impl Layers<'_> {
             ack,
             replicas,
             failover,
+            subscriptions,
             listen,
         })
     }

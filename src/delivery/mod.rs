@@ -15,14 +15,14 @@ pub mod budget;
 pub mod invoke;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
 use futures::StreamExt as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::delivery::budget::Slot;
 pub use crate::delivery::invoke::HandlerClients;
@@ -30,6 +30,7 @@ pub(crate) use crate::delivery::invoke::{HandlerClient, Message, Stage};
 use crate::identity::SessionKey;
 use crate::lattice::lease::Fence;
 use crate::stats::{self, SessionStats};
+use crate::subjects::Pattern;
 
 /// A decoded message on its way to the handler, holding its in-flight slot (taken before it
 /// is handed over), and the id to acknowledge once the handler accepted it (`ack = true`).
@@ -47,6 +48,8 @@ pub struct Target {
     pub session_id: String,
     pub key: SessionKey,
     pub handler_linked: Arc<AtomicBool>,
+    /// The subjects the handler link receives (`subscriptions`).
+    pub routes: Routes,
     /// Sends acknowledgements, with `ack = true`: called with an envelope's id once the handler
     /// accepted it.
     pub acker: Option<Ack>,
@@ -56,6 +59,26 @@ pub struct Target {
     pub timeout: Duration,
     /// With `replicas = one`: this replica delivers only while it holds the session's lease.
     pub fence: Option<Fence>,
+}
+
+/// The subjects a handler link receives: its `subscriptions` (any subject while it set none).
+/// Set when the handler link is put, read for every message.
+#[derive(Clone, Default)]
+pub struct Routes(Arc<RwLock<Option<Arc<[Pattern]>>>>);
+
+impl Routes {
+    /// The handler link's patterns; `None` = every subject.
+    pub fn set(&self, patterns: Option<Vec<Pattern>>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = patterns.map(Into::into);
+    }
+
+    /// Whether a message with `subject` goes to the handler.
+    pub fn admit(&self, subject: &str) -> bool {
+        match &*self.0.read().unwrap_or_else(|e| e.into_inner()) {
+            None => true,
+            Some(patterns) => patterns.iter().any(|p| p.matches(subject)),
+        }
+    }
 }
 
 /// The delivery task of one session. The component's wRPC client is made on the first message
@@ -85,6 +108,16 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
             continue;
         }
         fenced = false;
+        if !target.routes.admit(&msg.subject) {
+            // The handler link's `subscriptions` leave it out: deliberately not delivered, so
+            // acknowledged (a server would otherwise send it again and again).
+            stats::bump(&target.stats.unrouted);
+            debug!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, "no pattern of the handler link's `subscriptions` matches; not delivered (counted as unrouted)");
+            if let (Some(acker), Some(id)) = (&target.acker, ack_id) {
+                acker(&id);
+            }
+            continue;
+        }
         if !target.handler_linked.load(Ordering::Relaxed) {
             if let Some(count) = stats::bump_loss(&target.stats.dropped_no_handler) {
                 warn!(session = %target.session_id, component = %target.key.component, link_name = %target.key.link_name, subject = %msg.subject, count, "a frame came while the session has no handler link; dropped (counted as dropped_no_handler; logged at the 1st, 10th, 100th, ...)");

@@ -283,6 +283,9 @@ impl WebSocketMessagingProvider {
                 ));
             }
             info!(%role, %key, session = %linked.session.id, "link joins the existing session");
+            if role == Role::Handler {
+                linked.session.set_subscriptions(cfg.subscriptions.clone());
+            }
             linked.set(role, true);
             return Ok(());
         }
@@ -348,6 +351,9 @@ impl WebSocketMessagingProvider {
         };
         linked.set(role, false);
         let session = Arc::clone(&linked.session);
+        if role == Role::Handler {
+            session.set_subscriptions(None);
+        }
         if linked.has(role.other()) {
             info!(%role, %key, session = %session.id, "link deleted; the session stays for the other link");
         } else {

@@ -31,6 +31,8 @@ pub async fn run(shared: Arc<Shared>, client: Arc<Client>, socket: ClientSocket)
         session_id: client.id.to_string(),
         key: shared.key.clone(),
         handler_linked: Arc::clone(&shared.handler_linked),
+        // A listener's clients choose what they send; `subscriptions` is a dialling link's.
+        routes: delivery::Routes::default(),
         acker: None,
         stats: Arc::clone(&client.stats),
         clients: shared.handler_clients.clone(),
