@@ -18,7 +18,7 @@
 //!   calling the played component's `handle-message` (the delivery shape).
 //!
 //! Ours in format `json` and, for publish and request at 64 in flight and delivery at the
-//! defaults, `msgpack` (`BENCH_FORMATS`). Then a burst: `BENCH_BURST` (100000, 0 = none) messages
+//! defaults, `msgpack` (`BENCH_FORMATS`; `protobuf` too when listed, without request). Then a burst: `BENCH_BURST` (100000, 0 = none) messages
 //! of 1 KiB delivered at the defaults, with the peak resident memory of both providers. Then a
 //! soak: publish 1 KiB with 64 in flight for `BENCH_SOAK_SECS` (60), resident memory read
 //! at 10 s and at the end.
@@ -350,6 +350,13 @@ impl Bench {
                         None,
                         None,
                     )),
+                    "protobuf" => Message::binary(prost::Message::encode_to_vec(
+                        &wasmcloud_provider_messaging_websocket::envelope::protobuf::Envelope {
+                            subject: "bench.delivery".into(),
+                            body: payload.clone(),
+                            ..Default::default()
+                        },
+                    )),
                     _ => Message::text(
                         serde_json::json!({
                             "subject": "bench.delivery",
@@ -637,6 +644,7 @@ async fn main() {
         .map(|f| match f.as_str() {
             "json" => "json",
             "msgpack" => "msgpack",
+            "protobuf" => "protobuf",
             other => panic!("BENCH_FORMATS: unknown format {other}"),
         })
         .collect();
@@ -672,14 +680,17 @@ async fn main() {
             }
         }
         for (system, format) in runs {
-            // msgpack: publish and request at 64 in flight, delivery at the defaults.
-            let second_format = format == "msgpack";
+            // msgpack and protobuf: publish and request at 64 in flight, delivery at the
+            // defaults; protobuf without request (the bench's responder answers json and
+            // msgpack).
+            let second_format = format == "msgpack" || format == "protobuf";
             for &in_flight in &in_flights {
                 if second_format && in_flight == 1 {
                     continue;
                 }
                 for phase in [Phase::Publish, Phase::Request] {
-                    if !phases.contains(&phase) {
+                    if !phases.contains(&phase) || (phase == Phase::Request && format == "protobuf")
+                    {
                         continue;
                     }
                     let row = match phase {
