@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::client::session::Session;
-use crate::identity::{rfc3339, SessionInfo, CLIENT_KIND};
+use crate::identity::{rfc3339, SessionInfo, SessionKey, CLIENT_KIND};
 use crate::stats::Totals;
 
 /// What a dialling session adds to its [`SessionInfo`].
@@ -19,6 +19,11 @@ struct Dialling<'a> {
     uri: &'a str,
     /// The replica (host id) that holds the connection.
     owner: Option<&'a str>,
+    /// A pool's: its name and the links that share it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    members: Option<Vec<Value>>,
 }
 
 /// What a listener's client adds to its [`SessionInfo`].
@@ -32,7 +37,13 @@ struct Listening<'a> {
 
 /// A session's entry of `$ws.sessions`, as this replica sees it; `owner` is the host holding the
 /// connection.
-pub fn session_info(s: &Session, owner: Option<&str>) -> Value {
+pub fn session_info(s: &Session, owner: Option<&str>, links: &[SessionKey]) -> Value {
+    let members = s.config.pool.as_ref().map(|_| {
+        links
+            .iter()
+            .map(|k| json!({ "component": k.component, "link_name": k.link_name }))
+            .collect()
+    });
     serde_json::to_value(SessionInfo {
         id: &s.id,
         kind: None,
@@ -44,6 +55,8 @@ pub fn session_info(s: &Session, owner: Option<&str>) -> Value {
         mode: Dialling {
             uri: s.config.uri.shown(),
             owner,
+            pool: s.config.pool.as_deref(),
+            members,
         },
     })
     .expect("session info serializes")

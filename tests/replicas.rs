@@ -514,3 +514,73 @@ async fn without_jetstream_replicas_one_is_refused_saying_why_and_all_works() {
         .await;
     server.connected(LIMIT).await;
 }
+
+/// A pool across replicas: one lease for the pool, so one connection whatever the members; each
+/// member gets its subjects once, and every member's publish reaches the server, whichever
+/// replica it lands on.
+#[tokio::test]
+async fn a_pool_has_one_owner_across_replicas() {
+    let server = WsServer::recorder().await;
+    let mut replicas = Replicas::start(2, &[]).await;
+    let uri = server.uri();
+    for (id, subscriptions) in [("pool-a", "a.*"), ("pool-b", "b.*")] {
+        let config = [
+            ("uri", uri.as_str()),
+            ("pool", "shared"),
+            ("subscriptions", subscriptions),
+        ];
+        let first = &replicas.all[0];
+        let consumer = first.consumer_link(id, "default", &config);
+        let handler = first.handler_link(id, "default", &config);
+        replicas.put_link(&consumer).await;
+        replicas.put_link(&handler).await;
+    }
+    let a = replicas.component("pool-a").await;
+    let b = replicas.component("pool-b").await;
+    server.connected(LIMIT).await;
+    let owner = replicas.owner(LIMIT).await;
+    replicas.settled(owner, LIMIT).await;
+    assert_eq!(
+        server.open(),
+        1,
+        "one connection for the pool across replicas"
+    );
+
+    let pushed: Vec<Message> = (0..100)
+        .flat_map(|i| {
+            [
+                Message::text(envelope("a.x", format!("a{i}").as_bytes(), None)),
+                Message::text(envelope("b.y", format!("b{i}").as_bytes(), None)),
+            ]
+        })
+        .collect();
+    server.push_many(pushed);
+    a.wait_received(100, LIMIT).await;
+    b.wait_received(100, LIMIT).await;
+    for i in 0..20 {
+        for (component, name) in [(&a, "a"), (&b, "b")] {
+            component
+                .publish(
+                    "default",
+                    &format!("out.{name}"),
+                    format!("{name}{i}"),
+                    None,
+                )
+                .await
+                .expect("answered")
+                .unwrap_or_else(|e| panic!("publish {i} of {name} failed: {e}"));
+        }
+    }
+    let mut out = BTreeMap::new();
+    while out.values().sum::<usize>() < 40 {
+        let frame = server.frame(LIMIT).await;
+        let value: serde_json::Value = serde_json::from_slice(&frame.into_data()).unwrap();
+        *out.entry(value["subject"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(out["out.a"], 20);
+    assert_eq!(out["out.b"], 20);
+    assert_eq!(server.open(), 1, "still one connection");
+    assert_eq!(a.count(), 100, "nothing delivered twice");
+    assert_eq!(b.count(), 100, "nothing delivered twice");
+}

@@ -300,6 +300,7 @@ impl SocketTask {
                 msg: msg.into(),
                 ack_id,
                 slot: None,
+                joint: None,
             }),
             Routed::Reply => None,
             Routed::Late(subject) => {

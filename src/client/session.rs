@@ -42,7 +42,7 @@ use crate::client::task::SocketTask;
 
 use crate::config::{ConnectionConfig, Format};
 use crate::delivery::budget::Budget;
-use crate::delivery::{self};
+use crate::delivery::{self, pool};
 use crate::envelope::{Codec, Frame};
 use crate::identity::{random_session_id, SessionKey};
 use crate::lattice::lease::Fence;
@@ -94,6 +94,8 @@ pub struct Session {
     handler_linked: Arc<AtomicBool>,
     /// The handler link's `subscriptions`.
     routes: delivery::Routes,
+    /// A pool's member handler links (`pool` set), none for a session of one link pair.
+    members: Option<Arc<pool::Members>>,
     pending: Pending,
     acks: Acks,
     /// The failed attempts after which the session gave up; 0 while it has not.
@@ -174,21 +176,45 @@ impl Session {
         if handler_linked.load(Ordering::Relaxed) {
             routes.set(config.subscriptions.clone());
         }
-        let delivery = tokio::spawn(delivery::run(
-            delivery::Target {
+        // A pool's messages go to its member handler links, each with a delivery of its own.
+        let members = config.pool.as_ref().map(|_| {
+            Arc::new(pool::Members::new(pool::Common {
                 session_id: id.clone(),
-                key: key.clone(),
-                handler_linked: Arc::clone(&handler_linked),
-                routes: routes.clone(),
-                acker,
                 stats: Arc::clone(&stats),
-                clients,
+                clients: clients.clone(),
                 timeout: config.delivery_timeout,
                 fence: fence.clone(),
-            },
-            inbound_rx,
-            cancel.clone(),
-        ));
+                max_in_flight: config.max_in_flight,
+                max_in_flight_bytes: config.max_in_flight_bytes,
+            }))
+        });
+        let delivery = match &members {
+            Some(members) => tokio::spawn(pool::dispatch(
+                Arc::clone(members),
+                key.clone(),
+                acker,
+                inbound_rx,
+                cancel.clone(),
+            )),
+            None => tokio::spawn(delivery::run(
+                delivery::Target {
+                    session_id: id.clone(),
+                    key: key.clone(),
+                    handler_linked: Arc::clone(&handler_linked),
+                    routes: routes.clone(),
+                    acker,
+                    stats: Arc::clone(&stats),
+                    clients,
+                    timeout: config.delivery_timeout,
+                    fence: fence.clone(),
+                },
+                inbound_rx,
+                cancel.clone(),
+            )),
+        };
+        if let (Some(members), true) = (&members, handler_linked.load(Ordering::Relaxed)) {
+            members.add(key.clone(), config.subscriptions.clone());
+        }
         let socket = tokio::spawn(
             SocketTask {
                 id: id.clone(),
@@ -229,6 +255,7 @@ impl Session {
             metric_attributes,
             handler_linked,
             routes,
+            members,
             pending,
             acks,
             gave_up,
@@ -273,6 +300,20 @@ impl Session {
     /// The subjects the handler link receives (its `subscriptions`; `None` = all).
     pub fn set_subscriptions(&self, patterns: Option<Vec<Pattern>>) {
         self.routes.set(patterns);
+    }
+
+    /// A pool: handler link `key` receives what its `subscriptions` match (`None` = all).
+    pub fn add_member(&self, key: SessionKey, subscriptions: Option<Vec<Pattern>>) {
+        if let Some(members) = &self.members {
+            members.add(key, subscriptions);
+        }
+    }
+
+    /// A pool: handler link `key` is gone; the other members are not disturbed.
+    pub fn remove_member(&self, key: &SessionKey) {
+        if let Some(members) = &self.members {
+            members.remove(key);
+        }
     }
 
     /// Sends `msg` as one frame; Ok once the frame is written to the socket.

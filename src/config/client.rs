@@ -34,6 +34,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("reconnect_max_attempts", Mode::Dialling, Secret::No, number_or_zero(0, 1_000_000, "a whole number of attempts (0 = retry forever)")),
     Key::new("ack", Mode::Dialling, Secret::No, Value::Flag(false)),
     Key::new("subscriptions", Mode::Dialling, Secret::No, Value::Text),
+    Key::new("pool", Mode::Dialling, Secret::No, Value::Text),
 ];
 
 /// Handshake headers the WebSocket client sets itself; a `header.<Name>` may not replace them.
@@ -232,6 +233,23 @@ impl Layers<'_> {
         self.plain("subscriptions")
             .map(|list| Pattern::parse_list(list).map_err(|e| invalid("subscriptions", list, e)))
             .transpose()
+    }
+
+    /// `pool`: the name of the connection this link shares with the other links of that name,
+    /// whatever their component.
+    pub(crate) fn pool(&self) -> Result<Option<String>, ConfigError> {
+        let Some(name) = self.plain("pool") else {
+            return Ok(None);
+        };
+        let fine = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > 64 || !name.chars().all(fine) {
+            return Err(invalid(
+                "pool",
+                name,
+                "expected a name of 1 to 64 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        Ok(Some(name.to_string()))
     }
 
     /// `ack`, which needs an envelope with an id.

@@ -156,6 +156,8 @@ pub struct ConnectionConfig {
     pub replicas: Replicas,
     /// How long an owner may be silent before a standby takes its sessions over.
     pub failover: Duration,
+    /// The shared connection this link joins (`pool`), by name.
+    pub pool: Option<String>,
     /// The subjects a handler link receives (`subscriptions`), `None` = every subject. Not part
     /// of a session's settings: read from the handler link.
     pub subscriptions: Option<Vec<Pattern>>,
@@ -205,6 +207,7 @@ impl fmt::Debug for ConnectionConfig {
             .field("ack", &self.ack)
             .field("replicas", &self.replicas)
             .field("failover", &self.failover)
+            .field("pool", &self.pool)
             .field("subscriptions", &self.subscriptions)
             .field("listen", &self.listen)
             .finish()
@@ -326,6 +329,7 @@ impl ConnectionConfig {
             ack,
             replicas,
             failover,
+            pool,
             // The handler link's own: two links with different ones still share a session.
             subscriptions: _,
             listen,
@@ -390,6 +394,7 @@ impl ConnectionConfig {
         check("ack", *ack == other.ack);
         check("replicas", *replicas == other.replicas);
         check("failover_sec", *failover == other.failover);
+        check("pool", *pool == other.pool);
         match (listen, &other.listen) {
             (Some(mine), Some(theirs)) => keys.extend(mine.differing_keys(theirs)),
             (None, None) => {}
@@ -448,6 +453,7 @@ impl Layers<'_> {
         let ack = self.ack(format)?;
         let (replicas, failover) = self.replicas()?;
         let subscriptions = self.subscriptions()?;
+        let pool = self.pool()?;
         Ok(ConnectionConfig {
             uri,
             auth_token,
@@ -475,6 +481,7 @@ impl Layers<'_> {
             ack,
             replicas,
             failover,
+            pool,
             subscriptions,
             listen,
         })

@@ -13,6 +13,7 @@
 
 pub mod budget;
 pub mod invoke;
+pub mod pool;
 
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
@@ -38,6 +39,8 @@ pub struct Inbound {
     pub msg: Message,
     pub ack_id: Option<String>,
     pub slot: Option<Slot>,
+    /// A pool's message going to several handlers: acknowledged once all of them accepted it.
+    pub joint: Option<Arc<pool::Joint>>,
 }
 
 /// Queues the acknowledgement of an envelope id (client mode, `ack = true`).
@@ -94,7 +97,13 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
             Some(()) = in_flight.next(), if !in_flight.is_empty() => continue,
             next = inbound.recv() => next,
         };
-        let Some(Inbound { msg, ack_id, slot }) = next else {
+        let Some(Inbound {
+            msg,
+            ack_id,
+            slot,
+            joint,
+        }) = next
+        else {
             break;
         };
         // Checked at the last moment: a replica that was paused past its lease's deadline
@@ -146,7 +155,7 @@ pub async fn run(target: Target, mut inbound: mpsc::Receiver<Inbound>, cancel: C
                 }
             }
         };
-        in_flight.push(deliver(&target, ready, msg, ack_id, slot));
+        in_flight.push(deliver(&target, ready, msg, ack_id, slot, joint));
     }
     // The link went (or the provider stops). What was read but not handed to the component is
     // counted and reported; calls under way finish (each has its deadline).
@@ -174,6 +183,7 @@ pub(crate) async fn deliver(
     msg: Message,
     ack_id: Option<String>,
     slot: Option<Slot>,
+    joint: Option<Arc<pool::Joint>>,
 ) {
     let stage = AtomicU8::new(Stage::Invoke as u8);
     let result = tokio::time::timeout(target.timeout, client.handle_message(&msg, &stage)).await;
@@ -181,6 +191,9 @@ pub(crate) async fn deliver(
     match result {
         Ok(Ok(Ok(()))) => {
             stats::bump(&target.stats.delivered);
+            if let Some(joint) = joint {
+                joint.accepted();
+            }
             // Only now: a handler error, a timeout or a crash leaves the message
             // unacknowledged, and the server may send it again.
             if let (Some(acker), Some(id)) = (&target.acker, ack_id) {

@@ -56,13 +56,13 @@ impl WebSocketMessagingProvider {
                 return super::listeners::done(answer);
             }
         }
+        // The component's own sessions only (a pool's session is each member's).
         let session = read(&self.links)
-            .values()
-            .find(|l| l.session.id == id)
-            .map(|l| Arc::clone(&l.session));
-        let session = match session {
-            Some(session) if session.key.component == component => session,
-            _ => return Err(format!("component {component} has no session {id}")),
+            .iter()
+            .find(|(k, l)| l.session.id == id && k.component == component)
+            .map(|(_, l)| Arc::clone(&l.session));
+        let Some(session) = session else {
+            return Err(format!("component {component} has no session {id}"));
         };
         if !session.config.enable_session_tracking {
             return Err(format!(
@@ -334,7 +334,7 @@ impl WebSocketMessagingProvider {
     ) -> (serde_json::Value, serde_json::Value) {
         let owner = self.owner_of(session);
         (
-            control::session_info(session, owner.as_deref()),
+            control::session_info(session, owner.as_deref(), &self.members_of(session)),
             control::session_stats(session),
         )
     }

@@ -22,7 +22,7 @@ use anyhow::anyhow;
 use tracing::{debug, error, info};
 
 use crate::client::session::{Session, SessionState};
-use crate::config::{ConnectionConfig, ProviderDefaults, Replicas};
+use crate::config::{ConnectionConfig, Format, ProviderDefaults, Replicas};
 use crate::delivery::HandlerClients;
 use crate::identity::SessionKey;
 use crate::lattice::lease::{Claim, Fence, Leave};
@@ -207,12 +207,27 @@ impl WebSocketMessagingProvider {
             .map(|l| Arc::clone(&l.session))
     }
 
-    /// Every live session.
+    /// Every live session, once (a pool's is held by several links).
     pub fn sessions(&self) -> Vec<Arc<Session>> {
-        read(&self.links)
-            .values()
-            .map(|l| Arc::clone(&l.session))
-            .collect()
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        for linked in read(&self.links).values() {
+            if !sessions.iter().any(|s| Arc::ptr_eq(s, &linked.session)) {
+                sessions.push(Arc::clone(&linked.session));
+            }
+        }
+        sessions
+    }
+
+    /// The links (component, link name) that hold `session`: one for a session of one link
+    /// pair, every member for a pool's.
+    pub fn members_of(&self, session: &Session) -> Vec<SessionKey> {
+        let mut keys: Vec<SessionKey> = read(&self.links)
+            .iter()
+            .filter(|(_, l)| std::ptr::eq(&*l.session, session))
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Validates a link and attaches it to a session: the session of the other link with the
@@ -285,9 +300,47 @@ impl WebSocketMessagingProvider {
             info!(%role, %key, session = %linked.session.id, "link joins the existing session");
             if role == Role::Handler {
                 linked.session.set_subscriptions(cfg.subscriptions.clone());
+                linked
+                    .session
+                    .add_member(key.clone(), cfg.subscriptions.clone());
             }
             linked.set(role, true);
             return Ok(());
+        }
+        if let Some(name) = &cfg.pool {
+            let pooled = links
+                .values()
+                .find(|l| l.session.config.pool.as_ref() == Some(name))
+                .cloned();
+            if let Some(pooled) = pooled {
+                let session = &pooled.session;
+                let differ: Vec<String> = session
+                    .config
+                    .differing_keys(&cfg)
+                    .into_iter()
+                    // Each member's own: its raw frames' subject matters in format `raw` only.
+                    .filter(|k| k != "raw_subject" || cfg.format == Format::Raw)
+                    .collect();
+                if !differ.is_empty() {
+                    return Err(format!(
+                        "it would join pool `{name}` (session {}), but its settings differ from the pool's in {}: every link of a pool shares one connection, so their settings must be equal",
+                        session.id,
+                        differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                info!(%role, %key, pool = %name, session = %session.id, "link joins the pool's session");
+                if role == Role::Handler {
+                    session.add_member(key.clone(), cfg.subscriptions.clone());
+                }
+                let mut member = Linked {
+                    session: Arc::clone(session),
+                    roles: Roles::default(),
+                    claim: pooled.claim.clone(),
+                };
+                member.roles.set(role, true);
+                links.insert(key, member);
+                return Ok(());
+            }
         }
         let lattice = match (&cfg.replicas, &self.replication) {
             (Replicas::One, Replication::Lattice(lattice)) => Some(Arc::clone(lattice)),
@@ -299,11 +352,14 @@ impl WebSocketMessagingProvider {
             _ => None,
         };
         let failover = cfg.failover;
+        // A pool's lease is the pool's, whichever member made the session (no component has an
+        // empty id).
         let replicated = lattice.as_ref().map(|_| {
-            (
-                lattice::lease_key(&key.component, &key.link_name),
-                Fence::default(),
-            )
+            let lease = match &cfg.pool {
+                Some(name) => lattice::lease_key("", name),
+                None => lattice::lease_key(&key.component, &key.link_name),
+            };
+            (lease, Fence::default())
         });
         let session = Session::start(
             key.clone(),
@@ -353,9 +409,16 @@ impl WebSocketMessagingProvider {
         let session = Arc::clone(&linked.session);
         if role == Role::Handler {
             session.set_subscriptions(None);
+            session.remove_member(&key);
         }
         if linked.has(role.other()) {
             info!(%role, %key, session = %session.id, "link deleted; the session stays for the other link");
+        } else if links
+            .iter()
+            .any(|(k, l)| *k != key && Arc::ptr_eq(&l.session, &session))
+        {
+            links.remove(&key);
+            info!(%role, %key, session = %session.id, "link deleted; the pool's session stays for its other links");
         } else {
             info!(%role, %key, session = %session.id, "link deleted; closing its session");
             let claim = links.remove(&key).and_then(|l| l.claim);
@@ -421,11 +484,12 @@ impl WebSocketMessagingProvider {
 
     /// The sessions of `component`, whatever their link names, ordered by link name.
     pub fn list_sessions(&self, component: &str) -> Vec<Arc<Session>> {
-        let mut mine: Vec<_> = read(&self.links)
-            .values()
-            .filter(|l| l.session.key.component == component)
-            .map(|l| Arc::clone(&l.session))
-            .collect();
+        let mut mine: Vec<Arc<Session>> = Vec::new();
+        for (key, linked) in read(&self.links).iter() {
+            if key.component == component && !mine.iter().any(|s| Arc::ptr_eq(s, &linked.session)) {
+                mine.push(Arc::clone(&linked.session));
+            }
+        }
         mine.sort_by(|a, b| a.key.cmp(&b.key));
         mine
     }

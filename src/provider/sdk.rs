@@ -151,8 +151,16 @@ impl Provider for WebSocketMessagingProvider {
         for listener in &listeners {
             listener.close();
         }
-        let linked: Vec<_> = write(&self.links).drain().map(|(_, l)| l).collect();
-        let sessions: Vec<_> = linked.iter().map(|l| Arc::clone(&l.session)).collect();
+        let mut linked: Vec<_> = write(&self.links).drain().map(|(_, l)| l).collect();
+        // A pool's session (and its lease) is held by several links: once each.
+        let mut sessions: Vec<Arc<Session>> = Vec::new();
+        linked.retain(|l| {
+            let first = !sessions.iter().any(|s| Arc::ptr_eq(s, &l.session));
+            if first {
+                sessions.push(Arc::clone(&l.session));
+            }
+            first
+        });
         for session in &sessions {
             session.close();
         }

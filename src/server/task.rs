@@ -395,7 +395,7 @@ impl<'a> Reader<'a> {
         self.bytes_in_flight += len;
         let target = self.target;
         self.in_flight.push(Box::pin(async move {
-            delivery::deliver(target, handler, msg.into(), None, None).await;
+            delivery::deliver(target, handler, msg.into(), None, None, None).await;
             drop(slot);
             len
         }));
