@@ -583,4 +583,45 @@ async fn a_pool_has_one_owner_across_replicas() {
     assert_eq!(server.open(), 1, "still one connection");
     assert_eq!(a.count(), 100, "nothing delivered twice");
     assert_eq!(b.count(), 100, "nothing delivered twice");
+
+    // The member that came first leaves; the pool's session stays, and the other member's
+    // calls, on whichever replica they land, still reach it.
+    for replica in &replicas.all {
+        let config = [
+            ("uri", uri.as_str()),
+            ("pool", "shared"),
+            ("subscriptions", "a.*"),
+        ];
+        replica
+            .delete_link(&replica.consumer_link("pool-a", "default", &config))
+            .await;
+        replica
+            .delete_link(&replica.handler_link("pool-a", "default", &config))
+            .await;
+        replica
+            .logs
+            .wait_for(
+                &[
+                    "the pool's session stays for its other links",
+                    "key=pool-a/default",
+                ],
+                LIMIT,
+            )
+            .await;
+    }
+    for i in 0..20 {
+        b.publish("default", "after", format!("after{i}"), None)
+            .await
+            .expect("answered")
+            .unwrap_or_else(|e| panic!("publish {i} after the first member left failed: {e}"));
+    }
+    let mut after = 0;
+    while after < 20 {
+        let frame = server.frame(LIMIT).await;
+        let value: serde_json::Value = serde_json::from_slice(&frame.into_data()).unwrap();
+        if value["subject"] == "after" {
+            after += 1;
+        }
+    }
+    assert_eq!(server.open(), 1, "still one connection");
 }

@@ -192,7 +192,15 @@ impl WebSocketMessagingProvider {
 
     /// The session of (component, link name), whichever links hold it.
     fn session_of(&self, key: &SessionKey) -> Option<Arc<Session>> {
-        read(&self.links).get(key).map(|l| Arc::clone(&l.session))
+        let links = read(&self.links);
+        if key.component.is_empty() {
+            // A pool's session, by its name.
+            return links
+                .values()
+                .find(|l| l.session.config.pool.as_deref() == Some(key.link_name.as_str()))
+                .map(|l| Arc::clone(&l.session));
+        }
+        links.get(key).map(|l| Arc::clone(&l.session))
     }
 
     /// The session a component's call goes through: its consumer link with that link name.
@@ -297,7 +305,6 @@ impl WebSocketMessagingProvider {
                     differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                 ));
             }
-            info!(%role, %key, session = %linked.session.id, "link joins the existing session");
             if role == Role::Handler {
                 linked.session.set_subscriptions(cfg.subscriptions.clone());
                 linked
@@ -305,6 +312,8 @@ impl WebSocketMessagingProvider {
                     .add_member(key.clone(), cfg.subscriptions.clone());
             }
             linked.set(role, true);
+            // Said once the link is in (tests wait for this line before sending).
+            info!(%role, %key, session = %linked.session.id, "link joins the existing session");
             return Ok(());
         }
         if let Some(name) = &cfg.pool {
@@ -328,10 +337,11 @@ impl WebSocketMessagingProvider {
                         differ.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
                     ));
                 }
-                info!(%role, %key, pool = %name, session = %session.id, "link joins the pool's session");
                 if role == Role::Handler {
                     session.add_member(key.clone(), cfg.subscriptions.clone());
                 }
+                // Said once the link is in (tests wait for this line before sending).
+                info!(%role, %key, pool = %name, session = %session.id, "link joins the pool's session");
                 let mut member = Linked {
                     session: Arc::clone(session),
                     roles: Roles::default(),
@@ -361,14 +371,31 @@ impl WebSocketMessagingProvider {
             };
             (lease, Fence::default())
         });
+        // A pool's session is named by the pool (no component has an empty id), not by the
+        // member that happened to come first: it outlives that member, and calls forwarded to
+        // the replica holding it name it so.
+        let pooled = cfg.pool.clone().map(|name| {
+            (
+                SessionKey {
+                    component: String::new(),
+                    link_name: name,
+                },
+                cfg.subscriptions.clone(),
+            )
+        });
         let session = Session::start(
-            key.clone(),
+            pooled
+                .as_ref()
+                .map_or_else(|| key.clone(), |(k, _)| k.clone()),
             cfg,
             self.handler_clients.clone(),
-            role == Role::Handler,
+            role == Role::Handler && pooled.is_none(),
             &self.totals,
             replicated.clone(),
         );
+        if let (Some((_, subscriptions)), Role::Handler) = (pooled, role) {
+            session.add_member(key.clone(), subscriptions);
+        }
         let claim = lattice.zip(replicated).map(|(lattice, (id, fence))| {
             let weak = Arc::downgrade(&session);
             Arc::new(Claim::start(
