@@ -27,7 +27,7 @@
 //!   the whole fleet, the server's RSS before them, 3 s after the last connect and after 10 s more
 //!   (KiB per client over the RSS before; nats-server's RSS before already holds the provider's
 //!   connections), and the server's CPU over those 10 s;
-//! - fanout: 200 publishes back to back of 16 B and of 1 KiB to all clients, then 100 publishes
+//! - fanout: 200 publishes back to back (ours: `BENCH_FANOUT_IN_FLIGHT`, 64, in flight) of 16 B and of 1 KiB to all clients, then 100 publishes
 //!   of 16 B one every 10 ms ("tick"); then all but 1000 clients leave and the same again with
 //!   1000: messages/s delivered (publishes x clients / first publish to last arrival), p50 and p99
 //!   of the publish-to-last-client latency over the publishes;
@@ -83,6 +83,13 @@ const INBOUND_SUBJECT: &str = "bench.in";
 const READ_BUF: usize = 8 * 1024;
 const CONNECT_AT_ONCE: usize = 64;
 const IN_FLIGHT: usize = 64;
+
+/// Ours's publishes in flight in the fan-out bursts: `BENCH_FANOUT_IN_FLIGHT` (64); 1 is a
+/// component that publishes one at a time, each waiting for its answer (the peer's publisher
+/// never waits).
+fn fanout_in_flight() -> usize {
+    env_usize("BENCH_FANOUT_IN_FLIGHT", IN_FLIGHT).max(1)
+}
 
 /// The provider's own `handler-client` world: bindings that invoke `handle-message` (the ceiling).
 #[allow(dead_code)]

@@ -147,7 +147,7 @@ impl Target<'_> {
             (Sys::Ours, None) => {
                 futures::stream::iter(0..n)
                     .map(one)
-                    .buffer_unordered(IN_FLIGHT)
+                    .buffer_unordered(fanout_in_flight())
                     .filter(|ok| futures::future::ready(!*ok))
                     .count()
                     .await
