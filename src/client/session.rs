@@ -182,10 +182,7 @@ impl Session {
                 session_id: id.clone(),
                 stats: Arc::clone(&stats),
                 clients: clients.clone(),
-                timeout: config.delivery_timeout,
                 fence: fence.clone(),
-                max_in_flight: config.max_in_flight,
-                max_in_flight_bytes: config.max_in_flight_bytes,
             }))
         });
         let delivery = match &members {
@@ -212,9 +209,7 @@ impl Session {
                 cancel.clone(),
             )),
         };
-        if let (Some(members), true) = (&members, handler_linked.load(Ordering::Relaxed)) {
-            members.add(key.clone(), config.subscriptions.clone());
-        }
+
         let socket = tokio::spawn(
             SocketTask {
                 id: id.clone(),
@@ -302,10 +297,20 @@ impl Session {
         self.routes.set(patterns);
     }
 
-    /// A pool: handler link `key` receives what its `subscriptions` match (`None` = all).
-    pub fn add_member(&self, key: SessionKey, subscriptions: Option<Vec<Pattern>>) {
+    /// A pool: handler link `key` receives what its `subscriptions` match, within its own
+    /// `max_in_flight`, `max_in_flight_bytes` and `delivery_timeout_ms` (from `config`, its
+    /// link's settings).
+    pub fn add_member(&self, key: SessionKey, config: &ConnectionConfig) {
         if let Some(members) = &self.members {
-            members.add(key, subscriptions);
+            members.add(
+                key,
+                pool::Own {
+                    subscriptions: config.subscriptions.clone(),
+                    max_in_flight: config.max_in_flight,
+                    max_in_flight_bytes: config.max_in_flight_bytes,
+                    timeout: config.delivery_timeout,
+                },
+            );
         }
     }
 

@@ -60,10 +60,17 @@ pub struct Common {
     pub session_id: String,
     pub stats: Arc<SessionStats>,
     pub clients: HandlerClients,
-    pub timeout: std::time::Duration,
     pub fence: Option<Fence>,
+}
+
+/// A member handler link's own delivery settings: what it receives and its bounds.
+pub struct Own {
+    /// `subscriptions`; `None` = every subject.
+    pub subscriptions: Option<Vec<Pattern>>,
     pub max_in_flight: usize,
     pub max_in_flight_bytes: usize,
+    /// `delivery_timeout_ms`.
+    pub timeout: std::time::Duration,
 }
 
 /// The member handler links of a pool.
@@ -80,14 +87,14 @@ impl Members {
         }
     }
 
-    /// Adds (or, for a key already in, replaces) a member handler link receiving the subjects
-    /// of `subscriptions` (`None` = all), with a delivery task of its own.
-    pub fn add(&self, key: SessionKey, subscriptions: Option<Vec<Pattern>>) {
+    /// Adds (or, for a key already in, replaces) a member handler link with its own settings
+    /// and a delivery task of its own.
+    pub fn add(&self, key: SessionKey, own: Own) {
         self.remove(&key);
         let common = &self.common;
-        let (queue, rx) = mpsc::channel(common.max_in_flight);
+        let (queue, rx) = mpsc::channel(own.max_in_flight);
         let routes = Routes::default();
-        routes.set(subscriptions);
+        routes.set(own.subscriptions);
         let cancel = CancellationToken::new();
         let target = Target {
             session_id: common.session_id.clone(),
@@ -99,14 +106,14 @@ impl Members {
             acker: None,
             stats: Arc::clone(&common.stats),
             clients: common.clients.clone(),
-            timeout: common.timeout,
+            timeout: own.timeout,
             fence: common.fence.clone(),
         };
         tokio::spawn(delivery::run(target, rx, cancel.clone()));
         let member = Member {
             key,
             routes,
-            budget: Budget::new(common.max_in_flight, common.max_in_flight_bytes),
+            budget: Budget::new(own.max_in_flight, own.max_in_flight_bytes),
             queue,
             cancel,
         };

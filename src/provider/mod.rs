@@ -35,6 +35,14 @@ const SETTINGS_DEADLINE: Duration = Duration::from_millis(500);
 
 const TLS_CA_FILE: &str = "tls_ca_file";
 
+/// The settings a link of a pool may have of its own (the rest are the connection's and must
+/// be equal): what and how its handler receives.
+const MEMBER_KEYS: &[&str] = &[
+    "max_in_flight",
+    "max_in_flight_bytes",
+    "delivery_timeout_ms",
+];
+
 /// How long shutdown waits for sessions to send their Close frames (the host allows 300 ms).
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(150);
 
@@ -307,9 +315,7 @@ impl WebSocketMessagingProvider {
             }
             if role == Role::Handler {
                 linked.session.set_subscriptions(cfg.subscriptions.clone());
-                linked
-                    .session
-                    .add_member(key.clone(), cfg.subscriptions.clone());
+                linked.session.add_member(key.clone(), &cfg);
             }
             linked.set(role, true);
             // Said once the link is in (tests wait for this line before sending).
@@ -327,7 +333,9 @@ impl WebSocketMessagingProvider {
                     .config
                     .differing_keys(&cfg)
                     .into_iter()
-                    // Each member's own: its raw frames' subject matters in format `raw` only.
+                    // Each member's own: its deliveries' bounds and deadline, and its raw frames'
+                    // subject (which matters in format `raw` only).
+                    .filter(|k| !MEMBER_KEYS.contains(&k.as_str()))
                     .filter(|k| k != "raw_subject" || cfg.format == Format::Raw)
                     .collect();
                 if !differ.is_empty() {
@@ -338,7 +346,7 @@ impl WebSocketMessagingProvider {
                     ));
                 }
                 if role == Role::Handler {
-                    session.add_member(key.clone(), cfg.subscriptions.clone());
+                    session.add_member(key.clone(), &cfg);
                 }
                 // Said once the link is in (tests wait for this line before sending).
                 info!(%role, %key, pool = %name, session = %session.id, "link joins the pool's session");
@@ -380,7 +388,7 @@ impl WebSocketMessagingProvider {
                     component: String::new(),
                     link_name: name,
                 },
-                cfg.subscriptions.clone(),
+                cfg.clone(),
             )
         });
         let session = Session::start(
@@ -393,8 +401,8 @@ impl WebSocketMessagingProvider {
             &self.totals,
             replicated.clone(),
         );
-        if let (Some((_, subscriptions)), Role::Handler) = (pooled, role) {
-            session.add_member(key.clone(), subscriptions);
+        if let (Some((_, member)), Role::Handler) = (pooled, role) {
+            session.add_member(key.clone(), &member);
         }
         let claim = lattice.zip(replicated).map(|(lattice, (id, fence))| {
             let weak = Arc::downgrade(&session);
