@@ -2,14 +2,12 @@
 //! protobuf runtime with code that protoc (grpcio-tools) generates from the shipped
 //! proto/envelope.proto (tests/pyws/proto_codec.py, in `target/pyws-venv`).
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{Child, ChildStdin, ChildStdout};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -32,15 +30,7 @@ fn unb64(text: &str) -> Vec<u8> {
 impl ProtoCodec {
     /// Starts the codec; it generates its code from proto/envelope.proto first.
     pub async fn start() -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pyws/proto_codec.py");
-        let mut child = Command::new(super::pyws::python())
-            .arg(script)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python starts");
+        let mut child = super::pyws::spawn("proto_codec.py", &[]);
         let stdin = child.stdin.take().unwrap();
         let lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut codec = ProtoCodec {

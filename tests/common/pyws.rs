@@ -19,7 +19,7 @@ pub struct PyWsServer {
     _child: Child,
 }
 
-pub fn python() -> PathBuf {
+fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("PYWS_PYTHON") {
         return python.into();
     }
@@ -32,18 +32,27 @@ pub fn python() -> PathBuf {
     venv
 }
 
+/// Starts `tests/pyws/<script>` with `args` under the venv's Python, its stdin and stdout piped
+/// (each script speaks JSON lines on them), its stderr the test's; killed when dropped.
+pub fn spawn(script: &str, args: &[&str]) -> Child {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/pyws")
+        .join(script);
+    Command::new(python())
+        .arg(script)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python starts")
+}
+
 impl PyWsServer {
     /// Starts tests/pyws/server.py in `mode` (`echo`, `decline`, `bomb <n>`).
     pub async fn start(args: &[&str]) -> Self {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pyws/server.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python starts");
+        let mut child = spawn("server.py", args);
         let events = Arc::new(Mutex::new(Vec::new()));
         let changed = Arc::new(Notify::new());
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
@@ -122,16 +131,7 @@ pub struct PyWsClient {
 impl PyWsClient {
     /// Connects to `url`; returns once connected (the `connected` event, with the extensions).
     pub async fn connect(url: &str) -> (Self, Value) {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/pyws/client.py");
-        let mut child = Command::new(python())
-            .arg(script)
-            .arg(url)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("python starts");
+        let mut child = spawn("client.py", &[url]);
         let stdin = child.stdin.take().unwrap();
         let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
