@@ -18,7 +18,10 @@ const WAIT: Duration = Duration::from_secs(15);
 /// Waits until the caller's first session in `$ws.stats` has `counter` = `value`.
 async fn wait_counter(component: &PlayedComponent, link: &str, counter: &str, value: u64) {
     wait_until(&format!("{counter} is {value}"), WAIT, || async {
-        component.stats(link).await["sessions"][0][counter] == value
+        component
+            .try_stats(link)
+            .await
+            .is_some_and(|stats| stats["sessions"][0][counter] == value)
     })
     .await;
 }

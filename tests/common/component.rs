@@ -323,6 +323,17 @@ impl PlayedComponent {
             .map_err(|_| anyhow::anyhow!("request call got no answer within 20 s"))?
     }
 
+    /// The provider's `$ws.stats` answer through `link_name`, or `None` while it refuses it (the
+    /// link's put, published without an answer, may not have been handled yet).
+    pub async fn try_stats(&self, link_name: &str) -> Option<serde_json::Value> {
+        let answer = self
+            .request(link_name, "$ws.stats", &b""[..], 0)
+            .await
+            .expect("the $ws.stats call is answered")
+            .ok()?;
+        Some(serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON"))
+    }
+
     /// The provider's `$ws.stats` answer to a request through `link_name`.
     pub async fn stats(&self, link_name: &str) -> serde_json::Value {
         let answer = self
