@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::component::PlayedComponent;
+use common::component::{Behaviour, PlayedComponent};
 use common::ws::{Event, Message, WsServer};
 use common::{envelope, Rig};
 
@@ -229,4 +229,57 @@ async fn a_pools_message_is_acknowledged_once_every_member_accepted_it() {
     acks.sort();
     assert_eq!(acks, ["m1", "m2", "m3"], "each once");
     server.no_frame(Duration::from_millis(300)).await;
+}
+
+/// Each member handler link keeps its own `max_in_flight`: a member allowed 2 at once never runs
+/// more, even while another member of the same connection runs 6 at once.
+#[tokio::test]
+async fn each_member_handler_link_has_its_own_max_in_flight() {
+    let rig = Rig::start().await;
+    let server = WsServer::recorder().await;
+    let uri = server.uri();
+    let provider = &rig.provider;
+    let wide = rig.component("wide").await;
+    let narrow = rig.component("narrow").await;
+    for (component, subscriptions, max_in_flight) in [(&wide, "a.*", "6"), (&narrow, "b.*", "2")] {
+        component.set_behaviour(Behaviour {
+            gated: true,
+            ..Behaviour::default()
+        });
+        let config = [
+            ("uri", uri.as_str()),
+            ("pool", "bounded"),
+            ("subscriptions", subscriptions),
+            ("max_in_flight", max_in_flight),
+        ];
+        provider
+            .put_link(&provider.handler_link(&component.id, "default", &config))
+            .await;
+    }
+    provider
+        .logs
+        .wait_for(
+            &["link joins the pool's session", "key=narrow/default"],
+            WAIT,
+        )
+        .await;
+    server.connected(WAIT).await;
+    // Narrow's four come last: while narrow waits for a slot, the pool reads no further.
+    for n in 0..6 {
+        server.push(Message::text(envelope(&format!("a.{n}"), b"w", None)));
+    }
+    for n in 0..4 {
+        server.push(Message::text(envelope(&format!("b.{n}"), b"n", None)));
+    }
+    wide.wait_received(6, WAIT).await;
+    narrow.wait_received(2, WAIT).await;
+    assert_eq!(wide.max_concurrent(), 6, "wide runs its 6 at once");
+    narrow.release(4);
+    narrow.wait_received(4, WAIT).await;
+    assert_eq!(
+        narrow.max_concurrent(),
+        2,
+        "narrow never runs more than its max_in_flight"
+    );
+    wide.release(6);
 }
