@@ -126,11 +126,12 @@ pub fn provider_totals<'a>(
     let mut provider = Map::new();
     provider.insert("sessions_open".into(), json!(Session::count_open(all)));
     provider.insert("sessions".into(), json!(all.len()));
-    // Every task of the process (sessions, deliveries, the SDK's): a leak shows up here.
+    // Every task of the process (sessions, deliveries, the SDK's, and the listeners' clients on
+    // their own runtime): a leak shows up here.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         provider.insert(
             "tasks_alive".into(),
-            json!(runtime.metrics().num_alive_tasks()),
+            json!(runtime.metrics().num_alive_tasks() + crate::server::runtime::alive_tasks()),
         );
     }
     totals

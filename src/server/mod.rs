@@ -7,11 +7,13 @@
 //!   clients by id and the subscription index, fan-out, close.
 //! - [`auth`]: admission rules (path, `Origin`, `auth_token`, JWTs).
 //! - [`client`]: one client: its queue, its reading and writing task.
+//! - [`runtime`]: the threads the clients run on, apart from the lattice's.
 //! - [`socket`]: the upgrade and the frames (the WebSocket library stays there).
 //! - [`subscriptions`]: patterns with NATS wildcards and the index of who subscribed to what.
 
 pub mod auth;
 pub mod client;
+pub mod runtime;
 pub mod socket;
 pub mod subscriptions;
 mod task;
@@ -206,6 +208,9 @@ impl Listener {
         id_tag: String,
     ) -> Result<Listener, String> {
         let listen = config.listen.clone().ok_or("no `listen` address")?;
+        // The socket and every task of its clients belong to the clients' runtime.
+        let clients_runtime = runtime::handle();
+        let entered = clients_runtime.enter();
         let tcp = bind(listen.addr).map_err(|e| {
             format!(
                 "cannot listen on {} ({e}){}",
@@ -247,7 +252,10 @@ impl Listener {
             "ws"
         };
         info!(component = %shared.key.component, link_name = %shared.key.link_name, url = %format!("{scheme}://{local_addr}{}", shared.listen().path), "listening for WebSocket clients");
-        shared.tasks.spawn(accept(Arc::clone(&shared), tcp));
+        shared
+            .tasks
+            .spawn_on(accept(Arc::clone(&shared), tcp), &clients_runtime);
+        drop(entered);
         Ok(Listener { shared })
     }
 
