@@ -21,7 +21,7 @@ async fn wait_counter(component: &PlayedComponent, link: &str, counter: &str, va
         component
             .try_stats(link)
             .await
-            .is_some_and(|stats| stats["sessions"][0][counter] == value)
+            .is_ok_and(|stats| stats["sessions"][0][counter] == value)
     })
     .await;
 }

@@ -323,25 +323,19 @@ impl PlayedComponent {
             .map_err(|_| anyhow::anyhow!("request call got no answer within 20 s"))?
     }
 
-    /// The provider's `$ws.stats` answer through `link_name`, or `None` while it refuses it (the
-    /// link's put, published without an answer, may not have been handled yet).
-    pub async fn try_stats(&self, link_name: &str) -> Option<serde_json::Value> {
+    /// The provider's `$ws.stats` answer through `link_name`, or its refusal (while the link's
+    /// put, published without an answer, has not been handled yet, say).
+    pub async fn try_stats(&self, link_name: &str) -> Result<serde_json::Value, String> {
         let answer = self
             .request(link_name, "$ws.stats", &b""[..], 0)
             .await
-            .expect("the $ws.stats call is answered")
-            .ok()?;
-        Some(serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON"))
+            .expect("the $ws.stats call is answered")?;
+        Ok(serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON"))
     }
 
     /// The provider's `$ws.stats` answer to a request through `link_name`.
     pub async fn stats(&self, link_name: &str) -> serde_json::Value {
-        let answer = self
-            .request(link_name, "$ws.stats", &b""[..], 0)
-            .await
-            .expect("the $ws.stats call is answered")
-            .expect("$ws.stats answers");
-        serde_json::from_slice(&answer.body).expect("$ws.stats answers JSON")
+        self.try_stats(link_name).await.expect("$ws.stats answers")
     }
 
     /// The results of the requests the handler made, once `n` were made (within `limit`).
