@@ -208,10 +208,14 @@ impl Listener {
         id_tag: String,
     ) -> Result<Listener, String> {
         let listen = config.listen.clone().ok_or("no `listen` address")?;
-        // The socket and every task of its clients belong to the clients' runtime.
+        // The socket and every task of its clients belong to the clients' runtime: the socket
+        // registers with the reactor of the runtime it is made in.
         let clients_runtime = runtime::handle();
-        let entered = clients_runtime.enter();
-        let tcp = bind(listen.addr).map_err(|e| {
+        let bound = {
+            let _entered = clients_runtime.enter();
+            bind(listen.addr)
+        };
+        let tcp = bound.map_err(|e| {
             format!(
                 "cannot listen on {} ({e}){}",
                 listen.addr,
@@ -255,7 +259,6 @@ impl Listener {
         shared
             .tasks
             .spawn_on(accept(Arc::clone(&shared), tcp), &clients_runtime);
-        drop(entered);
         Ok(Listener { shared })
     }
 
