@@ -280,7 +280,7 @@ impl SocketTask {
                 }
                 return None;
             }
-            Ok(Incoming::Subscribe(_) | Incoming::Unsubscribe(_)) => Err(
+            Ok(Incoming::Subscribe { .. } | Incoming::Unsubscribe(_)) => Err(
                 "a subscribe or unsubscribe envelope, which only a listener's clients send"
                     .to_string(),
             ),

@@ -36,7 +36,7 @@ pub use self::client::{redact_uri, Uri, AUTHORIZATION};
 pub use self::common::{Compression, Format, MAX_REQUEST_TIMEOUT_MS};
 pub use self::keys::Mode;
 pub use self::replicas::Replicas;
-pub use self::server::ListenConfig;
+pub use self::server::{HistoryConfig, ListenConfig};
 
 /// The key table: every key this version understands, one row each, gathered from the files of
 /// their concerns in the order of the contract's table. The parser reads each key as its row
@@ -433,6 +433,13 @@ impl Layers<'_> {
         let raw_subject = self.raw_subject(link_name)?;
         let (reconnect_initial_delay, reconnect_max_delay) = self.reconnect_delays()?;
         let format = self.format()?;
+        if listen.as_ref().is_some_and(|l| l.history.is_some()) && format == Format::Raw {
+            return Err(invalid(
+                "history_size",
+                "",
+                "set on a listener of format `raw`, whose frames have no room for a broadcast's offset: use format `json`, `msgpack` or `protobuf` (or no history)",
+            ));
+        }
         let tls = self.client_tls()?;
         let tls_keys = tls.set_keys();
         if !tls_keys.is_empty() && !uri.is_tls() && !uri.full.is_empty() {

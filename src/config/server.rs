@@ -22,7 +22,22 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("client_queue_bytes", Mode::Listener, Secret::No, super::keys::number_why(1 << 20, 1 << 30, "a whole number of bytes", " (1 GiB)")),
     Key::new("client_rate_limit", Mode::Listener, Secret::No, number_or_zero(0, 1_000_000, "a whole number of messages per second (0 = no limit)")),
     Key::new("client_events", Mode::Listener, Secret::No, Value::Flag(false)),
+    Key::new("history_size", Mode::Listener, Secret::No, number_or_zero(0, MAX_HISTORY_SIZE, "a whole number of messages kept per subject (0 = no history)")),
+    Key::new("history_ttl_sec", Mode::Listener, Secret::No, number_or_zero(0, 366 * 24 * 3600, "a whole number of seconds (0 = kept until history_size pushes them out)")),
 ];
+
+/// The most messages `history_size` keeps per subject.
+pub(crate) const MAX_HISTORY_SIZE: u64 = 10_000_000;
+
+/// A listener's history (`history_size`, `history_ttl_sec`): what is kept of its broadcasts
+/// for clients to recover after a reconnect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HistoryConfig {
+    /// Messages kept per subject; 0 = no bound (then `ttl` is set).
+    pub size: u64,
+    /// How long a message is kept; zero = until `size` pushes it out.
+    pub ttl: std::time::Duration,
+}
 
 /// The settings of a listener (server mode): where it listens and whom it admits.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +58,8 @@ pub struct ListenConfig {
     pub client_events: bool,
     /// `wss`: the certificate chain and key.
     pub tls: Option<ServerTls>,
+    /// The history of broadcasts, when `history_size` or `history_ttl_sec` is set.
+    pub history: Option<HistoryConfig>,
 }
 
 /// `listen`: an IP address and port (`0.0.0.0:8080`, `[::]:8080`), or `localhost:<port>`. No
@@ -77,6 +94,7 @@ impl ListenConfig {
             client_rate_limit,
             client_events,
             tls,
+            history,
         } = self;
         [
             ("listen", *addr == other.addr),
@@ -97,6 +115,7 @@ impl ListenConfig {
             ),
             ("client_events", *client_events == other.client_events),
             ("tls_cert / tls_key", *tls == other.tls),
+            ("history_size / history_ttl_sec", *history == other.history),
         ]
         .into_iter()
         .filter(|(_, same)| !same)
@@ -188,6 +207,13 @@ impl Layers<'_> {
             ));
         }
         let tls = self.server_tls()?;
+        let history = match (
+            self.number("history_size")?,
+            self.seconds("history_ttl_sec")?,
+        ) {
+            (0, ttl) if ttl.is_zero() => None,
+            (size, ttl) => Some(HistoryConfig { size, ttl }),
+        };
         Ok(Some(ListenConfig {
             addr,
             path,
@@ -198,6 +224,7 @@ impl Layers<'_> {
             client_rate_limit: self.small("client_rate_limit")?,
             client_events: self.flag("client_events")?,
             tls,
+            history,
         }))
     }
 }

@@ -92,6 +92,8 @@ struct InFrame<'a> {
     subscribe: Option<serde_json::Value>,
     #[serde(default)]
     unsubscribe: Option<serde_json::Value>,
+    #[serde(default)]
+    since: Option<Since>,
 }
 
 /// What an incoming data frame carries.
@@ -104,22 +106,48 @@ pub enum Incoming {
     },
     /// The server acknowledges the outgoing envelope with this id.
     Ack(String),
-    /// A listener's client subscribes to a pattern: `{"subscribe": "<pattern>"}`.
-    Subscribe(String),
+    /// A listener's client subscribes to a pattern: `{"subscribe": "<pattern>"}`, with
+    /// `"since"` when it recovers what it missed from the listener's history.
+    Subscribe {
+        pattern: String,
+        since: Option<Since>,
+    },
     /// A listener's client leaves a pattern: `{"unsubscribe": "<pattern>"}`.
     Unsubscribe(String),
 }
 
+/// Where a client left off in a listener's history: the `offset` and `epoch` of the last
+/// broadcast it got (`{"subscribe": "<pattern>", "since": {"offset": N, "epoch": "E"}}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Since {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Where a broadcast sits in its listener's history: every frame a subscriber gets of a
+/// listener with history carries both.
+#[derive(Debug, Clone, Copy)]
+pub struct Offset<'a> {
+    pub offset: u64,
+    pub epoch: &'a str,
+}
+
 /// What a frame without `subject` may be: an ack or a subscription change, when its value is a
-/// string.
+/// string; `since` goes with a subscribe only.
 fn control(
     ack: Option<String>,
     subscribe: Option<String>,
     unsubscribe: Option<String>,
+    since: Option<Since>,
 ) -> Result<Incoming, DecodeError> {
+    if since.is_some() && subscribe.is_none() {
+        return Err(DecodeError::NotEnvelope(
+            "`since` without `subscribe` (it says where a subscription's recovery starts)".into(),
+        ));
+    }
     match (ack, subscribe, unsubscribe) {
         (Some(id), None, None) => Ok(Incoming::Ack(id)),
-        (None, Some(pattern), None) => Ok(Incoming::Subscribe(pattern)),
+        (None, Some(pattern), None) => Ok(Incoming::Subscribe { pattern, since }),
         (None, None, Some(pattern)) => Ok(Incoming::Unsubscribe(pattern)),
         (None, None, None) => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
         _ => Err(DecodeError::NotEnvelope(
@@ -135,9 +163,16 @@ fn control(
 /// showed that scan and the formatting machinery it came through. The strings are escaped by
 /// serde_json.
 pub fn encode_json(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
+    encode_json_at(msg, id, None)
+}
+
+/// [`encode_json`], with `"offset"` and `"epoch"` when the message is a stored broadcast.
+fn encode_json_at(msg: &BrokerMessage, id: Option<&str>, stored: Option<Offset<'_>>) -> Bytes {
     let body_len = STANDARD.encoded_length(msg.body.len());
     let strings = msg.subject.len() + msg.reply_to.as_ref().map_or(0, String::len);
-    let mut out = Vec::with_capacity(48 + strings + body_len + id.map_or(0, str::len));
+    let mut out = Vec::with_capacity(
+        48 + strings + body_len + id.map_or(0, str::len) + stored.map_or(0, |a| 40 + a.epoch.len()),
+    );
     out.extend_from_slice(br#"{"subject":"#);
     json_string(&mut out, &msg.subject);
     out.extend_from_slice(br#","body":""#);
@@ -152,6 +187,12 @@ pub fn encode_json(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
     if let Some(id) = id {
         out.extend_from_slice(br#","id":"#);
         json_string(&mut out, id);
+    }
+    if let Some(at) = stored {
+        out.extend_from_slice(br#","offset":"#);
+        out.extend_from_slice(at.offset.to_string().as_bytes());
+        out.extend_from_slice(br#","epoch":"#);
+        json_string(&mut out, at.epoch);
     }
     out.push(b'}');
     Bytes::from(out)
@@ -171,9 +212,17 @@ pub fn encode_ack(id: &str) -> Frame {
 /// Encodes `msg` as a MessagePack map `{subject: str, body: bin, reply_to?: str, id?: str}`,
 /// written into one buffer of the final size.
 pub fn encode_msgpack(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
+    encode_msgpack_at(msg, id, None)
+}
+
+/// [`encode_msgpack`], with `offset` (uint) and `epoch` when the message is a stored broadcast.
+fn encode_msgpack_at(msg: &BrokerMessage, id: Option<&str>, at: Option<Offset<'_>>) -> Bytes {
     let strings = msg.subject.len() + msg.reply_to.as_ref().map_or(0, String::len);
     let mut out = Vec::with_capacity(48 + strings + msg.body.len() + id.map_or(0, str::len));
-    let fields = 2 + u32::from(msg.reply_to.is_some()) + u32::from(id.is_some());
+    let fields = 2
+        + u32::from(msg.reply_to.is_some())
+        + u32::from(id.is_some())
+        + 2 * u32::from(at.is_some());
     // Writing into a Vec cannot fail (it grows); the lengths are bounded by max_message_bytes.
     let _ = rmp::encode::write_map_len(&mut out, fields);
     msgpack_field(&mut out, "subject", &msg.subject);
@@ -184,6 +233,11 @@ pub fn encode_msgpack(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
     }
     if let Some(id) = id {
         msgpack_field(&mut out, "id", id);
+    }
+    if let Some(at) = at {
+        let _ = rmp::encode::write_str(&mut out, "offset");
+        let _ = rmp::encode::write_uint(&mut out, at.offset);
+        msgpack_field(&mut out, "epoch", at.epoch);
     }
     Bytes::from(out)
 }
@@ -214,7 +268,7 @@ pub fn decode_msgpack(payload: &Bytes) -> Result<Incoming, DecodeError> {
         other => DecodeError::NotEnvelope(other.to_string()),
     })?;
     let Some(subject) = frame.subject else {
-        return control(frame.ack, frame.subscribe, frame.unsubscribe);
+        return control(frame.ack, frame.subscribe, frame.unsubscribe, frame.since);
     };
     Ok(Incoming::Message {
         msg: BrokerMessage {
@@ -240,6 +294,7 @@ struct MsgpackFrame<'a> {
     /// A string `subscribe` or `unsubscribe` (anything else is ignored).
     subscribe: Option<String>,
     unsubscribe: Option<String>,
+    since: Option<Since>,
 }
 
 impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
@@ -264,6 +319,7 @@ impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
                         "ack" => frame.ack = map.next_value::<AnyString>()?.0,
                         "subscribe" => frame.subscribe = map.next_value::<AnyString>()?.0,
                         "unsubscribe" => frame.unsubscribe = map.next_value::<AnyString>()?.0,
+                        "since" => frame.since = map.next_value()?,
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -380,6 +436,7 @@ pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
             string(frame.ack),
             string(frame.subscribe),
             string(frame.unsubscribe),
+            frame.since,
         );
     };
     let body = match frame.body {
@@ -443,6 +500,35 @@ impl Codec {
             Format::Protobuf => Frame::Binary(protobuf::encode(msg, id)),
             Format::Raw if std::str::from_utf8(&msg.body).is_ok() => Frame::Text(msg.body.clone()),
             Format::Raw => Frame::Binary(msg.body.clone()),
+        }
+    }
+
+    /// The frame of a broadcast stored in the listener's history: the envelope with its
+    /// `offset` and `epoch` (format `raw` has no room for them; such listeners keep no history).
+    pub fn encode_stored(&self, msg: &BrokerMessage, at: Offset<'_>) -> Frame {
+        match self.format {
+            Format::Json => Frame::Text(encode_json_at(msg, None, Some(at))),
+            Format::Msgpack => Frame::Binary(encode_msgpack_at(msg, None, Some(at))),
+            Format::Protobuf => Frame::Binary(protobuf::encode_at(msg, None, Some(at))),
+            Format::Raw => self.encode(msg, None),
+        }
+    }
+
+    /// The answer to a subscribe with `since`: `{"ok": "<pattern>", "recovered": <bool>}`.
+    pub fn encode_recovered(&self, pattern: &str, recovered: bool) -> Frame {
+        match self.format {
+            Format::Msgpack => {
+                let mut out = Vec::with_capacity(24 + pattern.len());
+                let _ = rmp::encode::write_map_len(&mut out, 2);
+                msgpack_field(&mut out, "ok", pattern);
+                let _ = rmp::encode::write_str(&mut out, "recovered");
+                let _ = rmp::encode::write_bool(&mut out, recovered);
+                Frame::Binary(Bytes::from(out))
+            }
+            Format::Protobuf => protobuf::encode_recovered(pattern, recovered),
+            Format::Json | Format::Raw => Frame::Text(Bytes::from(
+                serde_json::json!({ "ok": pattern, "recovered": recovered }).to_string(),
+            )),
         }
     }
 
@@ -664,6 +750,97 @@ mod tests {
     }
 
     #[test]
+    fn stored_broadcasts_carry_offset_and_epoch_and_subscribes_carry_since() {
+        let m = msg("news.a", b"hi", None);
+        let at = Offset {
+            offset: 7,
+            epoch: "18c3",
+        };
+        let json = Codec::new(Format::Json, "");
+        assert_eq!(
+            json.encode_stored(&m, at).payload(),
+            &Bytes::from_static(br#"{"subject":"news.a","body":"aGk=","offset":7,"epoch":"18c3"}"#)
+        );
+        assert_eq!(
+            json.encode_recovered("news.>", false).payload(),
+            &Bytes::from_static(br#"{"ok":"news.>","recovered":false}"#)
+        );
+        let since = Some(Since {
+            offset: 3,
+            epoch: "x".into(),
+        });
+        let decoded = json.decode(Bytes::from_static(
+            br#"{"subscribe":"news.*","since":{"offset":3,"epoch":"x"}}"#,
+        ));
+        assert!(
+            matches!(&decoded, Ok(Incoming::Subscribe { pattern, since: s }) if pattern == "news.*" && *s == since),
+            "{decoded:?}"
+        );
+        for bad in [
+            &br#"{"unsubscribe":"news.*","since":{"offset":3,"epoch":"x"}}"#[..],
+            br#"{"subscribe":"news.*","since":{"offset":-1,"epoch":"x"}}"#,
+            br#"{"subscribe":"news.*","since":{"epoch":"x"}}"#,
+            br#"{"subscribe":"news.*","since":"3"}"#,
+        ] {
+            assert!(
+                matches!(
+                    json.decode(Bytes::copy_from_slice(bad)),
+                    Err(DecodeError::NotEnvelope(_))
+                ),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+
+        let msgpack = Codec::new(Format::Msgpack, "");
+        let stored = msgpack_map_of(msgpack.encode_stored(&m, at).payload());
+        assert_eq!(stored["offset"], rmpv::Value::from(7u64));
+        assert_eq!(stored["epoch"], rmpv::Value::from("18c3"));
+        assert_eq!(stored["body"], rmpv::Value::Binary(b"hi".to_vec()));
+        let subscribe = mp(map(&[
+            ("subscribe", "news.*".into()),
+            (
+                "since",
+                map(&[("offset", 3u64.into()), ("epoch", "x".into())]),
+            ),
+        ]));
+        assert!(matches!(
+            msgpack.decode(subscribe),
+            Ok(Incoming::Subscribe { since: s, .. }) if s == since
+        ));
+        let recovered = msgpack_map_of(msgpack.encode_recovered("news.>", true).payload());
+        assert_eq!(recovered["recovered"], rmpv::Value::from(true));
+
+        let proto = Codec::new(Format::Protobuf, "");
+        let stored: protobuf::Envelope =
+            prost::Message::decode(proto.encode_stored(&m, at).payload().clone()).unwrap();
+        assert_eq!(
+            (stored.offset, stored.epoch.as_deref()),
+            (Some(7), Some("18c3"))
+        );
+        let subscribe = protobuf::Envelope {
+            subscribe: Some("news.*".into()),
+            since: Some(protobuf::generated::Since {
+                offset: 3,
+                epoch: "x".into(),
+            }),
+            ..Default::default()
+        };
+        let decoded = proto.decode(Bytes::from(prost::Message::encode_to_vec(&subscribe)));
+        assert!(matches!(decoded, Ok(Incoming::Subscribe { since: s, .. }) if s == since));
+    }
+
+    fn msgpack_map_of(payload: &Bytes) -> std::collections::BTreeMap<String, rmpv::Value> {
+        let value = rmpv::decode::read_value(&mut &payload[..]).unwrap();
+        value
+            .as_map()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str().unwrap().to_string(), v.clone()))
+            .collect()
+    }
+
+    #[test]
     fn msgpack_encodes_exactly_the_contract_map() {
         let codec = Codec::new(Format::Msgpack, "unused");
         let frame = codec.encode(
@@ -801,7 +978,9 @@ mod tests {
             ..Default::default()
         };
         let bytes = Bytes::from(prost::Message::encode_to_vec(&subscribe));
-        assert!(matches!(codec.decode(bytes), Ok(Incoming::Subscribe(p)) if p == "feed.*"));
+        assert!(
+            matches!(codec.decode(bytes), Ok(Incoming::Subscribe { pattern, since: None }) if pattern == "feed.*")
+        );
         let empty = codec.decode(Bytes::new()).unwrap_err();
         assert_eq!(
             empty.to_string(),

@@ -5,11 +5,11 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{control, DecodeError, Frame, Incoming};
+use super::{control, DecodeError, Frame, Incoming, Offset, Since};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 
 #[allow(clippy::all, clippy::pedantic)]
-mod generated {
+pub mod generated {
     include!(concat!(
         env!("OUT_DIR"),
         "/wasmcloud.messaging.websocket.v1.rs"
@@ -20,14 +20,31 @@ pub use generated::Envelope;
 
 /// `msg` as an `Envelope` (with `id` when acknowledged delivery is on).
 pub fn encode(msg: &BrokerMessage, id: Option<&str>) -> Bytes {
+    encode_at(msg, id, None)
+}
+
+/// [`encode`], with `offset` and `epoch` when the message is a stored broadcast.
+pub fn encode_at(msg: &BrokerMessage, id: Option<&str>, at: Option<Offset<'_>>) -> Bytes {
     let envelope = Envelope {
         subject: msg.subject.clone(),
         body: msg.body.clone(),
         reply_to: msg.reply_to.clone(),
         id: id.map(str::to_string),
+        offset: at.map(|a| a.offset),
+        epoch: at.map(|a| a.epoch.to_string()),
         ..Envelope::default()
     };
     Bytes::from(envelope.encode_to_vec())
+}
+
+/// The answer to a subscribe with `since`: `ok` (the pattern) and `recovered`.
+pub fn encode_recovered(pattern: &str, recovered: bool) -> Frame {
+    let envelope = Envelope {
+        ok: Some(pattern.to_string()),
+        recovered: Some(recovered),
+        ..Envelope::default()
+    };
+    Frame::Binary(Bytes::from(envelope.encode_to_vec()))
 }
 
 /// An `Envelope` with only this control field set: an ack, or a listener's `ok` / `error`
@@ -50,7 +67,16 @@ pub fn decode(payload: Bytes) -> Result<Incoming, DecodeError> {
     let envelope =
         Envelope::decode(payload).map_err(|e| DecodeError::NotProtobuf(e.to_string()))?;
     if envelope.subject.is_empty() {
-        return control(envelope.ack, envelope.subscribe, envelope.unsubscribe);
+        let since = envelope.since.map(|s| Since {
+            offset: s.offset,
+            epoch: s.epoch,
+        });
+        return control(
+            envelope.ack,
+            envelope.subscribe,
+            envelope.unsubscribe,
+            since,
+        );
     }
     Ok(Incoming::Message {
         msg: BrokerMessage {

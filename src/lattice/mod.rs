@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use wasmcloud_provider_sdk::core::HostData;
 
 pub mod forward;
+pub mod history;
 pub mod lease;
 pub mod listeners;
 

@@ -90,6 +90,18 @@ impl WebSocketMessagingProvider {
             Replication::Lattice(lattice) => Some(Arc::clone(lattice)),
             _ => None,
         };
+        let history = cfg.listen.as_ref().and_then(|l| l.history);
+        if history.is_some() {
+            match &self.replication {
+                Replication::Lattice(_) => {}
+                Replication::Unavailable(why) => return Err(format!(
+                    "`history_size` / `history_ttl_sec` keep the broadcasts in the lattice's JetStream, which this provider cannot use: {why}"
+                )),
+                Replication::Alone => return Err(
+                    "`history_size` / `history_ttl_sec` keep the broadcasts in the lattice's JetStream, and this provider runs without a host's lattice".to_string()
+                ),
+            }
+        }
         let id_tag = lattice.as_ref().map_or_else(
             || crate::identity::token(crate::lattice::listeners::TAG_LEN),
             |l| l.tag.clone(),
@@ -115,6 +127,14 @@ impl WebSocketMessagingProvider {
             }
         };
         let listener = Arc::new(listener);
+        if let (Some(lattice), Some(history)) = (&lattice, history) {
+            super::history::open(
+                Arc::clone(lattice),
+                &listener,
+                crate::lattice::lease_key(&key.component, &key.link_name),
+                history,
+            );
+        }
         if let Some(lattice) = lattice {
             // What the component publishes on another replica reaches this one's clients.
             let weak = Arc::downgrade(&listener);
@@ -213,6 +233,19 @@ impl WebSocketMessagingProvider {
             .subject
             .starts_with(crate::subjects::RESERVED_SUBJECT_PREFIX)
         {
+            let quoted = || subjects::quoted(&msg.subject);
+            let history = listener
+                .history()
+                .map_err(|e| format!("publish to {}: {e}; no client got it", quoted()))?;
+            if let Some(history) = history {
+                // Stored first; every replica (this one too) sends it on from the store.
+                crate::lattice::history::storable(&msg.subject)?;
+                return history
+                    .store(&msg)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("publish to {}: {e}; no client got it", quoted()));
+            }
             listener.publish(&msg);
             if let Replication::Lattice(lattice) = &self.replication {
                 let key = listener.key();

@@ -10,6 +10,7 @@
 
 pub mod calls;
 pub mod exports;
+pub mod history;
 pub mod listeners;
 pub mod sdk;
 

@@ -189,6 +189,7 @@ mod tests {
             client_rate_limit: 0,
             client_events: false,
             tls: None,
+            history: None,
         }
     }
 

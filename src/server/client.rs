@@ -25,6 +25,7 @@ use tracing::warn;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::Frame;
 use crate::requests::Pending;
+use crate::server::history::Gate;
 use crate::server::socket::{self, ClientSocket, Out};
 use crate::server::subscriptions::Pattern;
 use crate::server::Shared;
@@ -73,6 +74,12 @@ pub struct Client {
     slow: AtomicBool,
     /// Set once it is being closed or has left: nothing more is queued.
     pub(super) closed: AtomicBool,
+    /// Subscriptions being recovered from the listener's history, or just recovered
+    /// ([`Gate`]), and whether there are any (the live path looks only then).
+    pub(super) gates: Mutex<Vec<(Pattern, Gate)>>,
+    pub(super) gated: AtomicBool,
+    /// Wakes a replay waiting for room in the queue, after each write.
+    drained: Notify,
 }
 
 impl Client {
@@ -111,6 +118,26 @@ impl Client {
         lock(&self.out).push_back((Out::from(frame), len));
         self.queued_one.notify_one();
         Ok(())
+    }
+
+    /// Waits until at most `bytes` are queued (a replay's pace: it never fills the queue to
+    /// `client_queue_bytes`, which would close the client); fails once the client is gone.
+    pub(super) async fn room(&self, bytes: usize) -> Result<(), String> {
+        loop {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err("the client left".into());
+            }
+            let drained = self.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
+            if self.queued.load(Ordering::Relaxed) <= bytes {
+                return Ok(());
+            }
+            tokio::select! {
+                () = drained => {}
+                () = self.stop.cancelled() => return Err("the client left".into()),
+            }
+        }
     }
 
     /// Closes the client with `code` (the first reason given wins).
@@ -192,6 +219,9 @@ pub fn new(
         closing: Mutex::default(),
         slow: AtomicBool::new(false),
         closed: AtomicBool::new(false),
+        gates: Mutex::default(),
+        gated: AtomicBool::new(false),
+        drained: Notify::new(),
     })
 }
 
@@ -253,6 +283,7 @@ pub(super) async fn write(
             batch.shrink_to(BATCH_KEPT);
         }
         client.queued.fetch_sub(bytes, Ordering::Relaxed);
+        client.drained.notify_waiters();
         stats::add(&client.stats.frames_out, frames);
         stats::add(&client.stats.bytes_out, bytes);
     }

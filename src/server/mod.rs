@@ -7,12 +7,14 @@
 //!   clients by id and the subscription index, fan-out, close.
 //! - [`auth`]: admission rules (path, `Origin`, `auth_token`, JWTs).
 //! - [`client`]: one client: its queue, its reading and writing task.
+//! - [`history`]: offsets on broadcasts, and the recovery of a subscription with `since`.
 //! - [`runtime`]: the threads the clients run on, apart from the lattice's.
 //! - [`socket`]: the upgrade and the frames (the WebSocket library stays there).
 //! - [`subscriptions`]: patterns with NATS wildcards and the index of who subscribed to what.
 
 pub mod auth;
 pub mod client;
+pub mod history;
 pub mod runtime;
 pub mod socket;
 pub mod subscriptions;
@@ -95,6 +97,13 @@ listener_counters! {
     not_allowed,
     /// Frames fanned out to subscribed clients.
     fanout_frames,
+    /// Subscriptions with `since` that recovered everything the client missed.
+    recoveries,
+    /// Subscriptions with `since` told `"recovered": false` (the history no longer held it
+    /// all, another epoch, or reading it failed).
+    recoveries_incomplete,
+    /// Stored broadcasts sent again to recovering clients.
+    replayed,
 }
 
 impl ListenerCounters {
@@ -141,6 +150,8 @@ pub struct Shared {
     /// component answers, and they would end at their deadline instead of being delivered.
     pub deliveries: Arc<tokio::sync::Semaphore>,
     tasks: TaskTracker,
+    /// The listener's history, when it keeps one (`history_size` / `history_ttl_sec`).
+    history: tokio::sync::watch::Sender<history::State>,
 }
 
 impl Shared {
@@ -157,6 +168,11 @@ impl Shared {
 
     pub fn unsubscribe(&self, pattern: &Pattern, client: &str) {
         write(&self.subscriptions).remove(pattern, client);
+    }
+
+    /// Holds the live path (every `publish_stored`) while a recovery hands over to it.
+    fn stop_live(&self) -> std::sync::RwLockWriteGuard<'_, Subscriptions<Arc<Client>>> {
+        write(&self.subscriptions)
     }
 
     /// Forgets a client that left: its subscriptions and its slot.
@@ -249,6 +265,7 @@ impl Listener {
                 in_flight.max(MIN_DELIVERY_SLOTS),
             )),
             tasks: TaskTracker::new(),
+            history: tokio::sync::watch::Sender::new(history::State::Opening),
         });
         let scheme = if shared.listen().tls.is_some() {
             "wss"
@@ -323,6 +340,55 @@ impl Listener {
             debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
         }
         stats::add(&self.shared.counters.fanout_frames, sent);
+        sent
+    }
+
+    /// Whether the listener keeps a history: then its broadcasts are stored first (in this
+    /// store) and reach the clients through [`Listener::publish_stored`]. An error while the
+    /// history is not open.
+    pub fn history(&self) -> Result<Option<Arc<dyn history::Store>>, String> {
+        if self.shared.listen().history.is_none() {
+            return Ok(None);
+        }
+        match &*self.shared.history.borrow() {
+            history::State::Open(store) => Ok(Some(Arc::clone(store))),
+            history::State::Opening => Err("the listener's history is still being opened".into()),
+            history::State::Failed(why) => {
+                Err(format!("the listener's history cannot be used: {why}"))
+            }
+        }
+    }
+
+    /// Says whether the history is open, or why not.
+    pub fn set_history(&self, state: history::State) {
+        self.shared.history.send_replace(state);
+    }
+
+    /// Sends a stored broadcast to every client subscribed to a pattern matching its subject,
+    /// with its offset and epoch, in the order the store gives them; a subscription being
+    /// recovered gets it through its recovery instead. Returns how many clients it was queued
+    /// for.
+    pub fn publish_stored(&self, msg: &BrokerMessage, at: crate::envelope::Offset<'_>) -> usize {
+        let shared = &self.shared;
+        let limit = shared.listen().client_queue_bytes;
+        let mut frame = None;
+        let mut sent = 0;
+        read(&shared.subscriptions).for_each_matching(&msg.subject, |client| {
+            let mut make = || {
+                frame
+                    .get_or_insert_with(|| shared.codec.encode_stored(msg, at))
+                    .clone()
+            };
+            if client.gated.load(Ordering::Relaxed)
+                && !client.take_stored(&msg.subject, at.offset, &mut make, limit)
+            {
+                return;
+            }
+            if client.send(make(), shared).is_ok() {
+                sent += 1;
+            }
+        });
+        stats::add(&shared.counters.fanout_frames, sent);
         sent
     }
 

@@ -16,9 +16,10 @@ use tracing::{debug, info, warn};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::delivery::{self, HandlerClient, Target};
-use crate::envelope::Incoming;
+use crate::envelope::{Incoming, Since};
 use crate::requests::Routed;
 use crate::server::client::{lock, write, Client, End, CLOSE_GRACE, RATE_GRACE};
+use crate::server::history::{self, Gate};
 use crate::server::socket::{self, ClientSocket, In};
 use crate::server::subscriptions::{self, Pattern, MAX_PER_CLIENT};
 use crate::server::Shared;
@@ -110,7 +111,7 @@ type Delivering<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = usize> 
 
 /// The reading side of a client: its frames, its deliveries in flight, its rate limit.
 struct Reader<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     client: &'a Arc<Client>,
     target: &'a Target,
     handler: Option<Arc<HandlerClient>>,
@@ -179,7 +180,7 @@ impl<'a> Reader<'a> {
             Err(error) => return self.malformed(&error.to_string()),
         };
         match incoming {
-            Incoming::Subscribe(pattern) => self.subscribe(&pattern),
+            Incoming::Subscribe { pattern, since } => self.subscribe(&pattern, since),
             Incoming::Unsubscribe(pattern) => self.unsubscribe(&pattern),
             Incoming::Ack(_) => {
                 self.malformed("an ack; a listener does not send acknowledged envelopes")
@@ -268,7 +269,9 @@ impl<'a> Reader<'a> {
         self.answer("error", why);
     }
 
-    fn subscribe(&mut self, text: &str) {
+    /// A subscribe: the pattern goes into the index (at once, or recovering first with
+    /// `since`) unless the client's JWT does not allow it or it holds too many.
+    fn subscribe(&mut self, text: &str, since: Option<Since>) {
         let pattern = match Pattern::parse(text) {
             Ok(pattern) => pattern,
             Err(error) => return self.answer_error(&error),
@@ -280,20 +283,49 @@ impl<'a> Reader<'a> {
                 crate::subjects::quoted(text)
             ));
         }
-        {
+        if since.is_some() && self.shared.listen().history.is_none() {
+            return self.answer_error(
+                "this listener keeps no history (history_size / history_ttl_sec): subscribe without `since`",
+            );
+        }
+        let added = {
             let mut mine = lock(&self.client.subscriptions);
-            if !mine.contains(&pattern) {
-                if mine.len() >= MAX_PER_CLIENT {
-                    drop(mine);
-                    return self.answer_error(&format!(
-                        "too many subscriptions (at most {MAX_PER_CLIENT} per client)"
-                    ));
+            if mine.contains(&pattern) {
+                false
+            } else if mine.len() >= MAX_PER_CLIENT {
+                drop(mine);
+                return self.answer_error(&format!(
+                    "too many subscriptions (at most {MAX_PER_CLIENT} per client)"
+                ));
+            } else {
+                if since.is_some() {
+                    // Gated before it is in the index: no live broadcast passes the recovery.
+                    lock(&self.client.gates).push((pattern.clone(), Gate::Holding(Vec::new(), 0)));
+                    self.client.gated.store(true, Ordering::Relaxed);
                 }
                 mine.push(pattern.clone());
-                self.shared.subscribe(&pattern, self.client);
+                true
             }
+        };
+        // Not under the client's lock: the live path takes the index's, then the client's.
+        if added {
+            self.shared.subscribe(&pattern, self.client);
         }
-        self.answer("ok", text);
+        match since {
+            Some(since) if added => {
+                let (shared, client) = (Arc::clone(self.shared), Arc::clone(self.client));
+                self.shared
+                    .tasks
+                    .spawn(history::recover(shared, client, pattern, since));
+            }
+            // Subscribed and live on this connection already: it missed nothing.
+            Some(_) => {
+                let _ = self
+                    .client
+                    .send(self.shared.codec.encode_recovered(text, true), self.shared);
+            }
+            None => self.answer("ok", text),
+        }
     }
 
     fn unsubscribe(&mut self, text: &str) {
@@ -304,6 +336,7 @@ impl<'a> Reader<'a> {
         };
         if let Some(pattern) = removed {
             self.shared.unsubscribe(&pattern, &self.client.id);
+            lock(&self.client.gates).retain(|(p, _)| *p != pattern);
             self.answer("ok", text);
         } else {
             self.answer_error(&format!(
