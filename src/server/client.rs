@@ -25,11 +25,18 @@ use tracing::warn;
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::Frame;
 use crate::requests::Pending;
-use crate::server::history::Gate;
 use crate::server::socket::{self, ClientSocket, Out};
 use crate::server::subscriptions::Pattern;
 use crate::server::Shared;
 use crate::stats::{self, SessionStats};
+
+/// How a subscription being recovered, or just recovered, takes the live broadcasts.
+pub enum Gate {
+    /// Being replayed: the live broadcasts are held here (with their offsets and bytes).
+    Holding(Vec<(Frame, u64)>, usize),
+    /// Replayed up to this offset: live broadcasts up to it are duplicates.
+    After(u64),
+}
 
 /// How long a client may keep sending over `client_rate_limit` before it is closed.
 pub const RATE_GRACE: Duration = Duration::from_secs(2);

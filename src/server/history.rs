@@ -26,9 +26,10 @@ use tracing::{debug, warn};
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::{Frame, Offset, Since};
-use crate::server::client::{lock, Client};
+use crate::server::client::{lock, Client, Gate};
 use crate::server::subscriptions::Pattern;
-use crate::server::Shared;
+use crate::server::subscriptions::Subscriptions;
+use crate::server::{read, write, Listener, Shared};
 
 /// How long a subscribe with `since` waits for the listener's history to open.
 const OPEN_WAIT: Duration = Duration::from_secs(5);
@@ -75,14 +76,6 @@ pub enum State {
     Open(Arc<dyn Store>),
     /// Cannot be opened now (why); being tried again.
     Failed(String),
-}
-
-/// How a subscription being recovered, or just recovered, takes the live broadcasts.
-pub(super) enum Gate {
-    /// Being replayed: the live broadcasts are held here (with their offsets and bytes).
-    Holding(Vec<(Frame, u64)>, usize),
-    /// Replayed up to this offset: live broadcasts up to it are duplicates.
-    After(u64),
 }
 
 /// What the live path does with a stored broadcast for a client with gates.
@@ -170,6 +163,62 @@ impl Client {
             }
         }
         false
+    }
+}
+
+impl Listener {
+    /// Whether the listener keeps a history: then its broadcasts are stored first (in this
+    /// store) and reach the clients through [`Listener::publish_stored`]. An error while the
+    /// history is not open.
+    pub fn history(&self) -> Result<Option<Arc<dyn Store>>, String> {
+        if self.shared.listen().history.is_none() {
+            return Ok(None);
+        }
+        match &*self.shared.history.borrow() {
+            State::Open(store) => Ok(Some(Arc::clone(store))),
+            State::Opening => Err("the listener's history is still being opened".into()),
+            State::Failed(why) => Err(format!("the listener's history cannot be used: {why}")),
+        }
+    }
+
+    /// Says whether the history is open, or why not.
+    pub fn set_history(&self, state: State) {
+        self.shared.history.send_replace(state);
+    }
+
+    /// Sends a stored broadcast to every client subscribed to a pattern matching its subject,
+    /// with its offset and epoch, in the order the store gives them; a subscription being
+    /// recovered gets it through its recovery instead. Returns how many clients it was queued
+    /// for.
+    pub fn publish_stored(&self, msg: &BrokerMessage, at: crate::envelope::Offset<'_>) -> usize {
+        let shared = &self.shared;
+        let limit = shared.listen().client_queue_bytes;
+        let mut frame = None;
+        let mut sent = 0;
+        read(&shared.subscriptions).for_each_matching(&msg.subject, |client| {
+            let mut make = || {
+                frame
+                    .get_or_insert_with(|| shared.codec.encode_stored(msg, at))
+                    .clone()
+            };
+            if client.gated.load(Ordering::Relaxed)
+                && !client.take_stored(&msg.subject, at.offset, &mut make, limit)
+            {
+                return;
+            }
+            if client.send(make(), shared).is_ok() {
+                sent += 1;
+            }
+        });
+        crate::stats::add(&shared.counters.fanout_frames, sent);
+        sent
+    }
+}
+
+impl Shared {
+    /// Holds the live path (every `publish_stored`) while a recovery hands over to it.
+    pub(super) fn stop_live(&self) -> std::sync::RwLockWriteGuard<'_, Subscriptions<Arc<Client>>> {
+        write(&self.subscriptions)
     }
 }
 

@@ -170,11 +170,6 @@ impl Shared {
         write(&self.subscriptions).remove(pattern, client);
     }
 
-    /// Holds the live path (every `publish_stored`) while a recovery hands over to it.
-    fn stop_live(&self) -> std::sync::RwLockWriteGuard<'_, Subscriptions<Arc<Client>>> {
-        write(&self.subscriptions)
-    }
-
     /// Forgets a client that left: its subscriptions and its slot.
     pub fn forget(&self, client: &Client) {
         {
@@ -340,55 +335,6 @@ impl Listener {
             debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
         }
         stats::add(&self.shared.counters.fanout_frames, sent);
-        sent
-    }
-
-    /// Whether the listener keeps a history: then its broadcasts are stored first (in this
-    /// store) and reach the clients through [`Listener::publish_stored`]. An error while the
-    /// history is not open.
-    pub fn history(&self) -> Result<Option<Arc<dyn history::Store>>, String> {
-        if self.shared.listen().history.is_none() {
-            return Ok(None);
-        }
-        match &*self.shared.history.borrow() {
-            history::State::Open(store) => Ok(Some(Arc::clone(store))),
-            history::State::Opening => Err("the listener's history is still being opened".into()),
-            history::State::Failed(why) => {
-                Err(format!("the listener's history cannot be used: {why}"))
-            }
-        }
-    }
-
-    /// Says whether the history is open, or why not.
-    pub fn set_history(&self, state: history::State) {
-        self.shared.history.send_replace(state);
-    }
-
-    /// Sends a stored broadcast to every client subscribed to a pattern matching its subject,
-    /// with its offset and epoch, in the order the store gives them; a subscription being
-    /// recovered gets it through its recovery instead. Returns how many clients it was queued
-    /// for.
-    pub fn publish_stored(&self, msg: &BrokerMessage, at: crate::envelope::Offset<'_>) -> usize {
-        let shared = &self.shared;
-        let limit = shared.listen().client_queue_bytes;
-        let mut frame = None;
-        let mut sent = 0;
-        read(&shared.subscriptions).for_each_matching(&msg.subject, |client| {
-            let mut make = || {
-                frame
-                    .get_or_insert_with(|| shared.codec.encode_stored(msg, at))
-                    .clone()
-            };
-            if client.gated.load(Ordering::Relaxed)
-                && !client.take_stored(&msg.subject, at.offset, &mut make, limit)
-            {
-                return;
-            }
-            if client.send(make(), shared).is_ok() {
-                sent += 1;
-            }
-        });
-        stats::add(&shared.counters.fanout_frames, sent);
         sent
     }
 
