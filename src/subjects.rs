@@ -18,6 +18,7 @@ pub const SESSIONS: &str = "$ws.sessions";
 pub const STATS: &str = "$ws.stats";
 pub const SESSION_PREFIX: &str = "$ws.session.";
 pub const CLOSE_PREFIX: &str = "$ws.close.";
+pub const PRESENCE_PREFIX: &str = "$ws.presence.";
 
 /// The longest subject (or `reply_to`) a component may give, in bytes.
 pub const MAX_SUBJECT_BYTES: usize = 1024;
@@ -97,6 +98,10 @@ pub enum Subject<'a> {
     Close {
         id: &'a str,
     },
+    /// `$ws.presence.<subject>`: who of a listener's clients would get a broadcast to it.
+    Presence {
+        subject: &'a str,
+    },
     Unknown,
 }
 
@@ -104,6 +109,10 @@ pub fn parse(subject: &str) -> Subject<'_> {
     match subject {
         SESSIONS => Subject::Sessions,
         STATS => Subject::Stats,
+        _ if subject.starts_with(PRESENCE_PREFIX) => match &subject[PRESENCE_PREFIX.len()..] {
+            "" => Subject::Unknown,
+            subject => Subject::Presence { subject },
+        },
         _ if subject.starts_with(CLOSE_PREFIX) => match &subject[CLOSE_PREFIX.len()..] {
             id if !id.is_empty() && !id.contains('.') => Subject::Close { id },
             _ => Subject::Unknown,

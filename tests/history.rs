@@ -393,4 +393,12 @@ async fn since_on_a_listener_without_history_is_refused_with_the_reason() {
     assert!(why.contains("keeps no history"), "{answer}");
     // The client is still served.
     assert_eq!(client.subscribe("news.>").await, json!({ "ok": "news.>" }));
+    // Nor does it answer presence without `presence = true`, and says so.
+    let component = replicas.component("plain").await;
+    let refused = component
+        .request("default", "$ws.presence.news.a", &b""[..], 0)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(refused.contains("presence is off"), "{refused}");
 }

@@ -237,3 +237,74 @@ async fn replicas_share_the_port_and_their_clients_are_one_set() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn presence_lists_the_subscribers_of_a_subject_on_every_replica() {
+    let mut replicas = Replicas::start(2, &[]).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let url = format!("ws://{listen}/");
+    let config = [("listen", listen.as_str()), ("presence", "true")];
+    let consumer = replicas.all[0].consumer_link("pres", "default", &config);
+    replicas.put_link(&consumer).await;
+    for replica in &replicas.all {
+        replica
+            .logs
+            .wait_for(&["another replica listens too"], LIMIT)
+            .await;
+    }
+    let component = replicas.component("pres").await;
+    let mut clients = Vec::new();
+    for i in 0..12 {
+        let mut client = WsClient::connect_when_listening(&url, Connect::default())
+            .await
+            .unwrap();
+        let pattern = if i % 3 == 0 { "room.*" } else { "room.a" };
+        assert_eq!(client.subscribe(pattern).await, json!({ "ok": pattern }));
+        clients.push(client);
+    }
+    let _idle = WsClient::connect(&url).await.unwrap();
+    let entries = client_entries(&component).await;
+    assert_eq!(entries.len(), 13, "{entries:?}");
+    let owners: BTreeSet<&str> = entries.iter().filter_map(|e| e["owner"].as_str()).collect();
+    let presence = |subject: &'static str| {
+        let component = &component;
+        async move {
+            let answer = component
+                .request("default", &format!("$ws.presence.{subject}"), &b""[..], 0)
+                .await
+                .expect("answered")
+                .expect("presence answers");
+            let answer: serde_json::Value = serde_json::from_slice(&answer.body).unwrap();
+            let ids: BTreeSet<String> = answer["clients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    assert!(c["connected_at"].is_string(), "{c}");
+                    c["id"].as_str().unwrap().to_string()
+                })
+                .collect();
+            ids
+        }
+    };
+    let subscribed = |wild_only: bool| -> BTreeSet<String> {
+        entries
+            .iter()
+            .filter(|e| {
+                let subs = e["subscriptions"].as_array().unwrap();
+                !subs.is_empty() && (!wild_only || subs.contains(&json!("room.*")))
+            })
+            .map(|e| e["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // `room.a`: all twelve subscribers, whichever replica they are on; `room.b`: the four of
+    // `room.*`; the idle client is in neither.
+    assert_eq!(
+        presence("room.a").await,
+        subscribed(false),
+        "owners {owners:?}"
+    );
+    assert_eq!(presence("room.b").await.len(), 4);
+    assert_eq!(presence("room.b").await, subscribed(true));
+    assert!(presence("elsewhere").await.is_empty());
+}

@@ -23,6 +23,7 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("client_rate_limit", Mode::Listener, Secret::No, number_or_zero(0, 1_000_000, "a whole number of messages per second (0 = no limit)")),
     Key::new("client_events", Mode::Listener, Secret::No, Value::Flag(false)),
     Key::new("history_size", Mode::Listener, Secret::No, number_or_zero(0, MAX_HISTORY_SIZE, "a whole number of messages kept per subject (0 = no history)")),
+    Key::new("presence", Mode::Listener, Secret::No, Value::Flag(false)),
     Key::new("history_ttl_sec", Mode::Listener, Secret::No, number_or_zero(0, 366 * 24 * 3600, "a whole number of seconds (0 = kept until history_size pushes them out)")),
 ];
 
@@ -60,6 +61,8 @@ pub struct ListenConfig {
     pub tls: Option<ServerTls>,
     /// The history of broadcasts, when `history_size` or `history_ttl_sec` is set.
     pub history: Option<HistoryConfig>,
+    /// Answer `$ws.presence.<subject>`.
+    pub presence: bool,
 }
 
 /// `listen`: an IP address and port (`0.0.0.0:8080`, `[::]:8080`), or `localhost:<port>`. No
@@ -95,6 +98,7 @@ impl ListenConfig {
             client_events,
             tls,
             history,
+            presence,
         } = self;
         [
             ("listen", *addr == other.addr),
@@ -116,6 +120,7 @@ impl ListenConfig {
             ("client_events", *client_events == other.client_events),
             ("tls_cert / tls_key", *tls == other.tls),
             ("history_size / history_ttl_sec", *history == other.history),
+            ("presence", *presence == other.presence),
         ]
         .into_iter()
         .filter(|(_, same)| !same)
@@ -225,6 +230,7 @@ impl Layers<'_> {
             client_events: self.flag("client_events")?,
             tls,
             history,
+            presence: self.flag("presence")?,
         }))
     }
 }

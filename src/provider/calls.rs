@@ -269,6 +269,12 @@ impl WebSocketMessagingProvider {
                         entries.into_iter().map(|(_, stats)| stats).collect(),
                     )
                 }
+                subjects::Subject::Presence { subject: of } => {
+                    let listener = listener.ok_or_else(|| {
+                        format!("request to {}: `$ws.presence.<subject>` asks a listener, and link {link_name} dials a server", subjects::quoted(&subject))
+                    })?;
+                    self.presence(&listener, of).await?
+                }
                 subjects::Subject::Session { id, subject } => {
                     let key = SessionKey {
                         component: component.to_string(),

@@ -451,6 +451,56 @@ impl WebSocketMessagingProvider {
         entries
     }
 
+    /// `request("$ws.presence.<subject>")` (with `presence = true`): the clients of every
+    /// replica subscribed to a pattern that matches `subject`, as `{"clients": [{"id", "user",
+    /// "connected_at"}]}`, oldest first.
+    pub(crate) async fn presence(
+        &self,
+        listener: &Listener,
+        subject: &str,
+    ) -> Result<Bytes, String> {
+        if !listener
+            .config()
+            .listen
+            .as_ref()
+            .is_some_and(|l| l.presence)
+        {
+            return Err(format!(
+                "request to {}: presence is off on the listener of link {} (set `presence = true`)",
+                subjects::quoted(&format!("{}{subject}", subjects::PRESENCE_PREFIX)),
+                listener.key().link_name
+            ));
+        }
+        subjects::check("subject", subject)?;
+        let mut clients: Vec<serde_json::Value> = self
+            .all_client_entries(listener, Duration::from_secs(1))
+            .await
+            .into_iter()
+            .map(|(info, _)| info)
+            .filter(|info| {
+                info["subscriptions"].as_array().is_some_and(|patterns| {
+                    patterns.iter().filter_map(|p| p.as_str()).any(|p| {
+                        crate::subjects::Pattern::parse(p).is_ok_and(|p| p.matches(subject))
+                    })
+                })
+            })
+            .map(|info| {
+                serde_json::json!({
+                    "id": info["id"],
+                    "user": info["user"],
+                    "connected_at": info["connected_at"],
+                })
+            })
+            .collect();
+        clients.sort_by(|a, b| {
+            (a["connected_at"].as_str(), a["id"].as_str())
+                .cmp(&(b["connected_at"].as_str(), b["id"].as_str()))
+        });
+        Ok(Bytes::from(
+            serde_json::json!({ "clients": clients }).to_string(),
+        ))
+    }
+
     /// `request("$ws.session.<id>.<subject>")`: a request to one client, on whichever replica
     /// it is connected, answered by its reply.
     pub(crate) async fn request_client(

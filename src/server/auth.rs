@@ -190,6 +190,7 @@ mod tests {
             client_events: false,
             tls: None,
             history: None,
+            presence: false,
         }
     }
 
