@@ -185,18 +185,33 @@ impl History {
         }
     }
 
+    /// `call`'s result, or that the stream did not answer within [`CALL_TIMEOUT`].
+    async fn answered<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T, String>>,
+    ) -> Result<T, String> {
+        tokio::time::timeout(CALL_TIMEOUT, call)
+            .await
+            .unwrap_or_else(|_| {
+                Err(format!(
+                    "the history stream {} did not answer within {} s",
+                    self.name,
+                    CALL_TIMEOUT.as_secs()
+                ))
+            })
+    }
+
     /// The lowest offset the stream still holds (past the last one when it is empty).
     pub async fn first_offset(&self) -> Result<u64, String> {
         let mut stream = self.stream.clone();
-        match tokio::time::timeout(CALL_TIMEOUT, stream.info()).await {
-            Ok(Ok(info)) => Ok(info.state.first_sequence),
-            Ok(Err(e)) => Err(format!("cannot read the history stream {}: {e}", self.name)),
-            Err(_) => Err(format!(
-                "the history stream {} did not answer within {} s",
-                self.name,
-                CALL_TIMEOUT.as_secs()
-            )),
-        }
+        self.answered(async {
+            stream
+                .info()
+                .await
+                .map(|info| info.state.first_sequence)
+                .map_err(|e| format!("cannot read the history stream {}: {e}", self.name))
+        })
+        .await
     }
 
     /// A message of the stream as a broadcast.
@@ -237,7 +252,7 @@ impl History {
                     start_sequence: next,
                 };
                 let config = consumer::push::OrderedConfig {
-                    deliver_subject: history.js_inbox(),
+                    deliver_subject: history.nats.new_inbox(),
                     filter_subject: format!("{}>", history.prefix),
                     deliver_policy,
                     ..Default::default()
@@ -287,10 +302,6 @@ impl History {
         });
     }
 
-    fn js_inbox(&self) -> String {
-        self.nats.new_inbox()
-    }
-
     /// The stored broadcasts on subjects matching `pattern` after `after`, in order, fetched in
     /// batches as the caller asks for them.
     pub async fn replay(self: &Arc<Self>, pattern: &str, after: u64) -> Result<Replay, String> {
@@ -304,21 +315,17 @@ impl History {
             memory_storage: true,
             ..Default::default()
         };
-        let made = tokio::time::timeout(CALL_TIMEOUT, self.stream.create_consumer(config)).await;
-        let consumer = match made {
-            Ok(Ok(consumer)) => consumer,
-            Ok(Err(e)) => return Err(format!("cannot read the history stream {}: {e}", self.name)),
-            Err(_) => {
-                return Err(format!(
-                    "the history stream {} did not answer within {} s",
-                    self.name,
-                    CALL_TIMEOUT.as_secs()
-                ))
-            }
-        };
+        let consumer = self
+            .answered(async {
+                self.stream
+                    .create_consumer(config)
+                    .await
+                    .map_err(|e| format!("cannot read the history stream {}: {e}", self.name))
+            })
+            .await?;
         Ok(Replay {
             history: Arc::clone(self),
-            consumer: Some(consumer),
+            consumer,
         })
     }
 }
@@ -326,19 +333,17 @@ impl History {
 /// A recovery's read of the stream: an ephemeral consumer, deleted when the replay is done.
 pub struct Replay {
     history: Arc<History>,
-    consumer: Option<consumer::Consumer<consumer::pull::Config>>,
+    consumer: consumer::Consumer<consumer::pull::Config>,
 }
 
 impl Replay {
     /// The next stored broadcasts (at most `max`), as many as the stream holds now: fewer than
     /// `max` means the replay has caught up with the stream for the moment.
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Stored>, String> {
-        let Some(consumer) = &self.consumer else {
-            return Ok(Vec::new());
-        };
         let name = &self.history.name;
         let fetched = async {
-            let mut batch = consumer
+            let mut batch = self
+                .consumer
                 .fetch()
                 .max_messages(max)
                 .messages()
@@ -356,24 +361,20 @@ impl Replay {
             }
             Ok::<_, String>(out)
         };
-        match tokio::time::timeout(CALL_TIMEOUT, fetched).await {
-            Ok(Ok(batch)) => Ok(batch),
-            Ok(Err(e)) => Err(format!("reading the history stream {name} failed: {e}")),
-            Err(_) => Err(format!(
-                "the history stream {name} did not answer within {} s",
-                CALL_TIMEOUT.as_secs()
-            )),
-        }
+        self.history
+            .answered(async {
+                fetched
+                    .await
+                    .map_err(|e| format!("reading the history stream {name} failed: {e}"))
+            })
+            .await
     }
 }
 
 impl Drop for Replay {
     fn drop(&mut self) {
-        let Some(consumer) = self.consumer.take() else {
-            return;
-        };
         let stream = self.history.stream.clone();
-        let name = consumer.cached_info().name.clone();
+        let name = self.consumer.cached_info().name.clone();
         // Not waited for: the consumer also goes by itself after REPLAY_INACTIVE.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

@@ -233,18 +233,16 @@ impl WebSocketMessagingProvider {
             .subject
             .starts_with(crate::subjects::RESERVED_SUBJECT_PREFIX)
         {
-            let quoted = || subjects::quoted(&msg.subject);
-            let history = listener
-                .history()
-                .map_err(|e| format!("publish to {}: {e}; no client got it", quoted()))?;
-            if let Some(history) = history {
+            let failed = |e: String| {
+                format!(
+                    "publish to {}: {e}; no client got it",
+                    subjects::quoted(&msg.subject)
+                )
+            };
+            if let Some(history) = listener.history().map_err(failed)? {
                 // Stored first; every replica (this one too) sends it on from the store.
                 crate::lattice::history::storable(&msg.subject)?;
-                return history
-                    .store(&msg)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| format!("publish to {}: {e}; no client got it", quoted()));
+                return history.store(&msg).await.map(|_| ()).map_err(failed);
             }
             listener.publish(&msg);
             if let Replication::Lattice(lattice) = &self.replication {
@@ -471,7 +469,6 @@ impl WebSocketMessagingProvider {
                 listener.key().link_name
             ));
         }
-        subjects::check("subject", subject)?;
         let mut clients: Vec<serde_json::Value> = self
             .all_client_entries(listener, Duration::from_secs(1))
             .await

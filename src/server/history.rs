@@ -28,7 +28,6 @@ use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::{Frame, Offset, Since};
 use crate::server::client::{lock, Client, Gate};
 use crate::server::subscriptions::Pattern;
-use crate::server::subscriptions::Subscriptions;
 use crate::server::{read, write, Listener, Shared};
 
 /// How long a subscribe with `since` waits for the listener's history to open.
@@ -215,13 +214,6 @@ impl Listener {
     }
 }
 
-impl Shared {
-    /// Holds the live path (every `publish_stored`) while a recovery hands over to it.
-    pub(super) fn stop_live(&self) -> std::sync::RwLockWriteGuard<'_, Subscriptions<Arc<Client>>> {
-        write(&self.subscriptions)
-    }
-}
-
 /// Waits (at most [`OPEN_WAIT`]) for the listener's history to open.
 async fn opened(shared: &Shared) -> Result<Arc<dyn Store>, String> {
     let mut state = shared.history.subscribe();
@@ -339,12 +331,13 @@ async fn replay(
 /// subscription that the replay did not send (past `last`) are queued, and the subscription
 /// takes live broadcasts past `last` from now on.
 fn go_live(shared: &Shared, client: &Client, pattern: &Pattern, last: u64) {
-    let _live = shared.stop_live();
+    // The index's write lock holds the live path (every `publish_stored`) for the hand-over.
+    let _live = write(&shared.subscriptions);
     let mut gates = lock(&client.gates);
     let Some(at) = gates.iter().position(|(p, _)| p == pattern) else {
         return;
     };
-    let (_, gate) = std::mem::replace(&mut gates[at], (pattern.clone(), Gate::After(last)));
+    let gate = std::mem::replace(&mut gates[at].1, Gate::After(last));
     let mut newest = last;
     if let Gate::Holding(held, _) = gate {
         for (frame, offset) in held.into_iter().filter(|(_, o)| *o > last) {
