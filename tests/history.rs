@@ -45,13 +45,15 @@ fn got(frame: &Value) -> Got {
     }
 }
 
-/// Both links of `component` with a listener on `listen` and `extra` settings, on every
-/// replica.
-async fn listen(replicas: &mut Replicas, component: &str, listen: &str, extra: &[(&str, &str)]) {
-    let mut config = vec![("listen", listen)];
-    config.extend_from_slice(extra);
-    let consumer = replicas.all[0].consumer_link(component, "default", &config);
-    let handler = replicas.all[0].handler_link(component, "default", &config);
+/// `n` replicas with both links of component `hist` listening on a free port with
+/// `history_size`, each with its history open (and, with more than one, knowing of the
+/// others); the played component and the URL clients connect to.
+async fn rig(n: usize, history_size: &str) -> (Replicas, Arc<PlayedComponent>, String) {
+    let mut replicas = Replicas::start(n, &[]).await;
+    let addr = format!("127.0.0.1:{}", free_port());
+    let config = [("listen", addr.as_str()), ("history_size", history_size)];
+    let consumer = replicas.all[0].consumer_link("hist", "default", &config);
+    let handler = replicas.all[0].handler_link("hist", "default", &config);
     replicas.put_link(&consumer).await;
     replicas.put_link(&handler).await;
     for replica in &replicas.all {
@@ -59,26 +61,23 @@ async fn listen(replicas: &mut Replicas, component: &str, listen: &str, extra: &
             .logs
             .wait_for(&["a listener keeps its broadcasts"], LIMIT)
             .await;
+        if n > 1 {
+            replica
+                .logs
+                .wait_for(&["another replica listens too"], LIMIT)
+                .await;
+        }
     }
+    let component = Arc::new(replicas.component("hist").await);
+    (replicas, component, format!("ws://{addr}/"))
 }
 
 /// Publishes until a replica takes the call: one that is not there yet (or was just killed)
 /// answers with an error, and nothing was stored then.
 async fn publish(component: &PlayedComponent, subject: &str, body: &str) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        match component
-            .publish("default", subject, body.as_bytes().to_vec(), None)
-            .await
-        {
-            Ok(Ok(())) => return,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "publish to {subject} failed: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    component
+        .publish_when_ready("default", subject, body.as_bytes().to_vec(), LIMIT)
+        .await;
 }
 
 /// Publishes `range` on `news.<i % 3>` with `in_flight` publishers (each one after another,
@@ -195,14 +194,8 @@ async fn drop_and_recover<F: std::future::Future<Output = ()>>(
         Arc::clone(&done),
     );
     let mut all = read(&mut client, 150).await;
-    let sessions = component
-        .request("default", "$ws.sessions", &b""[..], 0)
-        .await
-        .expect("answered")
-        .expect("$ws.sessions answers");
-    let sessions: Vec<Value> = serde_json::from_slice(&sessions.body).unwrap();
-    let clients: Vec<_> = sessions.iter().filter(|s| s["kind"] == "client").collect();
-    assert_eq!(clients.len(), 1, "{sessions:?}");
+    let clients = component.client_entries().await;
+    assert_eq!(clients.len(), 1, "{clients:?}");
     let host = clients[0]["owner"].as_str().expect("an owner").to_string();
     client.close();
     let away = tokio::time::Instant::now();
@@ -242,11 +235,7 @@ async fn drop_and_recover<F: std::future::Future<Output = ()>>(
 
 #[tokio::test]
 async fn a_client_that_drops_for_two_seconds_recovers_every_broadcast_in_order() {
-    let mut replicas = Replicas::start(1, &[]).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    listen(&mut replicas, "hist", &addr, &[("history_size", "5000")]).await;
-    let component = Arc::new(replicas.component("hist").await);
-    let url = format!("ws://{addr}/");
+    let (_replicas, component, url) = rig(1, "5000").await;
     drop_and_recover(&url, &component, |_| async {}).await;
     let stats = component.stats("default").await["provider"].clone();
     assert_eq!(stats["recoveries"], 1, "{stats}");
@@ -256,11 +245,7 @@ async fn a_client_that_drops_for_two_seconds_recovers_every_broadcast_in_order()
 
 #[tokio::test]
 async fn the_same_across_a_provider_restart() {
-    let mut replicas = Replicas::start(1, &[]).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    listen(&mut replicas, "hist", &addr, &[("history_size", "5000")]).await;
-    let component = Arc::new(replicas.component("hist").await);
-    let url = format!("ws://{addr}/");
+    let (mut replicas, component, url) = rig(1, "5000").await;
     let all = drop_and_recover(&url, &component, |_| async {
         replicas.signal(0, "KILL");
         let again = replicas.add(&[]).await;
@@ -276,17 +261,7 @@ async fn the_same_across_a_provider_restart() {
 
 #[tokio::test]
 async fn the_same_on_the_other_replica_when_the_clients_replica_dies() {
-    let mut replicas = Replicas::start(2, &[]).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    listen(&mut replicas, "hist", &addr, &[("history_size", "5000")]).await;
-    for replica in &replicas.all {
-        replica
-            .logs
-            .wait_for(&["another replica listens too"], LIMIT)
-            .await;
-    }
-    let component = Arc::new(replicas.component("hist").await);
-    let url = format!("ws://{addr}/");
+    let (mut replicas, component, url) = rig(2, "5000").await;
     let mut killed = None;
     drop_and_recover(&url, &component, |host| {
         // The replica the client was on dies: it can only come back to the other one.
@@ -301,11 +276,7 @@ async fn the_same_on_the_other_replica_when_the_clients_replica_dies() {
 
 #[tokio::test]
 async fn recovery_says_what_the_history_no_longer_holds() {
-    let mut replicas = Replicas::start(1, &[]).await;
-    let addr = format!("127.0.0.1:{}", free_port());
-    listen(&mut replicas, "hist", &addr, &[("history_size", "5")]).await;
-    let component = replicas.component("hist").await;
-    let url = format!("ws://{addr}/");
+    let (_replicas, component, url) = rig(1, "5").await;
     let mut watcher = WsClient::connect_when_listening(&url, Connect::default())
         .await
         .unwrap();

@@ -26,17 +26,6 @@ fn body_of(frame: &serde_json::Value) -> Vec<u8> {
         .expect("base64")
 }
 
-/// The `$ws.sessions` entries of clients, through link `default` (on whichever replica).
-async fn client_entries(component: &PlayedComponent) -> Vec<serde_json::Value> {
-    let answer = component
-        .request("default", "$ws.sessions", &b""[..], 0)
-        .await
-        .expect("the call is answered")
-        .expect("$ws.sessions answers");
-    let all: Vec<serde_json::Value> = serde_json::from_slice(&answer.body).expect("JSON");
-    all.into_iter().filter(|e| e["kind"] == "client").collect()
-}
-
 /// A data frame's JSON, skipping nothing: the listener sends only what the test caused.
 async fn next_json(client: &mut WsClient) -> serde_json::Value {
     match client.frame(LIMIT).await {
@@ -47,20 +36,9 @@ async fn next_json(client: &mut WsClient) -> serde_json::Value {
 
 /// Publishes until a replica takes the call (one that was just killed may still get one).
 async fn publish(component: &PlayedComponent, subject: &str, body: &[u8]) {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        match component
-            .publish("default", subject, body.to_vec(), None)
-            .await
-        {
-            Ok(Ok(())) => return,
-            other => assert!(
-                tokio::time::Instant::now() < deadline,
-                "publish to {subject} failed: {other:?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    component
+        .publish_when_ready("default", subject, body.to_vec(), LIMIT)
+        .await;
 }
 
 #[tokio::test]
@@ -111,7 +89,7 @@ async fn replicas_share_the_port_and_their_clients_are_one_set() {
     // `$ws.sessions`, on either replica, lists all 200, on both replicas.
     let mut owner_of = BTreeMap::new();
     for _ in 0..6 {
-        let entries = client_entries(&component).await;
+        let entries = component.client_entries().await;
         let listed: BTreeSet<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(listed.len(), CLIENTS, "every client listed once");
         for entry in &entries {
@@ -233,7 +211,7 @@ async fn replicas_share_the_port_and_their_clients_are_one_set() {
     }
     // And the survivor lists only its own clients once it has forgotten B.
     wait_until("the survivor lists only its clients", LIMIT, || async {
-        client_entries(&component).await.len() == on_a.len() - 1
+        component.client_entries().await.len() == on_a.len() - 1
     })
     .await;
 }
@@ -263,7 +241,7 @@ async fn presence_lists_the_subscribers_of_a_subject_on_every_replica() {
         clients.push(client);
     }
     let _idle = WsClient::connect(&url).await.unwrap();
-    let entries = client_entries(&component).await;
+    let entries = component.client_entries().await;
     assert_eq!(entries.len(), 13, "{entries:?}");
     let owners: BTreeSet<&str> = entries.iter().filter_map(|e| e["owner"].as_str()).collect();
     let presence = |subject: &'static str| {

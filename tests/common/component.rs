@@ -308,6 +308,18 @@ impl PlayedComponent {
         }
     }
 
+    /// The `$ws.sessions` entries of listener clients, through link `default` (on whichever
+    /// replica).
+    pub async fn client_entries(&self) -> Vec<serde_json::Value> {
+        let answer = self
+            .request("default", "$ws.sessions", &b""[..], 0)
+            .await
+            .expect("the call is answered")
+            .expect("$ws.sessions answers");
+        let all: Vec<serde_json::Value> = serde_json::from_slice(&answer.body).expect("JSON");
+        all.into_iter().filter(|e| e["kind"] == "client").collect()
+    }
+
     /// `consumer.request` through `link_name`.
     pub async fn request(
         &self,
