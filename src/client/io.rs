@@ -280,8 +280,8 @@ impl SocketTask {
                 }
                 return None;
             }
-            Ok(Incoming::Subscribe { .. } | Incoming::Unsubscribe(_)) => Err(
-                "a subscribe or unsubscribe envelope, which only a listener's clients send"
+            Ok(Incoming::Subscribe { .. } | Incoming::Unsubscribe(_) | Incoming::Presence(_)) => Err(
+                "a subscribe, unsubscribe or presence envelope, which only a listener's clients send"
                     .to_string(),
             ),
             Err(error) => Err(error.to_string()),

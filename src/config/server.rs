@@ -24,6 +24,8 @@ pub(crate) const KEYS: &[Key] = &[
     Key::new("client_events", Mode::Listener, Secret::No, Value::Flag(false)),
     Key::new("history_size", Mode::Listener, Secret::No, number_or_zero(0, MAX_HISTORY_SIZE, "a whole number of messages kept per subject (0 = no history)")),
     Key::new("presence", Mode::Listener, Secret::No, Value::Flag(false)),
+    Key::new("presence_events", Mode::Listener, Secret::No, Value::Flag(false)),
+    Key::new("client_publish", Mode::Listener, Secret::No, Value::Flag(false)),
     Key::new("history_ttl_sec", Mode::Listener, Secret::No, number_or_zero(0, 366 * 24 * 3600, "a whole number of seconds (0 = kept until history_size pushes them out)")),
 ];
 
@@ -61,8 +63,12 @@ pub struct ListenConfig {
     pub tls: Option<ServerTls>,
     /// The history of broadcasts, when `history_size` or `history_ttl_sec` is set.
     pub history: Option<HistoryConfig>,
-    /// Answer `$ws.presence.<subject>`.
+    /// Answer `$ws.presence.<subject>` and clients' `{"presence"}`.
     pub presence: bool,
+    /// Send `joined` / `left` frames to the subscribers of a pattern.
+    pub presence_events: bool,
+    /// Fan clients' envelopes out to the subscribers (and the history) too.
+    pub client_publish: bool,
 }
 
 /// `listen`: an IP address and port (`0.0.0.0:8080`, `[::]:8080`), or `localhost:<port>`. No
@@ -99,6 +105,8 @@ impl ListenConfig {
             tls,
             history,
             presence,
+            presence_events,
+            client_publish,
         } = self;
         [
             ("listen", *addr == other.addr),
@@ -121,6 +129,8 @@ impl ListenConfig {
             ("tls_cert / tls_key", *tls == other.tls),
             ("history_size / history_ttl_sec", *history == other.history),
             ("presence", *presence == other.presence),
+            ("presence_events", *presence_events == other.presence_events),
+            ("client_publish", *client_publish == other.client_publish),
         ]
         .into_iter()
         .filter(|(_, same)| !same)
@@ -231,6 +241,8 @@ impl Layers<'_> {
             tls,
             history,
             presence: self.flag("presence")?,
+            presence_events: self.flag("presence_events")?,
+            client_publish: self.flag("client_publish")?,
         }))
     }
 }

@@ -9,6 +9,8 @@
 //! This module knows nothing of sockets: it maps [`BrokerMessage`]s to [`Frame`]s, which the
 //! session module turns into the WebSocket library's own message type.
 
+mod control;
+pub mod gateway;
 pub mod protobuf;
 
 use std::borrow::Cow;
@@ -20,6 +22,7 @@ use serde::Deserialize;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::config::Format;
+use control::{control, Control};
 
 /// One outgoing or incoming WebSocket data frame, independent of the WebSocket library.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +97,8 @@ struct InFrame<'a> {
     unsubscribe: Option<serde_json::Value>,
     #[serde(default)]
     since: Option<Since>,
+    #[serde(default)]
+    presence: Option<serde_json::Value>,
 }
 
 /// What an incoming data frame carries.
@@ -114,6 +119,8 @@ pub enum Incoming {
     },
     /// A listener's client leaves a pattern: `{"unsubscribe": "<pattern>"}`.
     Unsubscribe(String),
+    /// A listener's client asks who is subscribed to a subject: `{"presence": "<subject>"}`.
+    Presence(String),
 }
 
 /// Where a client left off in a listener's history: the `offset` and `epoch` of the last
@@ -121,6 +128,8 @@ pub enum Incoming {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Since {
     pub offset: u64,
+    /// Empty: whatever the history's epoch is (`{"offset": 0}` asks for all it holds).
+    #[serde(default)]
     pub epoch: String,
 }
 
@@ -130,30 +139,6 @@ pub struct Since {
 pub struct Offset<'a> {
     pub offset: u64,
     pub epoch: &'a str,
-}
-
-/// What a frame without `subject` may be: an ack or a subscription change, when its value is a
-/// string; `since` goes with a subscribe only.
-fn control(
-    ack: Option<String>,
-    subscribe: Option<String>,
-    unsubscribe: Option<String>,
-    since: Option<Since>,
-) -> Result<Incoming, DecodeError> {
-    if since.is_some() && subscribe.is_none() {
-        return Err(DecodeError::NotEnvelope(
-            "`since` without `subscribe` (it says where a subscription's recovery starts)".into(),
-        ));
-    }
-    match (ack, subscribe, unsubscribe) {
-        (Some(id), None, None) => Ok(Incoming::Ack(id)),
-        (None, Some(pattern), None) => Ok(Incoming::Subscribe { pattern, since }),
-        (None, None, Some(pattern)) => Ok(Incoming::Unsubscribe(pattern)),
-        (None, None, None) => Err(DecodeError::NotEnvelope("missing field `subject`".into())),
-        _ => Err(DecodeError::NotEnvelope(
-            "more than one of `ack`, `subscribe` and `unsubscribe`".into(),
-        )),
-    }
 }
 
 /// Encodes `msg` as a JSON envelope `{"subject", "body", "reply_to"?, "id"?}` (the `id` when
@@ -268,7 +253,13 @@ pub fn decode_msgpack(payload: &Bytes) -> Result<Incoming, DecodeError> {
         other => DecodeError::NotEnvelope(other.to_string()),
     })?;
     let Some(subject) = frame.subject else {
-        return control(frame.ack, frame.subscribe, frame.unsubscribe, frame.since);
+        return control(Control {
+            ack: frame.ack,
+            subscribe: frame.subscribe,
+            unsubscribe: frame.unsubscribe,
+            since: frame.since,
+            presence: frame.presence,
+        });
     };
     Ok(Incoming::Message {
         msg: BrokerMessage {
@@ -295,6 +286,7 @@ struct MsgpackFrame<'a> {
     subscribe: Option<String>,
     unsubscribe: Option<String>,
     since: Option<Since>,
+    presence: Option<String>,
 }
 
 impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
@@ -320,6 +312,7 @@ impl<'de> Deserialize<'de> for MsgpackFrame<'de> {
                         "subscribe" => frame.subscribe = map.next_value::<AnyString>()?.0,
                         "unsubscribe" => frame.unsubscribe = map.next_value::<AnyString>()?.0,
                         "since" => frame.since = map.next_value()?,
+                        "presence" => frame.presence = map.next_value::<AnyString>()?.0,
                         _ => {
                             map.next_value::<serde::de::IgnoredAny>()?;
                         }
@@ -432,12 +425,13 @@ pub fn decode_json(payload: &[u8]) -> Result<Incoming, DecodeError> {
             Some(serde_json::Value::String(s)) => Some(s),
             _ => None,
         };
-        return control(
-            string(frame.ack),
-            string(frame.subscribe),
-            string(frame.unsubscribe),
-            frame.since,
-        );
+        return control(Control {
+            ack: string(frame.ack),
+            subscribe: string(frame.subscribe),
+            unsubscribe: string(frame.unsubscribe),
+            since: frame.since,
+            presence: string(frame.presence),
+        });
     };
     let body = match frame.body {
         Some(text) => STANDARD

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use prost::Message as _;
 
-use super::{control, DecodeError, Frame, Incoming, Offset, Since};
+use super::control::{control, Control};
+use super::{DecodeError, Frame, Incoming, Offset, Since};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 
 #[allow(clippy::all, clippy::pedantic)]
@@ -71,12 +72,13 @@ pub fn decode(payload: Bytes) -> Result<Incoming, DecodeError> {
             offset: s.offset,
             epoch: s.epoch,
         });
-        return control(
-            envelope.ack,
-            envelope.subscribe,
-            envelope.unsubscribe,
+        return control(Control {
+            ack: envelope.ack,
+            subscribe: envelope.subscribe,
+            unsubscribe: envelope.unsubscribe,
             since,
-        );
+            presence: envelope.presence,
+        });
     }
     Ok(Incoming::Message {
         msg: BrokerMessage {

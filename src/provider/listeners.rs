@@ -11,6 +11,7 @@ use tracing::{debug, info};
 use super::{read, write, Replication, Role, Roles, WebSocketMessagingProvider};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::config::ConnectionConfig;
+use crate::envelope::gateway::Member;
 use crate::identity::SessionKey;
 use crate::lattice::forward::{Answer, Call, Unanswered};
 use crate::lattice::Lattice;
@@ -127,6 +128,7 @@ impl WebSocketMessagingProvider {
             }
         };
         let listener = Arc::new(listener);
+        listener.set_relay(Arc::new(super::relay::Relay::new(self.clone(), &listener)));
         if let (Some(lattice), Some(history)) = (&lattice, history) {
             super::history::open(
                 Arc::clone(lattice),
@@ -143,7 +145,7 @@ impl WebSocketMessagingProvider {
                 listener.stopped(),
                 move |msg| {
                     if let Some(listener) = weak.upgrade() {
-                        listener.publish(&msg);
+                        super::relay::arrived(&listener, &msg);
                     }
                 },
             );
@@ -469,7 +471,16 @@ impl WebSocketMessagingProvider {
                 listener.key().link_name
             ));
         }
-        let mut clients: Vec<serde_json::Value> = self
+        let clients = self.members(listener, subject).await;
+        Ok(Bytes::from(
+            serde_json::json!({ "clients": clients }).to_string(),
+        ))
+    }
+
+    /// The clients of every replica's listener for the link subscribed to a pattern that
+    /// matches `subject`, oldest first.
+    pub(crate) async fn members(&self, listener: &Listener, subject: &str) -> Vec<Member> {
+        let mut clients: Vec<Member> = self
             .all_client_entries(listener, Duration::from_secs(1))
             .await
             .into_iter()
@@ -482,20 +493,16 @@ impl WebSocketMessagingProvider {
                 })
             })
             .map(|info| {
-                serde_json::json!({
-                    "id": info["id"],
-                    "user": info["user"],
-                    "connected_at": info["connected_at"],
-                })
+                let text = |key: &str| info[key].as_str().map(str::to_string);
+                Member {
+                    id: text("id").unwrap_or_default(),
+                    user: text("user"),
+                    connected_at: text("connected_at"),
+                }
             })
             .collect();
-        clients.sort_by(|a, b| {
-            (a["connected_at"].as_str(), a["id"].as_str())
-                .cmp(&(b["connected_at"].as_str(), b["id"].as_str()))
-        });
-        Ok(Bytes::from(
-            serde_json::json!({ "clients": clients }).to_string(),
-        ))
+        clients.sort_by(|a, b| (&a.connected_at, &a.id).cmp(&(&b.connected_at, &b.id)));
+        clients
     }
 
     /// `request("$ws.session.<id>.<subject>")`: a request to one client, on whichever replica

@@ -12,6 +12,7 @@ pub mod calls;
 pub mod exports;
 pub mod history;
 pub mod listeners;
+pub mod relay;
 pub mod sdk;
 
 use std::collections::HashMap;

@@ -117,7 +117,7 @@ pub fn authenticate(
         return Err(refuse(
             StatusCode::UNAUTHORIZED,
             Refused::Auth,
-            "no token: send `Authorization: Bearer <token>` or `?token=<token>`",
+            "no token: send `Authorization: Bearer <token>`, the subprotocols `bearer, <token>`, or `?token=<token>`",
         ));
     };
     let Some(jwt) = &listen.jwt else {
@@ -157,8 +157,24 @@ pub fn authenticate(
     })
 }
 
-/// The token in `Authorization: Bearer`, else in the query's `token` (browsers cannot set
-/// headers on a WebSocket).
+/// The subprotocol a client names before its token: `new WebSocket(url, ["bearer", token])`.
+pub const BEARER_PROTOCOL: &str = "bearer";
+
+/// The token offered as the subprotocol after [`BEARER_PROTOCOL`]
+/// (`Sec-WebSocket-Protocol: bearer, <token>`); the listener answers with `bearer`.
+pub fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    let mut offered = headers
+        .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim);
+    offered.find(|p| *p == BEARER_PROTOCOL)?;
+    offered.next().map(str::to_string)
+}
+
+/// The token in `Authorization: Bearer`, else in the subprotocols, else in the query's `token`
+/// (browsers cannot set headers on a WebSocket).
 fn presented_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
     if let Some(token) = headers
         .get(http::header::AUTHORIZATION)
@@ -166,6 +182,9 @@ fn presented_token(query: Option<&str>, headers: &HeaderMap) -> Option<String> {
         .and_then(|v| v.strip_prefix("Bearer "))
     {
         return Some(token.trim().to_string());
+    }
+    if let Some(token) = subprotocol_token(headers) {
+        return Some(token);
     }
     url::form_urlencoded::parse(query?.as_bytes())
         .find(|(name, _)| name == "token")
@@ -191,6 +210,8 @@ mod tests {
             tls: None,
             history: None,
             presence: false,
+            presence_events: false,
+            client_publish: false,
         }
     }
 
@@ -231,6 +252,10 @@ mod tests {
         assert!(authenticate(&l, Some("s3cret"), Some("a=1&token=s3cret"), &good).is_ok());
         let bearer = headers(&[("authorization", "Bearer s3cret")]);
         assert!(authenticate(&l, Some("s3cret"), None, &bearer).is_ok());
+        let offered = headers(&[("sec-websocket-protocol", "bearer, s3cret")]);
+        assert!(authenticate(&l, Some("s3cret"), None, &offered).is_ok());
+        let unnamed = headers(&[("sec-websocket-protocol", "s3cret")]);
+        assert!(authenticate(&l, Some("s3cret"), None, &unnamed).is_err());
     }
 
     fn now() -> u64 {

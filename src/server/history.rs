@@ -283,7 +283,8 @@ async fn replay(
     since: &Since,
 ) -> Result<bool, String> {
     let store = opened(shared).await?;
-    if since.epoch != store.epoch() {
+    // An empty epoch is this history's, whatever it is: `{"offset": 0}` asks for all it holds.
+    if !since.epoch.is_empty() && since.epoch != store.epoch() {
         // Another stream's offsets (deleted and made again): nothing can be recovered.
         go_live(shared, client, pattern, 0);
         return Ok(false);

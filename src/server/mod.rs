@@ -7,6 +7,7 @@
 //!   clients by id and the subscription index, fan-out, close.
 //! - [`auth`]: admission rules (path, `Origin`, `auth_token`, JWTs).
 //! - [`client`]: one client: its queue, its reading and writing task.
+//! - [`gateway`]: presence, presence events and client publish.
 //! - [`history`]: offsets on broadcasts, and the recovery of a subscription with `since`.
 //! - [`runtime`]: the threads the clients run on, apart from the lattice's.
 //! - [`socket`]: the upgrade and the frames (the WebSocket library stays there).
@@ -14,6 +15,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod gateway;
 pub mod history;
 pub mod runtime;
 pub mod socket;
@@ -104,6 +106,12 @@ listener_counters! {
     recoveries_incomplete,
     /// Stored broadcasts sent again to recovering clients.
     replayed,
+    /// `joined` / `left` frames sent to subscribers (`presence_events`).
+    presence_events,
+    /// Clients' envelopes fanned out to subscribers (`client_publish`).
+    client_publishes,
+    /// Clients' envelopes that could not be fanned out (`client_publish`; the client is told).
+    client_publish_errors,
 }
 
 impl ListenerCounters {
@@ -152,6 +160,8 @@ pub struct Shared {
     tasks: TaskTracker,
     /// The listener's history, when it keeps one (`history_size` / `history_ttl_sec`).
     history: tokio::sync::watch::Sender<history::State>,
+    /// What reaches the provider's other replicas (presence, client publish), once given.
+    relay: std::sync::OnceLock<Arc<dyn gateway::Relay>>,
 }
 
 impl Shared {
@@ -168,6 +178,23 @@ impl Shared {
 
     pub fn unsubscribe(&self, pattern: &Pattern, client: &str) {
         write(&self.subscriptions).remove(pattern, client);
+    }
+
+    /// [`Listener::publish`].
+    pub fn publish_here(&self, msg: &BrokerMessage) -> usize {
+        let mut frame = None;
+        let mut sent = 0;
+        read(&self.subscriptions).for_each_matching(&msg.subject, |client| {
+            let frame = frame.get_or_insert_with(|| self.codec.encode(msg, None));
+            if client.send(frame.clone(), self).is_ok() {
+                sent += 1;
+            }
+        });
+        if frame.is_none() {
+            debug!(component = %self.key.component, link_name = %self.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
+        }
+        stats::add(&self.counters.fanout_frames, sent);
+        sent
     }
 
     /// Forgets a client that left: its subscriptions and its slot.
@@ -261,6 +288,7 @@ impl Listener {
             )),
             tasks: TaskTracker::new(),
             history: tokio::sync::watch::Sender::new(history::State::Opening),
+            relay: std::sync::OnceLock::new(),
         });
         let scheme = if shared.listen().tls.is_some() {
             "wss"
@@ -323,19 +351,7 @@ impl Listener {
     /// Returns how many clients it was queued for; a client that does not keep up is closed,
     /// not waited for.
     pub fn publish(&self, msg: &BrokerMessage) -> usize {
-        let mut frame = None;
-        let mut sent = 0;
-        read(&self.shared.subscriptions).for_each_matching(&msg.subject, |client| {
-            let frame = frame.get_or_insert_with(|| self.shared.codec.encode(msg, None));
-            if client.send(frame.clone(), &self.shared).is_ok() {
-                sent += 1;
-            }
-        });
-        if frame.is_none() {
-            debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
-        }
-        stats::add(&self.shared.counters.fanout_frames, sent);
-        sent
+        self.shared.publish_here(msg)
     }
 
     /// Sends `msg` to one client.
@@ -534,13 +550,21 @@ fn upgrade(
             "the listener has max_clients clients connected",
         );
     }
-    let (response, upgrading) = match socket::upgrade(&mut request, &shared.config) {
+    let bearer = auth::subprotocol_token(request.headers()).is_some();
+    let (mut response, upgrading) = match socket::upgrade(&mut request, &shared.config) {
         Ok(upgraded) => upgraded,
         Err(reason) => {
             shared.admitted.fetch_sub(1, Ordering::Relaxed);
             return refuse(StatusCode::BAD_REQUEST, Refused::Upgrade, &reason);
         }
     };
+    if bearer {
+        // A browser drops a connection whose answer names none of the subprotocols it offered.
+        response.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_PROTOCOL,
+            http::HeaderValue::from_static(auth::BEARER_PROTOCOL),
+        );
+    }
     let client = client::new(&shared, remote, admitted.user, admitted.allowed);
     write(&shared.clients).insert(Arc::clone(&client.id), Arc::clone(&client));
     stats::bump(&shared.counters.clients_admitted);

@@ -51,6 +51,7 @@ pub async fn run(shared: Arc<Shared>, client: Arc<Client>, socket: ClientSocket)
             .map(|n| RateLimiter::direct(Quota::per_second(n).allow_burst(n))),
         flooding: None,
         warned_malformed: false,
+        asking: Arc::default(),
     };
     if shared.listen().client_events {
         Box::pin(reader.event("$ws.connected")).await;
@@ -87,6 +88,9 @@ pub async fn run(shared: Arc<Shared>, client: Arc<Client>, socket: ClientSocket)
     client.closed.store(true, Ordering::Relaxed);
     client.stop.cancel();
     shared.forget(&client);
+    for pattern in client.patterns() {
+        shared.member_changed(&client, &pattern, false);
+    }
     let reason = match &end {
         End::Left(reason) => reason.as_str(),
         End::Closed => closing.map_or("closed", |(_, reason)| reason),
@@ -121,6 +125,8 @@ struct Reader<'a> {
     /// Since when the client has been sending over its rate, and when it last did.
     flooding: Option<(Instant, Instant)>,
     warned_malformed: bool,
+    /// A presence question of this client is being answered (one at a time).
+    asking: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl<'a> Reader<'a> {
@@ -182,6 +188,7 @@ impl<'a> Reader<'a> {
         match incoming {
             Incoming::Subscribe { pattern, since } => self.subscribe(&pattern, since),
             Incoming::Unsubscribe(pattern) => self.unsubscribe(&pattern),
+            Incoming::Presence(subject) => self.presence(subject),
             Incoming::Ack(_) => {
                 self.malformed("an ack; a listener does not send acknowledged envelopes")
             }
@@ -209,7 +216,12 @@ impl<'a> Reader<'a> {
                     }
                     // Boxed: a delivery's future is large and lives only while it is handed
                     // over; in place it would make every idle client's task that much bigger.
-                    Routed::Deliver(msg) => Box::pin(self.deliver(msg)).await,
+                    Routed::Deliver(msg) => {
+                        if self.shared.listen().client_publish {
+                            Box::pin(self.broadcast(&msg)).await;
+                        }
+                        Box::pin(self.deliver(msg)).await;
+                    }
                 }
             }
         }
@@ -310,6 +322,7 @@ impl<'a> Reader<'a> {
         // Not under the client's lock: the live path takes the index's, then the client's.
         if added {
             self.shared.subscribe(&pattern, self.client);
+            self.shared.member_changed(self.client, &pattern, true);
         }
         match since {
             Some(since) if added => {
@@ -337,12 +350,92 @@ impl<'a> Reader<'a> {
         if let Some(pattern) = removed {
             self.shared.unsubscribe(&pattern, &self.client.id);
             lock(&self.client.gates).retain(|(p, _)| *p != pattern);
+            self.shared.member_changed(self.client, &pattern, false);
             self.answer("ok", text);
         } else {
             self.answer_error(&format!(
                 "not subscribed to {}",
                 crate::subjects::quoted(text)
             ));
+        }
+    }
+
+    /// `{"presence": "<subject>"}` (with `presence = true`): answered, once the replicas have
+    /// been asked, with the clients subscribed to a pattern matching the subject, if the
+    /// client's JWT allows it to subscribe to the subject.
+    fn presence(&mut self, subject: String) {
+        if !self.shared.listen().presence {
+            return self.answer_error("presence is off on this listener (`presence = true`)");
+        }
+        let pattern = match Pattern::parse(&subject) {
+            Ok(pattern) if pattern.is_wild() => {
+                return self.answer_error(&format!(
+                    "presence of {}: ask for a subject, not a pattern",
+                    crate::subjects::quoted(&subject)
+                ))
+            }
+            Ok(pattern) => pattern,
+            Err(error) => return self.answer_error(&error),
+        };
+        if !subscriptions::allows_pattern(self.client.allowed.as_deref(), &pattern) {
+            stats::bump(&self.shared.counters.not_allowed);
+            return self.answer_error(&format!(
+                "not allowed to see who is in {} (the token's `subjects` do not allow subscribing to it)",
+                crate::subjects::quoted(&subject)
+            ));
+        }
+        if self.asking.swap(true, Ordering::Relaxed) {
+            return self.answer_error("one presence question at a time: wait for the answer");
+        }
+        let (shared, client, asking) = (
+            Arc::clone(self.shared),
+            Arc::clone(self.client),
+            Arc::clone(&self.asking),
+        );
+        self.shared.tasks.spawn(async move {
+            let members = match shared.relay() {
+                Some(relay) => relay.presence(subject.clone()).await,
+                None => Ok(shared.local_presence(&subject)),
+            };
+            let frame = match members {
+                Ok(members) => shared.codec.encode_presence(&subject, &members),
+                Err(why) => shared.codec.encode_answer("error", &why),
+            };
+            asking.store(false, Ordering::Relaxed);
+            let _ = client.send(frame, &shared);
+        });
+    }
+
+    /// A client's envelope to its subject's subscribers (`client_publish`), as a component's
+    /// `publish` would send it; when that fails, the client is told why (its message still
+    /// goes to the component).
+    async fn broadcast(&mut self, msg: &BrokerMessage) {
+        let refused = if msg.subject.split('.').any(|t| t == "*" || t == ">") {
+            Some("a broadcast goes to a subject, not a pattern".to_string())
+        } else {
+            let out = BrokerMessage {
+                subject: msg.subject.clone(),
+                body: msg.body.clone(),
+                reply_to: None,
+            };
+            match self.shared.relay() {
+                Some(relay) => relay.broadcast(out).await.err(),
+                None => {
+                    self.shared.publish_here(&out);
+                    None
+                }
+            }
+        };
+        match refused {
+            None => stats::bump(&self.shared.counters.client_publishes),
+            Some(why) => {
+                stats::bump(&self.shared.counters.client_publish_errors);
+                debug!(client = %self.client.id, subject = %msg.subject, %why, "a client's broadcast was not fanned out");
+                self.answer_error(&format!(
+                    "broadcast to {} not sent to the subscribers: {why}",
+                    crate::subjects::quoted(&msg.subject)
+                ));
+            }
         }
     }
 
