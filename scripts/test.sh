@@ -35,11 +35,12 @@ fi
 say "provider: cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
+# The JS client's test (tests/browser_client.rs) and the chat example's end-to-end test drive
+# headless Chromium (tests/browser/).
+setup_browser
 say "provider: cargo test"
 cargo test
 
-# The chat example's end-to-end test drives headless Chromium (tests/browser/chat.py).
-setup_browser
 say "end to end (e2e/): cargo test; the first build compiles the wasmCloud host and takes minutes"
 # One test at a time: each runs its own lattice of in-process hosts, and run side by side on two
 # cores the two-host echo test once lost a link put on one host (see the issue 16 note).
