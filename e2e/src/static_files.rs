@@ -1,9 +1,11 @@
 //! A static file server on 127.0.0.1 for the chat example's page (`examples/chat/`), in process,
 //! so that the test and the demo need no other program and leave no child behind.
 //!
-//! It answers `GET` and `HEAD` of files under one directory and nothing else: one request per
-//! connection (`Connection: close`), no directory listings, and no path that leaves the
-//! directory. It is for a browser on the same machine, not for the network.
+//! It answers `GET` and `HEAD` of files under one directory, and under `/clients/js/` those of
+//! the browser library (clients/js/, which the page imports as `../../clients/js/wsgateway.js`,
+//! the same file whether the page is served from its folder or from the repository's root), and
+//! nothing else: one request per connection (`Connection: close`), no directory listings, and no
+//! path that leaves the directory. It is for a browser on the same machine, not for the network.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -39,11 +41,12 @@ impl StaticFiles {
             .await
             .with_context(|| format!("failed to listen on 127.0.0.1:{port}"))?;
         let addr = listener.local_addr()?;
+        let library = crate::repo_root().join(LIBRARY).canonicalize()?;
         let accept = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let root = root.clone();
+                let (root, library) = (root.clone(), library.clone());
                 tokio::spawn(async move {
-                    let _ = answer(stream, &root).await;
+                    let _ = answer(stream, &root, &library).await;
                 });
             }
         });
@@ -56,7 +59,10 @@ impl StaticFiles {
     }
 }
 
-async fn answer(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
+/// Where the browser library is, in the repository and in the URL.
+const LIBRARY: &str = "clients/js";
+
+async fn answer(mut stream: TcpStream, root: &Path, library: &Path) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -81,7 +87,11 @@ async fn answer(mut stream: TcpStream, root: &Path) -> std::io::Result<()> {
     if method != "GET" && method != "HEAD" {
         return respond(&mut stream, "405 Method Not Allowed", "text/plain", b"").await;
     }
-    let Some(file) = resolve(root, target) else {
+    let found = match target.strip_prefix(&format!("/{LIBRARY}")) {
+        Some(rest) if rest.starts_with('/') => resolve(library, rest),
+        _ => resolve(root, target),
+    };
+    let Some(file) = found else {
         return respond(&mut stream, "404 Not Found", "text/plain", b"not found\n").await;
     };
     match tokio::fs::read(&file).await {

@@ -396,10 +396,15 @@ fn chat_frame(subject: &str, name: &str, text: &str) -> serde_json::Value {
     serde_json::json!({ "subject": subject, "body": b64(body.as_bytes()) })
 }
 
-/// The next frame's subject and body, the fields the checks compare.
+/// The next message's subject and body, the fields the checks compare; presence events (who
+/// joined or left a room) are skipped.
 async fn next_message(client: &mut WsClient, limit: Duration) -> serde_json::Value {
-    let frame = client.json(limit).await;
-    serde_json::json!({ "subject": frame["subject"], "body": frame["body"] })
+    loop {
+        let frame = client.json(limit).await;
+        if frame.get("joined").is_none() && frame.get("left").is_none() {
+            return serde_json::json!({ "subject": frame["subject"], "body": frame["body"] });
+        }
+    }
 }
 
 /// Sends `frame` from `client` until it comes back to it, allowing only copies of `also` (frames

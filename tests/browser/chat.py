@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Drives examples/chat/index.html in three headless Chromium pages against a chat listener.
 
-alice and bob join room `lobby`, carol joins `garden`. alice sends a message (with markup and
+alice and bob join room `lobby`, carol joins `garden`; each page shows who is in its room
+(presence: 2, 2 and 1). alice sends a message (with markup and
 non-ASCII text, so that escaping and UTF-8 are checked on the way), which must reach alice and
 bob and not carol; carol's own message must come back to her (so her socket is live when alice's
-absence is checked); bob's reply must reach alice. Screenshots of the three pages go to
+absence is checked); bob's reply must reach alice. Then dave joins the lobby: his page shows alice's and bob's messages
+as the room's history, alice's page counts 3 here, and 2 again once dave's browser is gone.
+Screenshots of the three pages go to
 <shots>/chat-<who>.png, on failure too.
 
 Prints one line per check; exits 0 when all pass, 1 on a failed check (with every page's #status
@@ -71,10 +74,13 @@ class Page:
     def status(self):
         return self.driver.find_element(By.ID, "status").get_attribute("textContent")
 
-    def messages(self):
+    def messages(self, which=".message"):
         return self.driver.execute_script(
-            "return [...document.querySelectorAll('#messages .message')].map(e => e.textContent);"
+            f"return [...document.querySelectorAll('#messages {which}')].map(e => e.textContent);"
         )
+
+    def here(self):
+        return self.driver.find_element(By.ID, "here").get_attribute("textContent")
 
     def wait_for(self, what, condition):
         try:
@@ -111,13 +117,16 @@ def ok(line):
     print(f"ok   {line}", flush=True)
 
 
-def run(pages):
+def run(pages, open_page):
     alice, bob, carol = pages
 
     for page in pages:
         joined = f"joined {page.room}"
         page.wait_for(f"#status {joined!r}", lambda p=page, j=joined: p.status() == j)
         ok(f"{page.who}: {joined}")
+    for page, count in ((alice, "2"), (bob, "2"), (carol, "1")):
+        page.wait_for(f"{count} here", lambda p=page, c=count: p.here() == c)
+    ok("presence: alice and bob see 2 in the lobby, carol 1 in the garden")
 
     tag = uuid.uuid4().hex[:8]
     # Markup must arrive as text, and the non-ASCII (BMP only: chromedriver types nothing else;
@@ -151,6 +160,19 @@ def run(pages):
             raise CheckFailed(f"{page.who} (room lobby) received carol's message to garden")
     ok("alice and bob did not receive carol's garden message")
 
+    dave = open_page("dave", "lobby")
+    pages.append(dave)
+    dave.wait_for("#status 'joined lobby'", lambda: dave.status() == "joined lobby")
+    for said_before in (line, f"bob: {bob_said}"):
+        dave.wait_for(f"{said_before!r} in the history",
+                      lambda s=said_before: s in dave.messages(".message.history"))
+    ok("dave joined the lobby and his page shows alice's and bob's messages as its history")
+    alice.wait_for("3 here", lambda: alice.here() == "3")
+    dave.quit()
+    pages.remove(dave)
+    alice.wait_for("2 here after dave left", lambda: alice.here() == "2")
+    ok("alice saw dave join (3 here) and leave (2 here): presence events")
+
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -163,14 +185,18 @@ def main():
     args.shots.mkdir(parents=True, exist_ok=True)
 
     started = time.monotonic()
+
+    def open_page(who, room):
+        query = {"ws": args.ws, "room": room, "name": who}
+        if args.token:
+            query["token"] = args.token
+        sep = "&" if "?" in args.page else "?"
+        return Page(who, room, f"{args.page}{sep}{urlencode(query)}", args.timeout)
+
     pages = []
     try:
         for who, room in PEOPLE:
-            query = {"ws": args.ws, "room": room, "name": who}
-            if args.token:
-                query["token"] = args.token
-            sep = "&" if "?" in args.page else "?"
-            pages.append(Page(who, room, f"{args.page}{sep}{urlencode(query)}", args.timeout))
+            pages.append(open_page(who, room))
     except WebDriverException as e:
         for page in pages:
             page.quit()
@@ -182,7 +208,7 @@ def main():
 
     failure = None
     try:
-        run(pages)
+        run(pages, open_page)
     except (CheckFailed, WebDriverException) as e:
         failure = e.msg if isinstance(e, WebDriverException) else str(e)
     finally:
