@@ -353,4 +353,26 @@ mod tests {
         let refused = key.verify(&none).map(|_| ()).unwrap_err();
         assert!(refused.starts_with("the JWT is not valid"), "{refused}");
     }
+
+    #[test]
+    fn an_rsa_key_takes_rs256_only() {
+        // A key pair made for this test only (openssl genpkey -algorithm RSA).
+        let public = include_str!("../../tests/fixtures/jwt-rsa-public.pem");
+        let private = include_str!("../../tests/fixtures/jwt-rsa-private.pem");
+        let key = JwtKey::public_key(public).unwrap();
+        let claims = serde_json::json!({"sub": "ann", "exp": now() + 60});
+        let signed = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::RS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(key.verify(&signed).unwrap().sub.as_deref(), Some("ann"));
+        // HS256 with the RSA public key's PEM as the secret is refused.
+        let forged = hs256(public.as_bytes(), claims);
+        assert_eq!(
+            key.verify(&forged).map(|_| ()),
+            Err("the JWT is not signed with RS256, the algorithm of the listener's key".into())
+        );
+    }
 }
