@@ -625,3 +625,45 @@ async fn a_pool_has_one_owner_across_replicas() {
     }
     assert_eq!(server.open(), 1, "still one connection");
 }
+
+/// A standby's health follows the owner's connection within moments, not a lease period later:
+/// the owner renews its lease as soon as its connection goes down or comes back up, not at the
+/// next period (here 100 s away: `failover_sec` 400). The server goes away for a while, then
+/// comes back on the same port.
+#[tokio::test]
+async fn a_standby_sees_the_owner_lose_and_regain_its_connection_at_once() {
+    let server = WsServer::recorder().await;
+    let port = server.addr.port();
+    let (replicas, _component, _owner) = one_session(
+        &server,
+        "quick",
+        &[("failover_sec", "400"), ("reconnect_max_delay_ms", "500")],
+    )
+    .await;
+    let healthy = |want: bool| {
+        let replicas = &replicas;
+        move || async move {
+            replicas
+                .health_of_all(LIMIT)
+                .await
+                .iter()
+                .all(|h| h["healthy"] == want)
+        }
+    };
+    wait_until("both replicas healthy", LIMIT, healthy(true)).await;
+    drop(server);
+    wait_until(
+        "both replicas unhealthy while the server is gone",
+        Duration::from_secs(5),
+        healthy(false),
+    )
+    .await;
+    let server = WsServer::recorder_on(port).await;
+    server.connected(LIMIT).await;
+    wait_until(
+        "both replicas healthy again",
+        Duration::from_secs(5),
+        healthy(true),
+    )
+    .await;
+}
