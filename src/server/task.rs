@@ -316,6 +316,11 @@ impl<'a> Reader<'a> {
                     self.client.gated.store(true, Ordering::Relaxed);
                 }
                 mine.push(pattern.clone());
+                if since.is_none() {
+                    // Under the lock another client's join or leave checks: no event for the
+                    // pattern reaches this client before the `ok` of its subscribe.
+                    self.answer("ok", text);
+                }
                 true
             }
         };
@@ -337,7 +342,8 @@ impl<'a> Reader<'a> {
                     .client
                     .send(self.shared.codec.encode_recovered(text, true), self.shared);
             }
-            None => self.answer("ok", text),
+            None if !added => self.answer("ok", text),
+            None => {}
         }
     }
 
