@@ -115,6 +115,10 @@ impl WebSocketMessagingProvider {
             &self.totals,
             Arc::clone(&self.listener_counters),
             id_tag,
+            Arc::new(super::relay::Relay {
+                provider: self.clone(),
+                key: key.clone(),
+            }),
         );
         let listener = match listener {
             Ok(listener) => {
@@ -128,7 +132,6 @@ impl WebSocketMessagingProvider {
             }
         };
         let listener = Arc::new(listener);
-        listener.set_relay(Arc::new(super::relay::Relay::new(self.clone(), &listener)));
         if let (Some(lattice), Some(history)) = (&lattice, history) {
             super::history::open(
                 Arc::clone(lattice),
@@ -192,6 +195,13 @@ impl WebSocketMessagingProvider {
             .iter()
             .find(|(k, l)| l.roles.consumer && k.component == component && k.link_name == link_name)
             .map(|(_, l)| Arc::clone(&l.listener))
+    }
+
+    /// The listener of link `key`.
+    pub(crate) fn listener_of(&self, key: &SessionKey) -> Option<Arc<Listener>> {
+        read(&self.listeners)
+            .get(key)
+            .map(|l| Arc::clone(&l.listener))
     }
 
     /// Every listener of `component`, ordered by link name.

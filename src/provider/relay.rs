@@ -3,7 +3,7 @@
 //! replica's clients, and joins and leaves travel on the link's fan-out subject, marked by a
 //! subject of the provider's own that no `publish` fans out.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -13,6 +13,7 @@ use tracing::debug;
 use super::{Replication, WebSocketMessagingProvider};
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::gateway::Member;
+use crate::identity::SessionKey;
 use crate::server::gateway::{self, MemberChange};
 use crate::server::Listener;
 
@@ -20,23 +21,18 @@ use crate::server::Listener;
 /// out, so it cannot be a broadcast's).
 const MEMBER_CHANGE: &str = "$ws.member";
 
+/// The relay of the listener of link `key`, which it finds in the provider's listeners (so it
+/// exists before the listener does, and holds no reference to it).
 pub(crate) struct Relay {
-    provider: WebSocketMessagingProvider,
-    listener: Weak<Listener>,
+    pub(crate) provider: WebSocketMessagingProvider,
+    pub(crate) key: SessionKey,
 }
 
 impl Relay {
-    pub(crate) fn new(provider: WebSocketMessagingProvider, listener: &Arc<Listener>) -> Self {
-        Relay {
-            provider,
-            listener: Arc::downgrade(listener),
-        }
-    }
-
     fn listener(&self) -> Result<Arc<Listener>, String> {
-        self.listener
-            .upgrade()
-            .ok_or_else(|| "the listener is closing".to_string())
+        self.provider
+            .listener_of(&self.key)
+            .ok_or_else(|| format!("the listener of link {} is not open", self.key))
     }
 }
 
@@ -52,13 +48,11 @@ impl gateway::Relay for Relay {
     }
 
     fn changed(&self, change: MemberChange) -> BoxFuture<'static, ()> {
-        let (provider, listener) = (self.provider.clone(), self.listener());
+        let (provider, key) = (self.provider.clone(), self.key.clone());
         async move {
-            let (Replication::Lattice(lattice), Ok(listener)) = (&provider.replication, listener)
-            else {
+            let Replication::Lattice(lattice) = &provider.replication else {
                 return;
             };
-            let key = listener.key();
             let msg = BrokerMessage {
                 subject: MEMBER_CHANGE.to_string(),
                 body: Bytes::from(serde_json::to_vec(&change).expect("a change serializes")),

@@ -8,14 +8,11 @@
 //! provider) takes a client's broadcast the way a component's `publish` goes (to every replica,
 //! through the history when there is one), lists the subscribers of every replica, and tells the
 //! other replicas of a join or leave ([`Listener::member_changed`] is where theirs arrive).
-//! Without one (the listener used on its own) all three stay on this listener.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use tracing::debug;
 
 use crate::bindings::wasmcloud::messaging::types::BrokerMessage;
 use crate::envelope::gateway::{Change, Member};
@@ -45,10 +42,6 @@ pub struct MemberChange {
 }
 
 impl Shared {
-    pub(super) fn relay(&self) -> Option<Arc<dyn Relay>> {
-        self.relay.get().cloned()
-    }
-
     /// A client joined or left `pattern`: with `presence_events`, the pattern's other
     /// subscribers here are told, and the other replicas' through the relay.
     pub(super) fn member_changed(&self, client: &Client, pattern: &Pattern, joined: bool) {
@@ -62,9 +55,7 @@ impl Shared {
             user: client.user.clone(),
         };
         self.tell(&change);
-        if let Some(relay) = self.relay() {
-            self.tasks.spawn(relay.changed(change));
-        }
+        self.tasks.spawn(self.relay.changed(change));
     }
 
     /// Sends a join or leave to this listener's subscribers of its pattern (not to the client
@@ -100,50 +91,13 @@ impl Shared {
         }
         crate::stats::add(&self.counters.presence_events, sent);
     }
-
-    /// The subscribers of this listener matching `subject`, oldest first.
-    pub(super) fn local_presence(&self, subject: &str) -> Vec<Member> {
-        let mut clients: Vec<Arc<Client>> = read(&self.clients)
-            .values()
-            .filter(|c| {
-                crate::server::client::lock(&c.subscriptions)
-                    .iter()
-                    .any(|p| p.matches(subject))
-            })
-            .cloned()
-            .collect();
-        clients.sort_by_key(|c| c.connected_at);
-        clients.iter().map(|c| member(c)).collect()
-    }
-}
-
-/// A client as presence lists it.
-pub fn member(client: &Client) -> Member {
-    Member {
-        id: client.id.to_string(),
-        user: client.user.clone(),
-        connected_at: Some(crate::identity::rfc3339(client.connected_at)),
-    }
 }
 
 impl Listener {
-    /// Gives the listener what it reaches the other replicas through (once; later calls are
-    /// ignored).
-    pub fn set_relay(&self, relay: Arc<dyn Relay>) {
-        if self.shared.relay.set(relay).is_err() {
-            debug!(listen = %self.shared.local_addr, "the listener has a relay already");
-        }
-    }
-
     /// A join or leave another replica told of: to this listener's subscribers of the pattern.
     pub fn member_changed(&self, change: &MemberChange) {
         if self.shared.listen().presence_events {
             self.shared.tell(change);
         }
-    }
-
-    /// This replica's subscribers of a pattern matching `subject`, oldest first.
-    pub fn presence(&self, subject: &str) -> Vec<Member> {
-        self.shared.local_presence(subject)
     }
 }

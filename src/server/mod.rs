@@ -160,8 +160,8 @@ pub struct Shared {
     tasks: TaskTracker,
     /// The listener's history, when it keeps one (`history_size` / `history_ttl_sec`).
     history: tokio::sync::watch::Sender<history::State>,
-    /// What reaches the provider's other replicas (presence, client publish), once given.
-    relay: std::sync::OnceLock<Arc<dyn gateway::Relay>>,
+    /// What reaches the provider's other replicas (presence, client publish).
+    relay: Arc<dyn gateway::Relay>,
 }
 
 impl Shared {
@@ -178,23 +178,6 @@ impl Shared {
 
     pub fn unsubscribe(&self, pattern: &Pattern, client: &str) {
         write(&self.subscriptions).remove(pattern, client);
-    }
-
-    /// [`Listener::publish`].
-    pub fn publish_here(&self, msg: &BrokerMessage) -> usize {
-        let mut frame = None;
-        let mut sent = 0;
-        read(&self.subscriptions).for_each_matching(&msg.subject, |client| {
-            let frame = frame.get_or_insert_with(|| self.codec.encode(msg, None));
-            if client.send(frame.clone(), self).is_ok() {
-                sent += 1;
-            }
-        });
-        if frame.is_none() {
-            debug!(component = %self.key.component, link_name = %self.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
-        }
-        stats::add(&self.counters.fanout_frames, sent);
-        sent
     }
 
     /// Forgets a client that left: its subscriptions and its slot.
@@ -235,7 +218,9 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     /// Binds `listen` (at once: a port in use or a missing permission refuses the link with the
-    /// OS error) and starts accepting clients.
+    /// OS error) and starts accepting clients, who reach the provider's other replicas through
+    /// `relay`.
+    #[allow(clippy::too_many_arguments)]
     pub fn bind(
         key: SessionKey,
         config: ConnectionConfig,
@@ -244,6 +229,7 @@ impl Listener {
         totals: &Totals,
         counters: Arc<ListenerCounters>,
         id_tag: String,
+        relay: Arc<dyn gateway::Relay>,
     ) -> Result<Listener, String> {
         let listen = config.listen.clone().ok_or("no `listen` address")?;
         // The socket and every task of its clients belong to the clients' runtime: the socket
@@ -288,7 +274,7 @@ impl Listener {
             )),
             tasks: TaskTracker::new(),
             history: tokio::sync::watch::Sender::new(history::State::Opening),
-            relay: std::sync::OnceLock::new(),
+            relay,
         });
         let scheme = if shared.listen().tls.is_some() {
             "wss"
@@ -351,7 +337,19 @@ impl Listener {
     /// Returns how many clients it was queued for; a client that does not keep up is closed,
     /// not waited for.
     pub fn publish(&self, msg: &BrokerMessage) -> usize {
-        self.shared.publish_here(msg)
+        let mut frame = None;
+        let mut sent = 0;
+        read(&self.shared.subscriptions).for_each_matching(&msg.subject, |client| {
+            let frame = frame.get_or_insert_with(|| self.shared.codec.encode(msg, None));
+            if client.send(frame.clone(), &self.shared).is_ok() {
+                sent += 1;
+            }
+        });
+        if frame.is_none() {
+            debug!(component = %self.shared.key.component, link_name = %self.shared.key.link_name, subject = %msg.subject, "publish to a subject no client subscribed to");
+        }
+        stats::add(&self.shared.counters.fanout_frames, sent);
+        sent
     }
 
     /// Sends `msg` to one client.

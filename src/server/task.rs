@@ -399,11 +399,7 @@ impl<'a> Reader<'a> {
             Arc::clone(&self.asking),
         );
         self.shared.tasks.spawn(async move {
-            let members = match shared.relay() {
-                Some(relay) => relay.presence(subject.clone()).await,
-                None => Ok(shared.local_presence(&subject)),
-            };
-            let frame = match members {
+            let frame = match shared.relay.presence(subject.clone()).await {
                 Ok(members) => shared.codec.encode_presence(&subject, &members),
                 Err(why) => shared.codec.encode_answer("error", &why),
             };
@@ -424,13 +420,7 @@ impl<'a> Reader<'a> {
                 body: msg.body.clone(),
                 reply_to: None,
             };
-            match self.shared.relay() {
-                Some(relay) => relay.broadcast(out).await.err(),
-                None => {
-                    self.shared.publish_here(&out);
-                    None
-                }
-            }
+            self.shared.relay.broadcast(out).await.err()
         };
         match refused {
             None => stats::bump(&self.shared.counters.client_publishes),
