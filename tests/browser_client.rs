@@ -12,7 +12,6 @@ use std::time::Duration;
 use common::component::Behaviour;
 use common::nats::free_port;
 use common::replicas::Replicas;
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 
 const LIMIT: Duration = Duration::from_secs(20);
@@ -42,17 +41,7 @@ fn browser_python() -> std::path::PathBuf {
 }
 
 fn token(user: &str) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": user, "exp": exp, "subjects": ["news.>", "room.1", "ask.>"] }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::hs256_jwt(SECRET, user, &["news.>", "room.1", "ask.>"])
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -68,10 +57,7 @@ async fn the_js_client_reconnects_and_recovers_in_a_real_browser() {
         ("presence_events", "true"),
         ("client_publish", "true"),
     ];
-    let consumer = replicas.all[0].consumer_link("page", "default", &config);
-    let handler = replicas.all[0].handler_link("page", "default", &config);
-    replicas.put_link(&consumer).await;
-    replicas.put_link(&handler).await;
+    replicas.listen_both_ways("page", &config).await;
     replicas.all[0]
         .logs
         .wait_for(&["a listener keeps its broadcasts"], LIMIT)

@@ -20,17 +20,7 @@ const LIMIT: Duration = Duration::from_secs(20);
 const SECRET: &str = "a-secret-of-thirty-two-bytes-xyz";
 
 fn token(user: &str, subjects: &[&str]) -> String {
-    let exp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 600;
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({ "sub": user, "exp": exp, "subjects": subjects }),
-        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .unwrap()
+    common::hs256_jwt(SECRET, user, subjects)
 }
 
 fn b64(body: &str) -> String {
@@ -51,16 +41,7 @@ async fn rig(config: &[(&str, &str)]) -> (Replicas, PlayedComponent, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut config = config.to_vec();
     config.extend([("listen", addr.as_str()), ("jwt_secret", SECRET)]);
-    let consumer = replicas.all[0].consumer_link("gate", "default", &config);
-    let handler = replicas.all[0].handler_link("gate", "default", &config);
-    replicas.put_link(&consumer).await;
-    replicas.put_link(&handler).await;
-    for replica in &replicas.all {
-        replica
-            .logs
-            .wait_for(&["another replica listens too"], LIMIT)
-            .await;
-    }
+    replicas.listen_both_ways("gate", &config).await;
     let component = replicas.component("gate").await;
     (replicas, component, format!("ws://{addr}/"))
 }

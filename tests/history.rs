@@ -52,21 +52,12 @@ async fn rig(n: usize, history_size: &str) -> (Replicas, Arc<PlayedComponent>, S
     let mut replicas = Replicas::start(n, &[]).await;
     let addr = format!("127.0.0.1:{}", free_port());
     let config = [("listen", addr.as_str()), ("history_size", history_size)];
-    let consumer = replicas.all[0].consumer_link("hist", "default", &config);
-    let handler = replicas.all[0].handler_link("hist", "default", &config);
-    replicas.put_link(&consumer).await;
-    replicas.put_link(&handler).await;
+    replicas.listen_both_ways("hist", &config).await;
     for replica in &replicas.all {
         replica
             .logs
             .wait_for(&["a listener keeps its broadcasts"], LIMIT)
             .await;
-        if n > 1 {
-            replica
-                .logs
-                .wait_for(&["another replica listens too"], LIMIT)
-                .await;
-        }
     }
     let component = Arc::new(replicas.component("hist").await);
     (replicas, component, format!("ws://{addr}/"))

@@ -46,18 +46,10 @@ async fn replicas_share_the_port_and_their_clients_are_one_set() {
     let mut replicas = Replicas::start(2, &[]).await;
     let listen = format!("127.0.0.1:{}", free_port());
     let url = format!("ws://{listen}/");
-    let config = [("listen", listen.as_str())];
-    let consumer = replicas.all[0].consumer_link("lrep", "default", &config);
-    let handler = replicas.all[0].handler_link("lrep", "default", &config);
-    replicas.put_link(&consumer).await;
-    replicas.put_link(&handler).await;
-    // Both bound the one port, and each knows the other listens too.
-    for replica in &replicas.all {
-        replica
-            .logs
-            .wait_for(&["another replica listens too"], LIMIT)
-            .await;
-    }
+    // Both bind the one port, and each knows the other listens too.
+    replicas
+        .listen_both_ways("lrep", &[("listen", listen.as_str())])
+        .await;
     let component = replicas.component("lrep").await;
 
     // 200 clients; each says hello, and the reply-to the component gets names its id.

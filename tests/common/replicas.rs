@@ -124,6 +124,26 @@ impl Replicas {
         self.put_link(&handler).await;
     }
 
+    /// Puts both links of `component` (named `default`) with listener settings `config` on every
+    /// replica; with more than one, waits until each knows that another listens too.
+    pub async fn listen_both_ways(&mut self, component: &str, config: &[(&str, &str)]) {
+        let consumer = self.all[0].consumer_link(component, "default", config);
+        let handler = self.all[0].handler_link(component, "default", config);
+        self.put_link(&consumer).await;
+        self.put_link(&handler).await;
+        if self.all.len() > 1 {
+            for replica in &self.all {
+                replica
+                    .logs
+                    .wait_for(
+                        &["another replica listens too"],
+                        std::time::Duration::from_secs(20),
+                    )
+                    .await;
+            }
+        }
+    }
+
     /// The played component `id`, calling whichever replica NATS picks.
     pub async fn component(&self, id: &str) -> PlayedComponent {
         PlayedComponent::start_for(&self.lattice, &self.provider_key, &self.nats.url, id).await
