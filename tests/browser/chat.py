@@ -21,27 +21,19 @@ driver's path, so Selenium Manager never runs and nothing is downloaded.
 """
 
 import argparse
-import os
 import sys
 import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlencode
 
-# Selenium Manager is skipped when the Service names the driver; offline mode is the second lock.
-os.environ["SE_OFFLINE"] = "true"
+from headless import CHROMEDRIVER, CHROMIUM, HeadlessPage
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.support.ui import WebDriverWait
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.common.keys import Keys  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-# Three separate browsers rather than tabs of one: no window switching, and no page is a
-# background tab whose timers the browser throttles.
+# Three separate browsers rather than tabs of one: no window switching.
 PEOPLE = (("alice", "lobby"), ("bob", "lobby"), ("carol", "garden"))
 
 
@@ -49,27 +41,12 @@ class CheckFailed(Exception):
     pass
 
 
-class Page:
+class Page(HeadlessPage):
     """One person's chat page in a browser of its own."""
 
     def __init__(self, who, room, url, timeout):
-        self.who, self.room, self.timeout = who, room, timeout
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-dev-shm-usage",
-            "--window-size=900,700",
-        ):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        service = Service(executable_path=CHROMEDRIVER)
-        self.driver = webdriver.Chrome(service=service, options=options)
-        self.driver.set_page_load_timeout(timeout)
-        self.driver.set_script_timeout(timeout)
-        self.driver.get(url)
+        self.room = room
+        super().__init__(who, url, timeout, window_size="900,700")
 
     def status(self):
         return self.driver.find_element(By.ID, "status").get_attribute("textContent")
@@ -99,18 +76,6 @@ class Page:
             box.send_keys(Keys.ENTER)
         else:
             self.driver.find_element(By.ID, "send").click()
-
-    def console(self):
-        try:
-            return [f"{e['level']} {e['message']}" for e in self.driver.get_log("browser")]
-        except WebDriverException as e:
-            return [f"(console log unavailable: {e.msg})"]
-
-    def quit(self):
-        try:
-            self.driver.quit()
-        except WebDriverException:
-            pass
 
 
 def ok(line):

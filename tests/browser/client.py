@@ -18,22 +18,16 @@ import argparse
 import functools
 import http.server
 import json
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlencode
 
-os.environ["SE_OFFLINE"] = "true"
+from headless import HeadlessPage
+from selenium.common.exceptions import TimeoutException, WebDriverException
+from selenium.webdriver.support.ui import WebDriverWait
 
-from selenium import webdriver  # noqa: E402
-from selenium.common.exceptions import TimeoutException, WebDriverException  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -57,18 +51,7 @@ def serve_repository():
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
-class Page:
-    def __init__(self, who, url, timeout):
-        self.who, self.timeout = who, timeout
-        options = webdriver.ChromeOptions()
-        options.binary_location = CHROMIUM
-        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-            options.add_argument(arg)
-        options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-        self.driver.set_page_load_timeout(timeout)
-        self.driver.set_script_timeout(timeout)
-        self.driver.get(url)
+class Page(HeadlessPage):
 
     def record(self):
         return self.driver.execute_script("return window.record || null;")
@@ -88,18 +71,6 @@ class Page:
             brief = {k: (v if not isinstance(v, list) or len(v) < 12 else f"{len(v)} items, last {v[-3:]}")
                      for k, v in record.items()}
             raise CheckFailed(f"{self.who}: {what} not within {self.timeout:g} s; record {brief}") from None
-
-    def console(self):
-        try:
-            return [f"{e['level']} {e['message']}" for e in self.driver.get_log("browser")]
-        except WebDriverException as e:
-            return [f"(console unavailable: {e.msg})"]
-
-    def quit(self):
-        try:
-            self.driver.quit()
-        except WebDriverException:
-            pass
 
 
 def run(ann, ben, messages):
