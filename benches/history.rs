@@ -227,7 +227,6 @@ async fn recovery(nats: &NatsServer, clients: usize, missed: usize) {
 struct Audience {
     component: PlayedComponent,
     frames: Arc<AtomicUsize>,
-    _provider: Option<ProviderProcess>,
 }
 
 async fn audience(
@@ -254,7 +253,6 @@ async fn audience(
     Audience {
         component,
         frames,
-        _provider: None,
     }
 }
 
