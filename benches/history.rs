@@ -250,10 +250,7 @@ async fn audience(
             }
         });
     }
-    Audience {
-        component,
-        frames,
-    }
+    Audience { component, frames }
 }
 
 /// Frames/s of `n` broadcasts to `audience`'s clients, `in_flight` publishes at once.
